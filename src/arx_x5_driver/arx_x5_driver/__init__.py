@@ -1,0 +1,1 @@
+"""arx_x5_driver: ROS 2 nodes in `arx_x5_driver.nodes`, pure logic in `arx_x5_driver.core` (never imports rclpy)."""

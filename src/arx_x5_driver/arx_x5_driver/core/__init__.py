@@ -1,0 +1,5 @@
+"""Pure core of arx_x5_driver: robot backends (sim, arx, metaworld), safety limits, scripted
+operator.
+
+Nothing in this package imports rclpy or any ROS message package (a test enforces it).
+"""

@@ -1,0 +1,1 @@
+"""habc_learner: ROS 2 nodes in `habc_learner.nodes`, pure logic in `habc_learner.core` (never imports rclpy)."""

@@ -1,0 +1,290 @@
+"""The on-disk episode format: one rosbag2 (MCAP) directory per episode.
+
+This module is the single source of truth for topic names, message types and the
+``custom_data`` keys that the episode recorder, the scripted-demonstration recorder and the bag
+reader share. It needs only the pure-Python ``rosbags`` library (never rclpy), so learner jobs
+run on machines without ROS. The bags are standard rosbag2: ``ros2 bag info`` and Foxglove read
+them, because every connection stores its message definition and RIHS01 type hash.
+
+Layout of one episode bag (all stamps on the control clock, nanoseconds):
+
+====================================  ==================================  ====================
+topic                                 type                                when
+====================================  ==================================  ====================
+``/joint_states``                     ``sensor_msgs/msg/JointState``      every control tick
+``/habc/executed_command``            ``habc_msgs/msg/ExecutedCommand``   every control tick
+``/habc/action_chunk``                ``habc_msgs/msg/ActionChunk``       each served chunk
+``/habc/episode_event``               ``habc_msgs/msg/EpisodeEvent``      start and end
+``/joy``                              ``sensor_msgs/msg/Joy``             operator input
+``/cameras/<name>/image_raw``         ``sensor_msgs/msg/Image``           camera frames
+``/cameras/<name>/image_raw/compressed`` ``sensor_msgs/msg/CompressedImage`` camera frames
+``/habc/env_state``                   ``std_msgs/msg/Float32MultiArray``  sim only: privileged
+                                                                          object state
+====================================  ==================================  ====================
+
+Observation of control step ``t`` = the newest message of each observation topic stamped at or
+before the ``ExecutedCommand`` of step ``t``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+FORMAT_VERSION = "1"
+
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_EXECUTED_COMMAND = "/habc/executed_command"
+TOPIC_ACTION_CHUNK = "/habc/action_chunk"
+TOPIC_EPISODE_EVENT = "/habc/episode_event"
+TOPIC_JOY = "/joy"
+TOPIC_ENV_STATE = "/habc/env_state"
+
+
+def camera_topic(camera: str, compressed: bool = False) -> str:
+    """Topic of camera ``camera`` (``top``, ``left_wrist``, ``right_wrist``, ...)."""
+    if not camera or "/" in camera:
+        raise ValueError(f"camera name must be a non-empty name without '/', got {camera!r}")
+    base = f"/cameras/{camera}/image_raw"
+    return base + "/compressed" if compressed else base
+
+
+MSGTYPE_JOINT_STATE = "sensor_msgs/msg/JointState"
+MSGTYPE_EXECUTED_COMMAND = "habc_msgs/msg/ExecutedCommand"
+MSGTYPE_ACTION_CHUNK = "habc_msgs/msg/ActionChunk"
+MSGTYPE_EPISODE_EVENT = "habc_msgs/msg/EpisodeEvent"
+MSGTYPE_JOY = "sensor_msgs/msg/Joy"
+MSGTYPE_IMAGE = "sensor_msgs/msg/Image"
+MSGTYPE_COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+MSGTYPE_FLOAT32_MULTI_ARRAY = "std_msgs/msg/Float32MultiArray"
+
+# custom_data keys of metadata.yaml (values are strings).
+KEY_FORMAT_VERSION = "habc.format_version"
+KEY_EPISODE_ID = "habc.episode_id"
+KEY_TASK = "habc.task"
+KEY_PROMPT = "habc.prompt"
+KEY_SOURCE = "habc.source"  # "demo" | "rollout"
+KEY_OUTCOME = "habc.outcome"  # "success" | "failure" | "aborted" | "unknown"
+KEY_MARKED_BY = "habc.marked_by"
+KEY_SUCCESS_STEP = "habc.success_step"  # control step at which success was reached, or ""
+KEY_NUM_STEPS = "habc.num_steps"
+KEY_COMPLETE = "habc.complete"  # "true" once the episode was closed cleanly
+KEY_ARMS = "habc.arms"  # e.g. "left:0:7,right:7:14"
+
+OUTCOMES = ("success", "failure", "aborted", "unknown")
+SOURCES = ("demo", "rollout")
+
+# Must match habc_msgs/msg/ExecutedCommand.msg and EpisodeEvent.msg.
+CONTROLLER_NONE = 0
+CONTROLLER_POLICY = 1
+CONTROLLER_HUMAN = 2
+EVENT_START = 0
+EVENT_END = 1
+OUTCOME_CODES = {"unknown": 0, "success": 1, "failure": 2, "aborted": 3}
+
+HABC_MSG_NAMES = ("ActionChunk", "ExecutedCommand", "EpisodeEvent")
+
+
+def find_habc_msgs_dir() -> Path:
+    """Directory holding ``habc_msgs``' ``.msg`` files.
+
+    Looked up in every prefix of ``AMENT_PREFIX_PATH`` (an installed workspace or a system ROS
+    install), then in this repository's source tree.
+    """
+    candidates = [
+        Path(prefix) / "share" / "habc_msgs" / "msg"
+        for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
+        if prefix
+    ]
+    # src/habc_learner/habc_learner/core/bag_format.py -> src/habc_msgs/msg
+    candidates.append(Path(__file__).resolve().parents[3] / "habc_msgs" / "msg")
+    for path in candidates:
+        if all((path / f"{name}.msg").is_file() for name in HABC_MSG_NAMES):
+            return path
+    raise FileNotFoundError(
+        "habc_msgs message definitions not found; looked in: "
+        + ", ".join(str(p) for p in candidates)
+    )
+
+
+_TYPESTORE: Typestore | None = None
+
+
+def typestore() -> Typestore:
+    """The ROS 2 Kilted typestore with the habc_msgs types registered (built once)."""
+    global _TYPESTORE
+    if _TYPESTORE is None:
+        store = get_typestore(Stores.ROS2_KILTED)
+        msg_dir = find_habc_msgs_dir()
+        types: dict[str, Any] = {}
+        for name in HABC_MSG_NAMES:
+            text = (msg_dir / f"{name}.msg").read_text()
+            types.update(get_types_from_msg(text, f"habc_msgs/msg/{name}"))
+        store.register(types)
+        _TYPESTORE = store
+    return _TYPESTORE
+
+
+def stamp_from_ns(t_ns: int) -> Any:
+    """``builtin_interfaces/msg/Time`` for ``t_ns`` nanoseconds."""
+    if t_ns < 0:
+        raise ValueError(f"timestamps must be >= 0 ns, got {t_ns}")
+    time_cls = typestore().types["builtin_interfaces/msg/Time"]
+    return time_cls(sec=int(t_ns // 1_000_000_000), nanosec=int(t_ns % 1_000_000_000))
+
+
+def header(t_ns: int, frame_id: str = "") -> Any:
+    """``std_msgs/msg/Header`` stamped ``t_ns``."""
+    return typestore().types["std_msgs/msg/Header"](stamp=stamp_from_ns(t_ns), frame_id=frame_id)
+
+
+def read_custom_data(path: str | Path) -> dict[str, str]:
+    """``custom_data`` of the bag at ``path`` (``{}`` when it has none).
+
+    Raises ``FileNotFoundError`` when the bag has no ``metadata.yaml`` (a writer that was killed
+    before closing it) and ``ValueError`` when the file is not rosbag2 metadata.
+    """
+    meta_path = Path(path) / "metadata.yaml"
+    try:
+        doc = yaml.safe_load(meta_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{meta_path}: not valid YAML ({exc})") from exc
+    info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
+    if not isinstance(info, dict):
+        raise ValueError(f"{meta_path}: no rosbag2_bagfile_information")
+    custom = info.get("custom_data") or {}
+    return {str(k): str(v) for k, v in custom.items()}
+
+
+@dataclass(frozen=True)
+class EpisodeMeta:
+    """What an episode bag says about itself in ``custom_data``."""
+
+    episode_id: str
+    task: str
+    prompt: str
+    source: str
+    arms: tuple[tuple[str, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if not self.episode_id or "/" in self.episode_id:
+            raise ValueError(f"episode_id must be non-empty without '/', got {self.episode_id!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if not self.arms:
+            raise ValueError("arms must name at least one arm")
+
+
+def encode_arms(arms: Iterable[tuple[str, int, int]]) -> str:
+    """``(("left", 0, 7), ("right", 7, 14))`` -> ``"left:0:7,right:7:14"``."""
+    return ",".join(f"{name}:{lo}:{hi}" for name, lo, hi in arms)
+
+
+def decode_arms(text: str) -> tuple[tuple[str, int, int], ...]:
+    """Inverse of :func:`encode_arms`; raises ``ValueError`` on malformed text."""
+    arms = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"malformed arm spec {item!r} in {text!r}")
+        name, lo, hi = parts[0], int(parts[1]), int(parts[2])
+        if not 0 <= lo < hi:
+            raise ValueError(f"arm {name!r} has empty action slice {lo}:{hi}")
+        arms.append((name, lo, hi))
+    return tuple(arms)
+
+
+class EpisodeBagWriter:
+    """Writes one episode into a rosbag2 MCAP directory, message by message.
+
+    The bag is marked complete only by :meth:`finish`; a writer that dies before that leaves a
+    bag whose ``custom_data`` says ``habc.complete: "false"`` (or no metadata at all), which the
+    reader treats as incomplete and never learns from.
+
+    Use as a context manager; leaving the block by an exception closes the bag as aborted.
+    """
+
+    def __init__(self, path: str | Path, meta: EpisodeMeta) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"episode bag already exists: {self.path}")
+        self.meta = meta
+        self._store = typestore()
+        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._connections: dict[str, Any] = {}
+        self._finished = False
+        self._num_steps = 0
+
+    def __enter__(self) -> EpisodeBagWriter:
+        self._writer.open()
+        self._set_common_custom_data()
+        self._writer.set_custom_data(KEY_COMPLETE, "false")
+        self._writer.set_custom_data(KEY_OUTCOME, "unknown")
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self._finished:
+            reason = f"writer exited early: {exc_type.__name__}" if exc_type else "not finished"
+            self._writer.set_custom_data(KEY_OUTCOME, "aborted")
+            self._writer.set_custom_data(KEY_MARKED_BY, reason)
+        self._writer.close()
+
+    def _set_common_custom_data(self) -> None:
+        m = self.meta
+        for key, value in (
+            (KEY_FORMAT_VERSION, FORMAT_VERSION),
+            (KEY_EPISODE_ID, m.episode_id),
+            (KEY_TASK, m.task),
+            (KEY_PROMPT, m.prompt),
+            (KEY_SOURCE, m.source),
+            (KEY_ARMS, encode_arms(m.arms)),
+        ):
+            self._writer.set_custom_data(key, value)
+
+    def _connection(self, topic: str, msgtype: str) -> Any:
+        conn = self._connections.get(topic)
+        if conn is None:
+            conn = self._writer.add_connection(topic, msgtype, typestore=self._store)
+            self._connections[topic] = conn
+        elif conn.msgtype != msgtype:
+            raise ValueError(f"topic {topic} already carries {conn.msgtype}, not {msgtype}")
+        return conn
+
+    def write_raw(self, topic: str, msgtype: str, t_ns: int, cdr: bytes) -> None:
+        """Write an already CDR-serialized message (e.g. from ``rclpy.serialize_message``)."""
+        self._writer.write(self._connection(topic, msgtype), int(t_ns), cdr)
+
+    def write(self, topic: str, msgtype: str, t_ns: int, msg: Any) -> None:
+        """Serialize a rosbags message object and write it."""
+        self.write_raw(topic, msgtype, t_ns, self._store.serialize_cdr(msg, msgtype))
+
+    def msg(self, msgtype: str, **fields: Any) -> Any:
+        """Construct a message object of ``msgtype`` from this writer's typestore."""
+        return self._store.types[msgtype](**fields)
+
+    def count_step(self) -> None:
+        """Count one executed control step (stored as ``habc.num_steps``)."""
+        self._num_steps += 1
+
+    def finish(self, outcome: str, marked_by: str, success_step: int | None = None) -> None:
+        """Mark the episode closed with ``outcome``; called once, before the bag closes."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+        if success_step is not None and outcome != "success":
+            raise ValueError(f"success_step given for outcome {outcome!r}")
+        self._writer.set_custom_data(KEY_OUTCOME, outcome)
+        self._writer.set_custom_data(KEY_MARKED_BY, marked_by)
+        self._writer.set_custom_data(
+            KEY_SUCCESS_STEP, "" if success_step is None else str(int(success_step))
+        )
+        self._writer.set_custom_data(KEY_NUM_STEPS, str(self._num_steps))
+        self._writer.set_custom_data(KEY_COMPLETE, "true")
+        self._finished = True

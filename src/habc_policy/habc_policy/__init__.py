@@ -1,0 +1,1 @@
+"""habc_policy: ROS 2 nodes in `habc_policy.nodes`, pure logic in `habc_policy.core` (never imports rclpy)."""
