@@ -1,0 +1,154 @@
+"""The authority state machine: takeover, per-arm takeover, hand-back ramp, every hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from habc_policy.core.authority import (
+    HOLD_ESTOP,
+    HOLD_JOYSTICK_SILENT,
+    HOLD_NON_FINITE,
+    HOLD_POLICY_STALE,
+    HOLD_TELEOP_STALE,
+    ArbiterConfig,
+    AuthorityArbiter,
+    Controller,
+    JoyMapping,
+    JoyState,
+    Mode,
+    TeleopCommand,
+)
+from habc_policy.core.chunking import ScheduledRow
+
+P, H, N = Controller.POLICY, Controller.HUMAN, Controller.NONE
+DEADMAN, LEFT, RIGHT, OK, FAIL = 4, 6, 7, 0, 1
+CFG = ArbiterConfig(arm_slices=((0, 2), (2, 4)), handback_ticks=4)
+
+
+def joy(t: float, *pressed: int) -> JoyState:
+    buttons = [0] * 8
+    for b in pressed:
+        buttons[b] = 1
+    return JoyState(stamp_s=t, buttons=buttons)
+
+
+def row(value: float, seq: int = 3, r: int = 5) -> ScheduledRow:
+    return ScheduledRow(np.full(4, value, np.float32), "ckpt-a", seq, r)
+
+
+def human(t: float, value: float) -> TeleopCommand:
+    return TeleopCommand(stamp_s=t, action=np.full(4, value, np.float32))
+
+
+def test_policy_in_control_carries_chunk_provenance() -> None:
+    arb = AuthorityArbiter(CFG)
+    d = arb.step(0.0, joy=joy(0.0), teleop=None, policy_row=row(1.0), estop=False)
+    assert d.controllers == (P, P) and not d.hold
+    assert d.action.tolist() == [1.0] * 4
+    assert (d.checkpoint_id, d.chunk_seq, d.chunk_row) == ("ckpt-a", 3, 5)
+
+
+def test_deadman_takes_both_arms_then_ramps_back() -> None:
+    arb = AuthorityArbiter(CFG)
+    arb.step(0.00, joy=joy(0.00), teleop=None, policy_row=row(1.0), estop=False)
+    d = arb.step(
+        0.02, joy=joy(0.02, DEADMAN), teleop=human(0.02, 5.0), policy_row=row(1.0), estop=False
+    )
+    assert d.controllers == (H, H) and d.action.tolist() == [5.0] * 4
+    assert d.checkpoint_id == ""  # no policy action executed
+    # Release: the blend goes 5 -> 1 over 4 ticks: alpha = 1/4, 2/4, 3/4, 4/4.
+    expected = [4.0, 3.0, 2.0, 1.0]
+    for k, want in enumerate(expected):
+        t = 0.04 + 0.02 * k
+        d = arb.step(t, joy=joy(t), teleop=human(t, 5.0), policy_row=row(1.0), estop=False)
+        assert d.action.tolist() == pytest.approx([want] * 4)
+        assert d.controllers == (H, H)  # blended steps are never the policy's
+    assert arb.modes == (Mode.POLICY, Mode.POLICY)
+    d = arb.step(0.14, joy=joy(0.14), teleop=None, policy_row=row(1.0), estop=False)
+    assert d.controllers == (P, P)
+
+
+def test_one_arm_takeover() -> None:
+    arb = AuthorityArbiter(CFG)
+    d = arb.step(
+        0.0, joy=joy(0.0, DEADMAN, RIGHT), teleop=human(0.0, 9.0), policy_row=row(1.0), estop=False
+    )
+    assert d.controllers == (P, H)
+    assert d.action.tolist() == [1.0, 1.0, 9.0, 9.0]
+    assert d.checkpoint_id == "ckpt-a"  # the left arm ran the policy
+
+
+def test_joystick_silent_during_takeover_holds_until_heard_again() -> None:
+    arb = AuthorityArbiter(CFG)
+    arb.step(
+        0.00, joy=joy(0.00, DEADMAN), teleop=human(0.00, 5.0), policy_row=row(1.0), estop=False
+    )
+    # 101 ms of silence: hold at the last executed action, authority stays with the human.
+    d = arb.step(
+        0.101, joy=joy(0.00, DEADMAN), teleop=human(0.10, 6.0), policy_row=row(1.0), estop=False
+    )
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_JOYSTICK_SILENT
+    assert d.action.tolist() == [5.0] * 4
+    assert arb.modes == (Mode.HUMAN, Mode.HUMAN)
+    # 100 ms exactly is still fresh.
+    arb2 = AuthorityArbiter(CFG)
+    arb2.step(0.0, joy=joy(0.0, DEADMAN), teleop=human(0.0, 5.0), policy_row=None, estop=False)
+    d2 = arb2.step(0.1, joy=joy(0.0, DEADMAN), teleop=human(0.1, 6.0), policy_row=None, estop=False)
+    assert d2.controllers == (H, H)
+
+
+def test_stale_teleop_and_stale_policy_hold() -> None:
+    arb = AuthorityArbiter(CFG)
+    d = arb.step(
+        0.5,
+        joy=joy(0.5, DEADMAN),
+        teleop=human(0.3, 5.0),
+        policy_row=row(1.0),
+        estop=False,
+        measured_position=np.zeros(4),
+    )
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_TELEOP_STALE
+    assert d.action.tolist() == [0.0] * 4  # measured position until something ran
+    arb = AuthorityArbiter(CFG)
+    arb.step(0.0, joy=None, teleop=None, policy_row=row(2.0), estop=False)
+    d = arb.step(0.02, joy=None, teleop=None, policy_row=None, estop=False)
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_POLICY_STALE
+    assert d.action.tolist() == [2.0] * 4
+
+
+def test_estop_holds_everything_and_nan_is_never_executed() -> None:
+    arb = AuthorityArbiter(CFG)
+    arb.step(0.0, joy=None, teleop=None, policy_row=row(2.0), estop=False)
+    d = arb.step(
+        0.02, joy=joy(0.02, DEADMAN), teleop=human(0.02, 5.0), policy_row=row(3.0), estop=True
+    )
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_ESTOP
+    assert d.action.tolist() == [2.0] * 4
+    assert arb.modes == (Mode.HUMAN, Mode.HUMAN)  # the deadman was held under the e-stop
+    arb = AuthorityArbiter(CFG)
+    arb.step(0.0, joy=None, teleop=None, policy_row=row(2.0), estop=False)
+    bad = row(1.0)
+    bad.action[1] = np.nan
+    d = arb.step(0.04, joy=None, teleop=None, policy_row=bad, estop=False)
+    assert d.controllers == (N, P)
+    assert d.hold_reason == HOLD_NON_FINITE
+    assert np.all(np.isfinite(d.action)) and d.action.tolist() == [2.0, 2.0, 1.0, 1.0]
+
+
+def test_mark_buttons_fire_once_per_press() -> None:
+    arb = AuthorityArbiter(CFG)
+    marks = [
+        arb.step(t, joy=joy(t, *b), teleop=None, policy_row=row(1.0), estop=False).mark
+        for t, b in [(0.0, ()), (0.02, (OK,)), (0.04, (OK,)), (0.06, ()), (0.08, (FAIL,))]
+    ]
+    assert marks == ["", "success", "", "", "failure"]
+
+
+def test_config_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="tile"):
+        ArbiterConfig(arm_slices=((0, 7), (8, 14)))
+    with pytest.raises(ValueError, match="twice"):
+        JoyMapping(deadman=0, mark_success=0)
+    with pytest.raises(ValueError, match="takeover buttons"):
+        ArbiterConfig(arm_slices=((0, 4),), mapping=JoyMapping(takeover_buttons=(6, 7)))
