@@ -148,7 +148,8 @@ EOF
     cat <<EOF
 export AMENT_PREFIX_PATH='$ROOT/install:$VENV'
 export CMAKE_PREFIX_PATH='$ROOT/install:$VENV'
-export PYTHONPATH='$ROOT/install/$SITE'\${PYTHONPATH:+:\$PYTHONPATH}
+# build/<pkg> holds the symlinks of the ament_python packages (colcon's develop hook).
+export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver'\${PYTHONPATH:+:\$PYTHONPATH}
 export LD_LIBRARY_PATH='$ROOT/install/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 export ROS_VERSION=2 ROS_PYTHON_VERSION=3 ROS_DISTRO=kilted
 export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"

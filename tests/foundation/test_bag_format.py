@@ -34,6 +34,7 @@ def _write_steps(w: bf.EpisodeBagWriter, n: int) -> None:
             checkpoint_id="ckpt-1",
             chunk_seq=t // 25,
             chunk_row=t % 25,
+            learner_step=900,
         )
         w.write(bf.TOPIC_EXECUTED_COMMAND, bf.MSGTYPE_EXECUTED_COMMAND, t_ns, cmd)
         w.count_step()

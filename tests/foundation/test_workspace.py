@@ -62,3 +62,32 @@ def test_habc_installs_launch_and_config(ros_env: dict[str, str]) -> None:
     for pkg in PYTHON_PACKAGES:
         assert Path(get_package_share_directory(pkg), "package.xml").is_file()
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+
+
+@pytest.mark.ros
+def test_installed_packages_import_outside_the_source_tree(
+    ros_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Through env.sh alone (no pytest pythonpath): what `ros2 run` and the launcher see."""
+    import subprocess
+    import sys
+
+    env = dict(ros_env)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if "/src/" not in p
+    )
+    code = (
+        "import habc_policy.core.authority, habc_learner.core.bag_reader, arx_x5_driver.core; "
+        "import habc_msgs.msg; print(habc_learner.core.bag_reader.__file__)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bag_reader.py" in proc.stdout

@@ -84,6 +84,7 @@ def _messages() -> list[Any]:
     chunk = ActionChunk(
         header=h,
         checkpoint_id="ckpt-3f9a",
+        learner_step=12_000,
         chunk_seq=2**40 + 5,
         horizon=50,
         action_dim=14,
@@ -101,6 +102,7 @@ def _messages() -> list[Any]:
         checkpoint_id="ckpt-3f9a",
         chunk_seq=77,
         chunk_row=24,
+        learner_step=-3,
     )
     event = EpisodeEvent(
         header=h,

@@ -1,0 +1,376 @@
+"""Episode bags (see :mod:`bag_format`) → :class:`Episode` arrays, skipping bad bags.
+
+Control step ``t`` is the ``t``-th ``ExecutedCommand`` (by ``step_index``); its observation is
+the newest joint state (and privileged env state, in simulation) received at or before that
+command, by the bag's receive timestamps. Camera images are not read here: each camera gets a
+lazy loader that opens the bag again and decodes only the frames asked for.
+
+A bag that is incomplete (its recorder died), truncated, corrupt, aborted or inconsistent is
+skipped with a one-line reason and never raises: :func:`read_episodes` returns what it used and
+a :class:`BagReport` of what it skipped and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rosbags.rosbag2 import Reader
+
+from habc_learner.core import bag_format as bf
+from habc_learner.core.episode import POLICY, Episode, Outcome
+
+
+class BagSkipped(Exception):
+    """A bag that cannot be learned from; the message is the one-line reason."""
+
+    def __init__(self, reason: str) -> None:
+        one_line = " ".join(str(reason).split())
+        super().__init__(one_line if len(one_line) <= 300 else one_line[:297] + "...")
+
+
+@dataclass(frozen=True)
+class UsedBag:
+    path: Path
+    episode_id: str
+    steps: int
+    outcome: str
+    source: str
+
+
+@dataclass
+class BagReport:
+    """What a folder scan used and what it skipped (with reasons)."""
+
+    used: list[UsedBag] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Human-readable summary: one line per bag."""
+        lines = [f"{len(self.used)} episode bag(s) used, {len(self.skipped)} skipped"]
+        for u in self.used:
+            lines.append(f"  used    {u.path.name}: {u.source}, {u.outcome}, {u.steps} steps")
+        for path, reason in self.skipped:
+            lines.append(f"  skipped {path.name}: {reason}")
+        return "\n".join(lines)
+
+
+def _camera_loader(path: Path, topic: str, frame_of_step: np.ndarray):  # noqa: ANN202
+    """Lazy loader: decode the frames of ``topic`` used by the requested steps only."""
+
+    def load(steps: np.ndarray) -> np.ndarray:
+        steps = np.asarray(steps, dtype=np.int64)
+        wanted = frame_of_step[steps]
+        needed = set(int(i) for i in np.unique(wanted))
+        frames: dict[int, np.ndarray] = {}
+        store = bf.typestore()
+        with Reader(path) as reader:
+            conns = [c for c in reader.connections if c.topic == topic]
+            for index, (conn, _t, raw) in enumerate(reader.messages(connections=conns)):
+                if index in needed:
+                    msg = store.deserialize_cdr(raw, conn.msgtype)
+                    frames[index] = _image_to_rgb(msg, conn.msgtype)
+                    if len(frames) == len(needed):
+                        break
+        return np.stack([frames[int(i)] for i in wanted])
+
+    return load
+
+
+def _image_to_rgb(msg: object, msgtype: str) -> np.ndarray:
+    if msgtype == bf.MSGTYPE_COMPRESSED_IMAGE:
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("undecodable compressed image")
+        return bgr[:, :, ::-1].copy()
+    data = np.frombuffer(msg.data, np.uint8)
+    if msg.encoding == "rgb8":
+        return data.reshape(msg.height, msg.width, 3).copy()
+    if msg.encoding == "bgr8":
+        return data.reshape(msg.height, msg.width, 3)[:, :, ::-1].copy()
+    raise ValueError(f"unsupported image encoding {msg.encoding!r} (rgb8, bgr8, compressed)")
+
+
+def _newest_at_or_before(times: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of the newest ``times`` entry ≤ each ``query`` time (-1 if none)."""
+    return np.searchsorted(times, query, side="right") - 1
+
+
+def read_episode(
+    path: str | Path, *, use_env_state: bool = True, cameras: Sequence[str] | None = None
+) -> Episode:
+    """Read one episode bag. Raises :class:`BagSkipped` with a one-line reason.
+
+    Args:
+        use_env_state: append the privileged ``/habc/env_state`` (simulation only) to the
+            proprioception, when the bag has it.
+        cameras: cameras to attach lazy loaders for (``None``: every camera in the bag).
+    """
+    path = Path(path)
+    try:
+        custom = bf.read_custom_data(path)
+    except FileNotFoundError:
+        raise BagSkipped("no metadata.yaml: the recorder never closed the bag") from None
+    except (ValueError, OSError) as exc:
+        raise BagSkipped(f"unreadable metadata: {exc}") from None
+    if custom.get(bf.KEY_COMPLETE) != "true":
+        raise BagSkipped("incomplete: the episode was never closed (recorder stopped mid-episode)")
+    try:
+        outcome = Outcome.parse(custom.get(bf.KEY_OUTCOME, "unknown"))
+    except ValueError as exc:
+        raise BagSkipped(str(exc)) from None
+    if outcome is Outcome.ABORTED:
+        raise BagSkipped(
+            f"aborted episode ({custom.get(bf.KEY_MARKED_BY, '')}): never learned from"
+        )
+    try:
+        arm_slices = tuple((lo, hi) for _name, lo, hi in bf.decode_arms(custom[bf.KEY_ARMS]))
+    except (KeyError, ValueError) as exc:
+        raise BagSkipped(f"bad or missing {bf.KEY_ARMS}: {exc}") from None
+
+    store = bf.typestore()
+    commands: list[tuple[int, object]] = []
+    joints: list[tuple[int, np.ndarray]] = []
+    env: list[tuple[int, np.ndarray]] = []
+    camera_times: dict[str, list[int]] = {}
+    camera_topics: dict[str, str] = {}
+    try:
+        with Reader(path) as reader:
+            for conn in reader.connections:
+                parts = conn.topic.split("/")
+                if len(parts) >= 4 and parts[1] == "cameras" and parts[3] == "image_raw":
+                    camera_topics.setdefault(parts[2], conn.topic)
+            wanted = {bf.TOPIC_EXECUTED_COMMAND, bf.TOPIC_JOINT_STATES, bf.TOPIC_ENV_STATE}
+            wanted |= set(camera_topics.values())
+            conns = [c for c in reader.connections if c.topic in wanted]
+            for conn, t_ns, raw in reader.messages(connections=conns):
+                if conn.topic in camera_topics.values():
+                    camera_times.setdefault(conn.topic, []).append(t_ns)
+                    continue
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                if conn.topic == bf.TOPIC_EXECUTED_COMMAND:
+                    commands.append((t_ns, msg))
+                elif conn.topic == bf.TOPIC_JOINT_STATES:
+                    joints.append((t_ns, np.asarray(msg.position, dtype=np.float32)))
+                else:
+                    env.append((t_ns, np.asarray(msg.data, dtype=np.float32)))
+    except BagSkipped:
+        raise
+    except Exception as exc:  # rosbags raises many kinds on truncated / corrupt files
+        raise BagSkipped(f"corrupt or truncated bag: {type(exc).__name__}: {exc}") from None
+
+    if not commands:
+        raise BagSkipped("no executed commands: an empty episode")
+    declared = custom.get(bf.KEY_NUM_STEPS, "")
+    if declared and int(declared) != len(commands):
+        raise BagSkipped(
+            f"truncated: metadata says {declared} steps, the bag holds {len(commands)}"
+        )
+    commands.sort(key=lambda item: item[1].step_index)
+    steps = np.array([msg.step_index for _t, msg in commands], dtype=np.int64)
+    if not np.array_equal(steps, np.arange(len(commands))):
+        raise BagSkipped(
+            f"executed commands are not steps 0..{len(commands) - 1} (gaps or repeats)"
+        )
+    cmd_t = np.array([t for t, _msg in commands], dtype=np.int64)
+    if not joints:
+        raise BagSkipped("no joint states")
+    joint_t = np.array([t for t, _q in joints], dtype=np.int64)
+    j_idx = _newest_at_or_before(joint_t, cmd_t)
+    if j_idx[0] < 0:
+        raise BagSkipped("no joint state at or before step 0")
+    q = np.stack([joints[i][1] for i in j_idx])
+    if use_env_state and env:
+        env_t = np.array([t for t, _s in env], dtype=np.int64)
+        e_idx = _newest_at_or_before(env_t, cmd_t)
+        if e_idx[0] < 0:
+            raise BagSkipped("no env state at or before step 0")
+        q = np.concatenate([q, np.stack([env[i][1] for i in e_idx])], axis=1)
+
+    n_arms = len(arm_slices)
+    controllers = [np.asarray(msg.controller, dtype=np.uint8) for _t, msg in commands]
+    if any(c.shape != (n_arms,) for c in controllers):
+        raise BagSkipped(f"executed commands must tag {n_arms} arms each")
+    authority = np.stack(controllers)
+    actions = np.stack([np.asarray(msg.action, dtype=np.float32) for _t, msg in commands])
+    policy_step = (authority == POLICY).any(axis=1)
+    learner_steps = np.array([msg.learner_step for _t, msg in commands], dtype=np.int64)
+    learner_steps = np.where(policy_step, learner_steps, -1)
+    checkpoint_ids = np.array(
+        [msg.checkpoint_id if p else "" for (_t, msg), p in zip(commands, policy_step)],
+        dtype=object,
+    )
+    stamps = np.array(
+        [msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec for _t, msg in commands]
+    )
+
+    images = {}
+    for cam, topic in camera_topics.items():
+        if cameras is not None and cam not in cameras:
+            continue
+        times = np.asarray(camera_times.get(topic, []), dtype=np.int64)
+        frame = _newest_at_or_before(times, cmd_t) if times.size else np.array([-1])
+        if frame[0] < 0:
+            raise BagSkipped(f"camera {cam!r} has no frame at or before step 0")
+        images[cam] = _camera_loader(path, topic, frame)
+    if cameras is not None and set(cameras) - set(images):
+        raise BagSkipped(f"missing camera(s) {sorted(set(cameras) - set(images))}")
+
+    success_step = None
+    if outcome is Outcome.SUCCESS and custom.get(bf.KEY_SUCCESS_STEP):
+        success_step = int(custom[bf.KEY_SUCCESS_STEP])
+    try:
+        return Episode(
+            episode_id=custom.get(bf.KEY_EPISODE_ID) or path.name,
+            task_id=custom.get(bf.KEY_TASK, ""),
+            prompt=custom.get(bf.KEY_PROMPT, ""),
+            timestamps=stamps,
+            proprio=q,
+            actions=actions,
+            authority=authority,
+            checkpoint_ids=checkpoint_ids,
+            learner_steps=learner_steps,
+            outcome=outcome,
+            arm_slices=arm_slices,
+            success_step=success_step,
+            images=images,
+            is_demonstration=custom.get(bf.KEY_SOURCE) == "demo",
+        )
+    except ValueError as exc:
+        raise BagSkipped(f"inconsistent episode: {exc}") from None
+
+
+def find_bags(folder: str | Path) -> list[Path]:
+    """Episode bag directories directly under ``folder`` (sorted by name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"bag folder {folder} does not exist")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and (any(p.glob("*.mcap")) or any(p.glob("*.db3")))
+    )
+
+
+def read_episodes(
+    folder: str | Path, *, use_env_state: bool = True, cameras: Sequence[str] | None = None
+) -> tuple[list[Episode], BagReport]:
+    """Read every episode bag under ``folder``; bad ones are skipped and reported."""
+    report = BagReport()
+    episodes: list[Episode] = []
+    for path in find_bags(folder):
+        try:
+            ep = read_episode(path, use_env_state=use_env_state, cameras=cameras)
+        except BagSkipped as exc:
+            report.skipped.append((path, str(exc)))
+            continue
+        episodes.append(ep)
+        source = "demo" if ep.is_demonstration else "rollout"
+        report.used.append(UsedBag(path, ep.episode_id, ep.length, ep.outcome.value, source))
+    return episodes, report
+
+
+def write_episode(
+    path: str | Path,
+    episode: Episode,
+    *,
+    joint_dim: int | None = None,
+    arm_names: Sequence[str] | None = None,
+    images: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write ``episode`` as an episode bag (the inverse of :func:`read_episode`).
+
+    The first ``joint_dim`` proprio columns go to ``/joint_states`` and the rest, if any, to
+    the privileged ``/habc/env_state``. ``images`` maps camera name to uint8 ``[T, h, w, 3]``.
+    """
+    joint_dim = episode.proprio_dim if joint_dim is None else joint_dim
+    if not 0 < joint_dim <= episode.proprio_dim:
+        raise ValueError(f"joint_dim must be in 1..{episode.proprio_dim}, got {joint_dim}")
+    names = list(arm_names) if arm_names else [f"arm{i}" for i in range(episode.n_arms)]
+    if len(names) != episode.n_arms:
+        raise ValueError(f"{len(names)} arm names for {episode.n_arms} arms")
+    meta = bf.EpisodeMeta(
+        episode_id=episode.episode_id,
+        task=episode.task_id,
+        prompt=episode.prompt,
+        source="demo" if episode.is_demonstration else "rollout",
+        arms=tuple((n, lo, hi) for n, (lo, hi) in zip(names, episode.arm_slices)),
+    )
+    with bf.EpisodeBagWriter(path, meta) as w:
+        joint_names = [f"joint{i}" for i in range(joint_dim)]
+        for t in range(episode.length):
+            t_ns = round(float(episode.timestamps[t]) * 1e9)
+            hdr = bf.header(t_ns)
+            w.write(
+                bf.TOPIC_JOINT_STATES,
+                bf.MSGTYPE_JOINT_STATE,
+                t_ns,
+                w.msg(
+                    bf.MSGTYPE_JOINT_STATE,
+                    header=hdr,
+                    name=joint_names,
+                    position=episode.proprio[t, :joint_dim].astype(np.float64),
+                    velocity=np.zeros(0),
+                    effort=np.zeros(0),
+                ),
+            )
+            if joint_dim < episode.proprio_dim:
+                dims = w.msg("std_msgs/msg/MultiArrayDimension", label="", size=0, stride=0)
+                layout = w.msg("std_msgs/msg/MultiArrayLayout", dim=[dims], data_offset=0)
+                w.write(
+                    bf.TOPIC_ENV_STATE,
+                    bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
+                    t_ns,
+                    w.msg(
+                        bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
+                        layout=layout,
+                        data=episode.proprio[t, joint_dim:].astype(np.float32),
+                    ),
+                )
+            for cam, frames in (images or {}).items():
+                frame = np.ascontiguousarray(frames[t], dtype=np.uint8)
+                w.write(
+                    bf.camera_topic(cam),
+                    bf.MSGTYPE_IMAGE,
+                    t_ns,
+                    w.msg(
+                        bf.MSGTYPE_IMAGE,
+                        header=hdr,
+                        height=frame.shape[0],
+                        width=frame.shape[1],
+                        encoding="rgb8",
+                        is_bigendian=0,
+                        step=frame.shape[1] * 3,
+                        data=frame.reshape(-1),
+                    ),
+                )
+            policy = bool((episode.authority[t] == POLICY).any())
+            w.write(
+                bf.TOPIC_EXECUTED_COMMAND,
+                bf.MSGTYPE_EXECUTED_COMMAND,
+                t_ns,
+                w.msg(
+                    bf.MSGTYPE_EXECUTED_COMMAND,
+                    header=hdr,
+                    episode_id=episode.episode_id,
+                    step_index=t,
+                    controller=episode.authority[t].astype(np.uint8),
+                    action=episode.actions[t].astype(np.float32),
+                    hold=bool((episode.authority[t] == 0).any()),
+                    hold_reason="",
+                    checkpoint_id=str(episode.checkpoint_ids[t]) if policy else "",
+                    chunk_seq=0,
+                    chunk_row=0,
+                    learner_step=int(episode.learner_steps[t]) if policy else -1,
+                ),
+            )
+            w.count_step()
+        if episode.outcome in (Outcome.SUCCESS, Outcome.FAILURE, Outcome.UNKNOWN):
+            success_step = episode.success_step if episode.outcome is Outcome.SUCCESS else None
+            w.finish(episode.outcome.value, "writer", success_step=success_step)
+        else:
+            w.finish("aborted", "writer")

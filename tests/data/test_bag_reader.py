@@ -1,0 +1,100 @@
+"""Episode bags written and read back: arrays survive; bad bags are skipped with a reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from habc_learner.core import bag_format as bf
+from habc_learner.core.bag_reader import BagSkipped, read_episode, read_episodes, write_episode
+from habc_learner.core.episode import HUMAN, NONE, POLICY, Episode, Outcome
+
+T = 30
+
+
+def make_episode(episode_id: str = "ep-a", outcome: str = "success") -> Episode:
+    rng = np.random.default_rng(3)
+    authority = np.full((T, 2), POLICY, np.uint8)
+    authority[10:20, 1] = HUMAN  # one-arm takeover of the right arm
+    authority[25, :] = NONE  # one hold tick
+    return Episode(
+        episode_id=episode_id,
+        task_id="transfer_cube",
+        prompt="hand the cube over",
+        timestamps=5.0 + 0.02 * np.arange(T),
+        proprio=rng.standard_normal((T, 14 + 7)).astype(np.float32),  # joints + object pose
+        actions=rng.standard_normal((T, 14)).astype(np.float32),
+        authority=authority,
+        checkpoint_ids=np.array(["ckpt-b"] * T, dtype=object),
+        learner_steps=np.full(T, 4200),
+        outcome=outcome,
+        success_step=27 if outcome == "success" else None,
+        arm_slices=((0, 7), (7, 14)),
+    )
+
+
+def test_round_trip_preserves_every_array(tmp_path: Path) -> None:
+    ep = make_episode()
+    frames = np.random.default_rng(0).integers(0, 256, (T, 24, 32, 3), dtype=np.uint8)
+    write_episode(tmp_path / "ep-a", ep, joint_dim=14, images={"top": frames})
+    back = read_episode(tmp_path / "ep-a")
+    np.testing.assert_allclose(back.timestamps, ep.timestamps, atol=1e-9)
+    np.testing.assert_array_equal(back.proprio, ep.proprio)  # joints + env_state re-joined
+    np.testing.assert_array_equal(back.actions, ep.actions)
+    np.testing.assert_array_equal(back.authority, ep.authority)
+    assert back.outcome is Outcome.SUCCESS and back.success_step == 27
+    assert back.arm_slices == ((0, 7), (7, 14))
+    # Provenance only where the policy ran (hold tick 25 has no policy arm).
+    assert back.learner_steps[0] == 4200 and back.learner_steps[25] == -1
+    assert back.checkpoint_ids[0] == "ckpt-b" and back.checkpoint_ids[25] == ""
+    assert not back.is_demonstration
+    # Images come lazily, only the frames asked for.
+    got = back.load_images("top", np.array([3, 29, 3]))
+    np.testing.assert_array_equal(got, frames[[3, 29, 3]])
+    # Without env state the proprio is the joints only.
+    assert read_episode(tmp_path / "ep-a", use_env_state=False).proprio_dim == 14
+
+
+def test_bad_bags_are_skipped_with_one_line_reasons(tmp_path: Path) -> None:
+    folder = tmp_path / "bags"
+    folder.mkdir()
+    write_episode(folder / "ep-1-good", make_episode("ep-1"), joint_dim=14)
+    write_episode(folder / "ep-2-fail", make_episode("ep-2", "failure"), joint_dim=14)
+    # Recorder killed before closing: no metadata.yaml.
+    write_episode(folder / "ep-3-killed", make_episode("ep-3"), joint_dim=14)
+    (folder / "ep-3-killed" / "metadata.yaml").unlink()
+    # Truncated file with intact metadata.
+    write_episode(folder / "ep-4-trunc", make_episode("ep-4"), joint_dim=14)
+    mcap = next((folder / "ep-4-trunc").glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    # Never closed by the writer (exception inside the with-block).
+    meta = bf.EpisodeMeta("ep-5", "t", "p", "rollout", (("l", 0, 7), ("r", 7, 14)))
+    with pytest.raises(KeyboardInterrupt), bf.EpisodeBagWriter(folder / "ep-5-open", meta):
+        raise KeyboardInterrupt
+    # Garbage metadata.
+    shutil.copytree(folder / "ep-1-good", folder / "ep-6-garbage")
+    (folder / "ep-6-garbage" / "metadata.yaml").write_text("{{{{ not yaml")
+
+    episodes, report = read_episodes(folder)
+    assert sorted(e.episode_id for e in episodes) == ["ep-1", "ep-2"]
+    reasons = dict((p.name, r) for p, r in report.skipped)
+    assert set(reasons) == {"ep-3-killed", "ep-4-trunc", "ep-5-open", "ep-6-garbage"}
+    assert "never closed the bag" in reasons["ep-3-killed"]
+    assert "truncated" in reasons["ep-4-trunc"]
+    assert "incomplete" in reasons["ep-5-open"]
+    assert "metadata" in reasons["ep-6-garbage"]
+    assert all("\n" not in r for r in reasons.values())
+    text = report.format()
+    assert text.splitlines()[0] == "2 episode bag(s) used, 4 skipped"
+    assert "skipped ep-4-trunc" in text
+
+
+def test_missing_camera_and_missing_folder(tmp_path: Path) -> None:
+    write_episode(tmp_path / "ep", make_episode(), joint_dim=14)
+    with pytest.raises(BagSkipped, match="missing camera"):
+        read_episode(tmp_path / "ep", cameras=["top"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_episodes(tmp_path / "nope")
