@@ -15,8 +15,10 @@ source env.sh
 export HABC_REQUIRE_ROS=1   # ROS tests fail, never skip, when the workspace is broken
 
 echo "[test] ruff"
-ruff check src tests bench launch scripts
-ruff format --check src tests bench launch scripts
+lint_paths=()
+for p in src tests bench launch scripts; do [ -e "$p" ] && lint_paths+=("$p"); done
+ruff check "${lint_paths[@]}"
+ruff format --check "${lint_paths[@]}"
 
 echo "[test] pytest"
 python -m pytest "$@"
