@@ -57,7 +57,7 @@ class BagReport:
         return "\n".join(lines)
 
 
-def _camera_loader(path: Path, topic: str, frame_of_step: np.ndarray):  # noqa: ANN202
+def _camera_loader(path: Path, topic: str, frame_of_step: np.ndarray):
     """Lazy loader: decode the frames of ``topic`` used by the requested steps only."""
 
     def load(steps: np.ndarray) -> np.ndarray:

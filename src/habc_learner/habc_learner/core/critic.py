@@ -1,0 +1,264 @@
+"""Dual-head critic (Eqs. 2–4) and the Imit-Recap distributional parent value head (App. A).
+
+Both heads read frozen shared features φ(s) [B, F] — by default the actor's encoder output,
+detached **(choice)** (the paper uses the frozen VLA backbone); the alternative
+``"separate_encoder"`` gives the critic its own observation encoder, trained by the critic loss.
+
+- Viability logit z_v(s) = f_v(φ(s)), p_v = sigmoid(z_v), trained with BCE on D_lab.
+- Efficiency value V_e(s) = f_e(φ(s)) (minus the steps to success), trained with Huber (δ = 1) on
+  D_succ against the TD target of Eq. 3, bootstrapped from a Polyak copy **(choice)**
+  (alternatives: the online head, or the Monte-Carlo target −(T_s − t)).
+- Parent value head: logits over B value bins, cross-entropy against a two-hot projection of the
+  mixed target (MC return at an episode boundary, TD r + γ·V(s') elsewhere).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from habc_learner.core.labeling import Source
+
+FEATURE_SOURCES = ("actor_encoder", "separate_encoder")
+EFFICIENCY_TARGETS = ("td", "mc")
+TD_BOOTSTRAPS = ("polyak", "online")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """Attributes:
+    feature_source: ``"actor_encoder"`` (choice: detached actor features) or
+        ``"separate_encoder"``.
+    hidden_dim, num_layers: head MLPs.
+    huber_delta: δ of the efficiency Huber loss (1).
+    efficiency_target: ``"td"`` (Eq. 3, choice) or ``"mc"`` (−(T_s − t)).
+    td_bootstrap: ``"polyak"`` (choice) or ``"online"`` network for sg[V_e(s_{t+1})].
+    polyak_tau: θ' ← (1 − τ)θ' + τθ after every step.
+    efficiency_scale: V_e = scale · raw head output (the head stays O(1) for targets in
+        [−T_max, 0]; the Huber loss is on V_e in steps).
+    lr: critic learning rate (Adam).
+    value_bins, value_min, value_max: support of the parent value head (Imit-Recap).
+    """
+
+    feature_source: str = "actor_encoder"
+    hidden_dim: int = 256
+    num_layers: int = 2
+    huber_delta: float = 1.0
+    efficiency_target: str = "td"
+    td_bootstrap: str = "polyak"
+    polyak_tau: float = 0.005
+    efficiency_scale: float = 100.0
+    lr: float = 3e-4
+    value_bins: int = 101
+    value_min: float = -200.0
+    value_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("feature_source", self.feature_source, FEATURE_SOURCES),
+            ("efficiency_target", self.efficiency_target, EFFICIENCY_TARGETS),
+            ("td_bootstrap", self.td_bootstrap, TD_BOOTSTRAPS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not one of {choices}")
+        if self.hidden_dim < 1 or self.num_layers < 1:
+            raise ValueError(
+                f"hidden_dim and num_layers must be >= 1, got {self.hidden_dim}, {self.num_layers}"
+            )
+        if self.huber_delta <= 0:
+            raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
+        if not 0.0 < self.polyak_tau <= 1.0:
+            raise ValueError(f"polyak_tau must be in (0, 1], got {self.polyak_tau}")
+        if self.efficiency_scale <= 0 or self.lr <= 0:
+            raise ValueError("efficiency_scale and lr must be > 0")
+        if self.value_bins < 2 or not self.value_min < self.value_max:
+            raise ValueError(
+                f"need value_bins >= 2 and value_min < value_max, got {self.value_bins}, "
+                f"[{self.value_min}, {self.value_max}]"
+            )
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequential:
+    """``num_layers`` hidden SiLU layers with LayerNorm on the input."""
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
+    width = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden_dim), nn.SiLU()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class DualHeadCritic(nn.Module):
+    """Two independent heads on φ(s): viability logit z_v and efficiency value V_e (Eq. 2)."""
+
+    def __init__(self, feature_dim: int, config: CriticConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.viability = mlp(feature_dim, config.hidden_dim, 1, config.num_layers)
+        self.efficiency = mlp(feature_dim, config.hidden_dim, 1, config.num_layers)
+        # Start at p_v = 0.5 and V_e = 0 everywhere rather than at random values of ±scale.
+        for head in (self.viability, self.efficiency):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """φ(s) [B, F] -> (z_v [B], V_e [B])."""
+        z_v = self.viability(features).squeeze(-1)
+        v_e = self.efficiency(features).squeeze(-1) * self.config.efficiency_scale
+        return z_v, v_e
+
+
+class ParentValueHead(nn.Module):
+    """Distributional value head: logits over ``value_bins`` evenly spaced values."""
+
+    def __init__(self, feature_dim: int, config: CriticConfig) -> None:
+        super().__init__()
+        self.net = mlp(feature_dim, config.hidden_dim, config.value_bins, config.num_layers)
+        self.register_buffer(
+            "support", torch.linspace(config.value_min, config.value_max, config.value_bins)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """φ(s) [B, F] -> logits [B, bins]."""
+        return self.net(features)
+
+    def value(self, features: Tensor) -> Tensor:
+        """Expected value E[V(s)] [B]."""
+        return expected_value(self(features), self.support)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """θ' ← (1 − τ)·θ' + τ·θ for every parameter (buffers are copied)."""
+    for p_t, p in zip(target.parameters(), online.parameters()):
+        p_t.lerp_(p, tau)
+    for b_t, b in zip(target.buffers(), online.buffers()):
+        b_t.copy_(b)
+
+
+def make_target(module: nn.Module) -> nn.Module:
+    """A frozen deep copy for TD bootstrapping."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+# --------------------------------------------------------------------------------- data subsets
+def d_lab_mask(outcome_label: Tensor) -> Tensor:
+    """D_lab: outcome-labeled policy windows (label 0 or 1), [B] bool."""
+    return outcome_label >= 0
+
+
+def d_succ_mask(source: Tensor, episode_success: Tensor) -> Tensor:
+    """D_succ: labeled policy windows of successful episodes and intervention windows of
+    successful episodes, [B] bool."""
+    return (source == Source.ROLLOUT_SUCCESS) | ((source == Source.INTERVENTION) & episode_success)
+
+
+# --------------------------------------------------------------------------------- targets
+@torch.no_grad()
+def efficiency_td_target(v_e_next: Tensor, step_cost: Tensor, success_done: Tensor) -> Tensor:
+    """Eq. 3: y_e(s_t) = 0 if d_t = 1 (terminal success step), else −1 + sg[V_e(s_{t+1})].
+
+    With a stride Δ the cost is Δ (``step_cost``) **(choice)**.
+    """
+    y = -step_cost.to(v_e_next.dtype) + v_e_next.detach()
+    return torch.where(success_done.bool(), torch.zeros_like(y), y)
+
+
+@torch.no_grad()
+def efficiency_mc_target(steps_to_go: Tensor) -> Tensor:
+    """Monte-Carlo alternative: y_e(s_t) = −(T_s − t)."""
+    return -steps_to_go
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over ``mask`` (0 with gradient path when the mask is empty)."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def viability_loss(z_v: Tensor, outcome: Tensor, lab_mask: Tensor) -> Tensor:
+    """E_{D_lab}[BCE(z_v, y)] with y = z_e ∈ {0, 1}."""
+    target = outcome.clamp(0.0, 1.0).to(z_v.dtype)
+    bce = F.binary_cross_entropy_with_logits(z_v, target, reduction="none")
+    return masked_mean(bce, lab_mask)
+
+
+def efficiency_loss(v_e: Tensor, y_e: Tensor, succ_mask: Tensor, delta: float = 1.0) -> Tensor:
+    """E_{D_succ}[Huber_δ(V_e, y_e)]."""
+    target = torch.nan_to_num(y_e.detach(), nan=0.0)
+    huber = F.huber_loss(v_e, target, reduction="none", delta=delta)
+    return masked_mean(huber, succ_mask)
+
+
+def critic_loss(
+    z_v: Tensor,
+    v_e: Tensor,
+    outcome: Tensor,
+    y_e: Tensor,
+    lab_mask: Tensor,
+    succ_mask: Tensor,
+    delta: float = 1.0,
+    train_efficiency: bool = True,
+) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 4: L_critic = E_{D_lab}[BCE(z_v, y)] + E_{D_succ}[Huber_δ(V_e, y_e)].
+
+    ``train_efficiency=False`` (HABC-V) drops the second term.
+    """
+    l_v = viability_loss(z_v, outcome, lab_mask)
+    l_e = efficiency_loss(v_e, y_e, succ_mask, delta) if train_efficiency else z_v.new_zeros(())
+    loss = l_v + l_e
+    info = {
+        "loss/critic": float(loss.detach()),
+        "loss/viability_bce": float(l_v.detach()),
+        "loss/efficiency_huber": float(l_e.detach()),
+        "critic/n_lab": float(lab_mask.sum()),
+        "critic/n_succ": float(succ_mask.sum()),
+    }
+    return loss, info
+
+
+# --------------------------------------------------------------------------------- parent value
+def expected_value(logits: Tensor, support: Tensor) -> Tensor:
+    """E[V] = Σ_b softmax(logits)_b · support_b, [B]."""
+    return (logits.softmax(dim=-1) * support).sum(dim=-1)
+
+
+def two_hot(values: Tensor, support: Tensor) -> Tensor:
+    """Project scalar targets [B] onto the support as two-hot distributions [B, bins]."""
+    v = values.clamp(float(support[0]), float(support[-1]))
+    step = (support[-1] - support[0]) / (support.numel() - 1)
+    pos = (v - support[0]) / step
+    lo = pos.floor().clamp(0, support.numel() - 1)
+    hi = (lo + 1).clamp(max=support.numel() - 1)
+    w_hi = pos - lo
+    out = torch.zeros(v.shape[0], support.numel(), dtype=v.dtype, device=v.device)
+    out.scatter_add_(1, lo.long()[:, None], (1.0 - w_hi)[:, None])
+    out.scatter_add_(1, hi.long()[:, None], w_hi[:, None])
+    return out
+
+
+@torch.no_grad()
+def recap_value_target(
+    reward: Tensor, discount: Tensor, value_next: Tensor, mc_return: Tensor, has_next: Tensor
+) -> Tensor:
+    """Mixed TD/MC target (Eq. 9): the MC return G_t at an episode boundary (no next state),
+    the TD target r_t + γ·V(s_{t+1}) elsewhere."""
+    td = reward + discount * value_next.detach()
+    return torch.where(has_next.bool(), td, mc_return)
+
+
+def distributional_value_loss(
+    logits: Tensor, target: Tensor, support: Tensor, mask: Tensor
+) -> Tensor:
+    """Cross-entropy between the head's bins and the two-hot target, mean over ``mask``."""
+    safe = torch.nan_to_num(target.detach(), nan=0.0)
+    ce = -(two_hot(safe, support) * logits.log_softmax(dim=-1)).sum(dim=-1)
+    return masked_mean(ce, mask)

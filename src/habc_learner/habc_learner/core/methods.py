@@ -1,0 +1,291 @@
+"""One registry of learner methods (``HABC_METHOD.md``, "Baselines"), one frozen config each.
+
+A method says which data it samples (sources and mixing ratios), how episodes are labeled, which
+critic heads it trains and how the pre-normalization weight w̃ is computed (a named weighting
+rule in :data:`WEIGHTINGS`). Adding a method is one :func:`register_method` call (or one entry in
+:data:`METHODS`); adding a new weighting rule is one function registered in :data:`WEIGHTINGS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from habc_learner.core import weights as W
+from habc_learner.core.labeling import LABELING_MODES, Source
+
+SPLIT_CHOICES = ("all", "train")
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """Per-sample quantities a weighting rule may use (all [B], detached; None if not computed).
+
+    Attributes:
+        source: Source codes. p_v, a_v, a_e: viability probability and advantages (Eqs. 5–6).
+        recap_residual: Imit-Recap TD residual δ_t. recap_threshold: its ε.
+        learner_step: steps since the start of this method's run (warmup clock).
+        ir_active: intervention reweighting applies in this round.
+    """
+
+    source: Tensor
+    p_v: Tensor | None = None
+    a_v: Tensor | None = None
+    a_e: Tensor | None = None
+    recap_residual: Tensor | None = None
+    recap_threshold: float | None = None
+    learner_step: int = 0
+    ir_active: bool = False
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A learner method.
+
+    Attributes:
+        name: registry key.
+        description: one line for ``--help`` and logs.
+        mixing: (source name, ratio) pairs the batches are drawn from.
+        proportional: ratios are multiplied by each source's window count (ratio 1 everywhere =
+            uniform over the union of the sources).
+        labeling: ``"intervention_aware"`` or ``"naive"``.
+        weighting: name of the w̃ rule in :data:`WEIGHTINGS`.
+        train_viability, train_efficiency: train the dual-head critic's heads.
+        train_parent_value: train the distributional parent value head (Imit-Recap).
+        intervention_reweighting: IR, w̃ = g_t on intervention windows.
+        ir_from_round: first round (0-based) IR applies in.
+        warmup_steps: g_t ≡ 1 for this many learner steps of the run (500, choice).
+        habc_v_gate: ``"viability_weighted"`` (choice) or ``"plain"``.
+        recap_target_pass_rate: fraction of held-out rollout windows the Imit-Recap threshold
+            lets through (the paper saw 0.19–0.27).
+        train_split: ``"train"`` keeps the held-out episodes out of the actor's batches.
+        normalization_eps: ε of Eq. 8.
+    """
+
+    name: str
+    description: str
+    mixing: tuple[tuple[str, float], ...]
+    proportional: bool = False
+    labeling: str = "intervention_aware"
+    weighting: str = "uniform"
+    train_viability: bool = False
+    train_efficiency: bool = False
+    train_parent_value: bool = False
+    intervention_reweighting: bool = False
+    ir_from_round: int = 0
+    warmup_steps: int = 500
+    habc_v_gate: str = "viability_weighted"
+    recap_target_pass_rate: float = 0.25
+    train_split: str = "all"
+    normalization_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mixing", tuple((str(s), float(r)) for s, r in self.mixing))
+        if not self.mixing or sum(r for _, r in self.mixing) <= 0:
+            raise ValueError(
+                f"method {self.name!r}: mixing must have a positive ratio, got {self.mixing}"
+            )
+        for source, ratio in self.mixing:
+            Source.parse(source)
+            if ratio < 0:
+                raise ValueError(
+                    f"method {self.name!r}: ratio of {source!r} must be >= 0, got {ratio}"
+                )
+        if self.labeling not in LABELING_MODES:
+            raise ValueError(
+                f"method {self.name!r}: labeling {self.labeling!r} is not one of {LABELING_MODES}"
+            )
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"method {self.name!r}: weighting {self.weighting!r} is not one of "
+                f"{sorted(WEIGHTINGS)}"
+            )
+        if self.habc_v_gate not in W.HABC_V_GATES:
+            raise ValueError(f"habc_v_gate {self.habc_v_gate!r} is not one of {W.HABC_V_GATES}")
+        if self.train_split not in SPLIT_CHOICES:
+            raise ValueError(f"train_split {self.train_split!r} is not one of {SPLIT_CHOICES}")
+        if self.warmup_steps < 0 or self.ir_from_round < 0:
+            raise ValueError("warmup_steps and ir_from_round must be >= 0")
+        if not 0.0 < self.recap_target_pass_rate < 1.0:
+            raise ValueError(
+                f"recap_target_pass_rate must be in (0, 1), got {self.recap_target_pass_rate}"
+            )
+        if self.weighting in ("habc", "habc_v") and not self.train_viability:
+            raise ValueError(
+                f"method {self.name!r}: weighting {self.weighting!r} needs train_viability"
+            )
+        if self.weighting == "habc" and not self.train_efficiency:
+            raise ValueError(f"method {self.name!r}: weighting 'habc' needs train_efficiency")
+        if self.weighting == "recap" and not self.train_parent_value:
+            raise ValueError(f"method {self.name!r}: weighting 'recap' needs train_parent_value")
+
+    @property
+    def mixing_dict(self) -> dict[str, float]:
+        return dict(self.mixing)
+
+    @property
+    def uses_dual_critic(self) -> bool:
+        return self.train_viability or self.train_efficiency
+
+    @property
+    def uses_critic_features(self) -> bool:
+        return self.uses_dual_critic or self.train_parent_value
+
+    def ir_active(self, round_index: int) -> bool:
+        """Intervention reweighting applies in round ``round_index``."""
+        return self.intervention_reweighting and round_index >= self.ir_from_round
+
+    def replace(self, **changes: Any) -> MethodConfig:
+        """A copy with fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------ weighting rules
+WeightRule = Callable[[MethodConfig, WeightInputs], tuple[Tensor, Tensor]]
+
+
+def _uniform(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
+    """The weight table with g ≡ 1: demos, successful rollout and intervention windows 1;
+    failed and unlabeled windows 0 (SFT and Imit-DAgger sample only demos/interventions)."""
+    gate = torch.ones(x.source.shape, dtype=torch.float32, device=x.source.device)
+    return W.source_weights(x.source, gate, intervention_reweighting=False), gate
+
+
+def _habc(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
+    """Eq. 7 gate, warmup, weight table (with IR when active)."""
+    if x.p_v is None or x.a_v is None or x.a_e is None:
+        raise ValueError("the 'habc' weighting needs p_v, a_v and a_e")
+    gate = W.warmup_gate(W.habc_gate(x.p_v, x.a_v, x.a_e), x.learner_step, method.warmup_steps)
+    return W.source_weights(x.source, gate, x.ir_active), gate
+
+
+def _habc_v(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
+    """HABC-V gate (viability only), warmup, weight table."""
+    if x.p_v is None or x.a_v is None:
+        raise ValueError("the 'habc_v' weighting needs p_v and a_v")
+    gate = W.warmup_gate(
+        W.habc_v_gate(x.p_v, x.a_v, method.habc_v_gate), x.learner_step, method.warmup_steps
+    )
+    return W.source_weights(x.source, gate, x.ir_active), gate
+
+
+def _recap(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
+    """Imit-Recap: demos 1, rollout windows 1 iff δ_t > ε."""
+    if x.recap_residual is None or x.recap_threshold is None:
+        raise ValueError("the 'recap' weighting needs recap_residual and recap_threshold")
+    w = W.recap_weights(x.source, x.recap_residual, x.recap_threshold)
+    return w, w
+
+
+WEIGHTINGS: dict[str, WeightRule] = {
+    "uniform": _uniform,
+    "habc": _habc,
+    "habc_v": _habc_v,
+    "recap": _recap,
+}
+
+
+def compute_w_tilde(method: MethodConfig, inputs: WeightInputs) -> tuple[Tensor, Tensor]:
+    """Pre-normalization weights w̃ [B] and the gate g_t [B] (1 where a rule has none)."""
+    with torch.no_grad():
+        return WEIGHTINGS[method.weighting](method, inputs)
+
+
+# ------------------------------------------------------------------------------ registry
+_ONLINE = (("demo", 1.0), ("rollout_success", 1.0), ("rollout_failure", 1.0), ("intervention", 1.0))
+
+METHODS: dict[str, MethodConfig] = {}
+
+
+def register_method(method: MethodConfig, overwrite: bool = False) -> MethodConfig:
+    """Add ``method`` to :data:`METHODS` (a second registration of a name needs ``overwrite``)."""
+    if method.name in METHODS and not overwrite:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+register_method(
+    MethodConfig(
+        name="sft",
+        description="Supervised fine-tuning on demonstrations only.",
+        mixing=(("demo", 1.0),),
+    )
+)
+register_method(
+    MethodConfig(
+        name="imit_dagger",
+        description="50/50 SFT and intervention windows; no rollout windows, no critic.",
+        mixing=(("demo", 0.5), ("intervention", 0.5)),
+    )
+)
+register_method(
+    MethodConfig(
+        name="imit_recap",
+        description="Naive labels; parent value head; rollout windows pass iff TD residual > ε.",
+        mixing=(("demo", 1.0), ("rollout_success", 1.0), ("rollout_failure", 1.0)),
+        proportional=True,
+        labeling="naive",
+        weighting="recap",
+        train_parent_value=True,
+        train_split="train",
+    )
+)
+register_method(
+    MethodConfig(
+        name="habc_v",
+        description="HABC ablation: viability head only, g = 1 + tanh((1 - p_v) A_v).",
+        mixing=_ONLINE,
+        proportional=True,
+        weighting="habc_v",
+        train_viability=True,
+    )
+)
+register_method(
+    MethodConfig(
+        name="habc",
+        description="HABC: dual-head critic, state-adaptive gate, intervention-aware labels.",
+        mixing=_ONLINE,
+        proportional=True,
+        weighting="habc",
+        train_viability=True,
+        train_efficiency=True,
+    )
+)
+register_method(
+    MethodConfig(
+        name="habc_ir",
+        description="HABC + intervention reweighting (w = g_t on interventions) from a round.",
+        mixing=_ONLINE,
+        proportional=True,
+        weighting="habc",
+        train_viability=True,
+        train_efficiency=True,
+        intervention_reweighting=True,
+        ir_from_round=3,
+    )
+)
+
+
+def get_method(name: str | MethodConfig) -> MethodConfig:
+    """Look a method up by name; unknown names raise ``ValueError`` with "did you mean"."""
+    if isinstance(name, MethodConfig):
+        return name
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint} Valid methods: {sorted(METHODS)}")
+
+
+def method_from_dict(data: Mapping[str, Any]) -> MethodConfig:
+    """Rebuild a :class:`MethodConfig` from ``dataclasses.asdict`` output (e.g. a manifest)."""
+    kwargs = dict(data)
+    kwargs["mixing"] = tuple((s, r) for s, r in kwargs["mixing"])
+    return MethodConfig(**kwargs)

@@ -1,0 +1,799 @@
+"""Round-based learner: N gradient steps per round over the replay store, for any method.
+
+One learner step (``Trainer.train_step``):
+
+1. draw a batch with the method's source mixing;
+2. actor: encode φ(s), per-sample flow-matching loss ℓ_i (Eq. 1, unreduced);
+3. critic (methods that use one) on detached φ(s), φ(s'): Eq. 4 for the dual head, the
+   distributional CE for the Imit-Recap parent value head; Polyak target updates;
+4. weights under ``no_grad``: advantages (Eqs. 5–6), gate (Eq. 7) with warmup, the per-source
+   table (IR from ``ir_from_round``), normalization (Eq. 8);
+5. L = mean_i w_i ℓ_i + L_critic; every loss term and weight statistic goes to TensorBoard.
+
+A round ends with an atomic checkpoint (``habc_policy.core.checkpoint``) that holds everything
+needed to continue the same run: weights, critic and target copies, optimizer tensors (in
+safetensors, no pickle), RNG states, counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from habc_learner.core import critic as C
+from habc_learner.core import weights as W
+from habc_learner.core.critic import CriticConfig, DualHeadCritic, ParentValueHead
+from habc_learner.core.labeling import Source
+from habc_learner.core.methods import MethodConfig, WeightInputs, compute_w_tilde, get_method
+from habc_learner.core.replay import Batch, ReplayConfig, ReplayStore
+from habc_learner.core.windows import WindowConfig
+from habc_policy.core import checkpoint as ckpt
+from habc_policy.core.configuration_flow import FlowPolicyConfig
+from habc_policy.core.modeling_flow import FlowPolicy, ObservationEncoder
+from habc_policy.core.normalize import DEFAULT_STD_FLOOR, Normalizer, compute_stats
+
+CRITIC_FILE = "critic.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "trainer_state.json"
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Learner configuration (validated on construction).
+
+    Attributes:
+        method: a registry name or a :class:`MethodConfig` (resolved on construction).
+        policy: actor config. critic: critic config. window: windowing config (its
+            ``labeling`` is taken from the method).
+        batch_size: 256 in the paper.
+        steps_per_round: gradient steps per round (6000 in the paper).
+        actor_lr, weight_decay, grad_clip: actor optimization (AdamW).
+        seed: seeds model init, batch sampling and flow noise.
+        device: ``"cpu"`` by default; ``"cuda"`` when present.
+        stale_cutoff: stale-rollout cutoff in learner steps (10000).
+        heldout_fraction: rollout episodes held out (Imit-Recap threshold selection).
+        recap_threshold_every: re-select the Imit-Recap threshold every this many steps.
+        recap_heldout_windows: held-out windows scored to select it.
+        std_floor: normalization std floor.
+        log_dir: TensorBoard directory (None: no TensorBoard).
+        checkpoint_dir: checkpoint root (None: no checkpoints).
+        log_every: TensorBoard scalars every this many steps.
+        progress: show the tqdm progress bar.
+    """
+
+    method: str | MethodConfig = "habc"
+    policy: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    batch_size: int = 256
+    steps_per_round: int = 6000
+    actor_lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    stale_cutoff: int = 10000
+    heldout_fraction: float = 0.1
+    recap_threshold_every: int = 500
+    recap_heldout_windows: int = 2048
+    std_floor: float = DEFAULT_STD_FLOOR
+    log_dir: str | None = None
+    checkpoint_dir: str | None = None
+    log_every: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        method = get_method(self.method)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(
+            self, "window", dataclasses.replace(self.window, labeling=method.labeling)
+        )
+        if self.window.horizon != self.policy.horizon:
+            raise ValueError(
+                f"window.horizon={self.window.horizon} must equal "
+                f"policy.horizon={self.policy.horizon}"
+            )
+        for name in (
+            "batch_size",
+            "steps_per_round",
+            "log_every",
+            "recap_threshold_every",
+            "recap_heldout_windows",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.actor_lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0:
+            raise ValueError("actor_lr and grad_clip must be > 0 and weight_decay >= 0")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device {self.device!r} is not 'cpu' or 'cuda[:N]'")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+
+    @property
+    def method_config(self) -> MethodConfig:
+        assert isinstance(self.method, MethodConfig)
+        return self.method
+
+    def replay_config(self) -> ReplayConfig:
+        """The replay configuration consistent with this trainer (labeling, cameras, prompts)."""
+        return ReplayConfig(
+            window=self.window,
+            stale_cutoff=self.stale_cutoff,
+            heldout_fraction=self.heldout_fraction,
+            cameras=self.policy.camera_names,
+            prompt_buckets=self.policy.prompt_buckets,
+            prompt_max_tokens=self.policy.prompt_max_tokens,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RoundSummary:
+    """What one round did: counters, the round means of every logged scalar, p_v calibration
+    (ECE over the round's labeled windows) and the checkpoint written."""
+
+    round_index: int
+    learner_step: int
+    steps: int
+    means: dict[str, float] = field(default_factory=dict)
+    ece: float = float("nan")
+    dropped_stale: int = 0
+    checkpoint: Path | None = None
+    checkpoint_id: str | None = None
+
+    def line(self) -> str:
+        """One console line with the headline statistics."""
+        keys = (
+            "loss/actor",
+            "loss/critic",
+            "weights/mean_g_success_autonomous",
+            "weights/mean_g_intervention",
+            "weights/frac_valid",
+            "critic/p_v_brier",
+            "recap/pass_rate",
+        )
+        parts = [f"round {self.round_index} step {self.learner_step}"]
+        parts += [f"{k.split('/')[-1]}={self.means[k]:.4g}" for k in keys if k in self.means]
+        if not math.isnan(self.ece):
+            parts.append(f"p_v_ece={self.ece:.4g}")
+        return " | ".join(parts)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> float:
+    """Mean over ``mask`` as a float, NaN when empty (logged only when defined)."""
+    n = int(mask.sum())
+    return float(values[mask].mean()) if n else float("nan")
+
+
+def optimizer_to_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any], prefix: str
+) -> None:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict[str, Any]] = defaultdict(dict)
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            pid, key = name[len(prefix) + 1 :].split(".", 1)
+            state[int(pid)][key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state[int(pid)][key] = value
+    groups = [dict(g) for g in meta["param_groups"]]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
+
+
+class Trainer:
+    """Round-based trainer for any registered method over a :class:`ReplayStore`."""
+
+    def __init__(self, config: TrainerConfig, store: ReplayStore) -> None:
+        self.config = config
+        self.method = config.method_config
+        self.store = store
+        expected = config.replay_config()
+        if store.config.window != expected.window:
+            raise ValueError(
+                f"store window config {store.config.window} does not match the trainer's "
+                f"{expected.window} (method {self.method.name!r} uses {self.method.labeling!r} "
+                f"labeling); build the store with ReplayStore(config.replay_config())"
+            )
+        if store.config.cameras != config.policy.camera_names:
+            raise ValueError(
+                f"store cameras {store.config.cameras} != "
+                f"policy cameras {config.policy.camera_names}"
+            )
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.policy = FlowPolicy(config.policy).to(self.device)
+        self.critic_encoder: ObservationEncoder | None = None
+        self.critic: DualHeadCritic | None = None
+        self.critic_target: nn.Module | None = None
+        self.parent: ParentValueHead | None = None
+        self.parent_target: nn.Module | None = None
+        critic_params: list[nn.Parameter] = []
+        feature_dim = config.policy.feature_dim
+        if self.method.uses_critic_features and config.critic.feature_source == "separate_encoder":
+            self.critic_encoder = ObservationEncoder(config.policy).to(self.device)
+            critic_params += list(self.critic_encoder.parameters())
+        if self.method.uses_dual_critic:
+            self.critic = DualHeadCritic(feature_dim, config.critic).to(self.device)
+            self.critic_target = C.make_target(self.critic)
+            critic_params += list(self.critic.parameters())
+        if self.method.train_parent_value:
+            self.parent = ParentValueHead(feature_dim, config.critic).to(self.device)
+            self.parent_target = C.make_target(self.parent)
+            critic_params += list(self.parent.parameters())
+        self.actor_optimizer = torch.optim.AdamW(
+            self.policy.parameters(),
+            lr=config.actor_lr,
+            weight_decay=config.weight_decay,
+            foreach=True,
+        )
+        self.critic_optimizer = (
+            torch.optim.Adam(critic_params, lr=config.critic.lr, foreach=True)
+            if critic_params
+            else None
+        )
+        self.normalizer: Normalizer | None = None
+        self.learner_step = 0
+        self.run_start_step = 0
+        self.round_index = 0
+        self.recap_threshold: float | None = None
+        self.recap_heldout_pass_rate = float("nan")
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self._writer: SummaryWriter | None = None
+        self._ece_bins = np.zeros((3, ECE_BINS))
+
+    # ------------------------------------------------------------------------------ lifecycle
+    @classmethod
+    def resume(
+        cls, config: TrainerConfig, store: ReplayStore, checkpoint: str | Path | None = None
+    ) -> Trainer:
+        """A trainer continuing the run of ``checkpoint`` (default: the latest under
+        ``config.checkpoint_dir``); a fresh trainer when there is none yet."""
+        trainer = cls(config, store)
+        if checkpoint is None:
+            if config.checkpoint_dir is None:
+                raise ValueError("resume needs a checkpoint path or config.checkpoint_dir")
+            checkpoint = ckpt.latest_checkpoint(config.checkpoint_dir)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+        return trainer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def writer(self) -> SummaryWriter | None:
+        if self._writer is None and self.config.log_dir is not None:
+            self._writer = SummaryWriter(self.config.log_dir, purge_step=self.learner_step)
+        return self._writer
+
+    @property
+    def ir_active(self) -> bool:
+        return self.method.ir_active(self.round_index)
+
+    def ensure_normalizer(self) -> Normalizer:
+        """Per-dimension stats from the demonstrations (all data when there are none), computed
+        once and then frozen (they are part of every checkpoint)."""
+        if self.normalizer is None:
+            proprio, actions = self.store.all_proprio_actions(("demo",))
+            self.normalizer = Normalizer(
+                compute_stats(proprio, self.config.std_floor),
+                compute_stats(actions, self.config.std_floor),
+            )
+        return self.normalizer
+
+    def init_policy_from(self, checkpoint: str | Path) -> None:
+        """Start from a policy checkpoint (e.g. the SFT one): weights and normalizer. The learner
+        step continues from the checkpoint's; warmup restarts for this run."""
+        loaded = ckpt.load_policy(checkpoint, device=self.device)
+        if loaded.config != self.config.policy:
+            raise ValueError(
+                f"checkpoint policy config {loaded.config} != trainer's {self.config.policy}"
+            )
+        self.policy.load_state_dict(loaded.model.state_dict())
+        self.normalizer = loaded.normalizer
+        self.learner_step = loaded.learner_step
+        self.run_start_step = loaded.learner_step
+
+    # ------------------------------------------------------------------------------ one step
+    def _features(
+        self,
+        proprio: Tensor,
+        tokens: Tensor,
+        images: dict[str, Tensor] | None,
+        actor_features: Tensor | None,
+    ) -> Tensor:
+        """Critic input φ(s): detached actor features (choice) or the critic's own encoder."""
+        if self.critic_encoder is not None:
+            return self.critic_encoder(proprio, tokens, images)
+        if actor_features is not None:
+            return actor_features.detach()
+        with torch.no_grad():
+            return self.policy.encode(proprio, tokens, images)
+
+    def train_step(self) -> dict[str, float]:
+        """One learner step; returns every logged scalar."""
+        cfg, method = self.config, self.method
+        normalizer = self.ensure_normalizer()
+        self.store.drop_stale(self.learner_step)
+        run_step = self.learner_step - self.run_start_step
+        if self.parent is not None and (
+            self.recap_threshold is None or run_step % cfg.recap_threshold_every == 0
+        ):
+            self.select_recap_threshold()
+        uses_critic = method.uses_critic_features
+        batch = self.store.sample(
+            cfg.batch_size,
+            method.mixing_dict,
+            self.rng,
+            proportional=method.proportional,
+            split=method.train_split,
+            load_images=bool(cfg.policy.camera_names),
+            next_images=uses_critic,
+        ).to(self.device)
+        q = normalizer.normalize_proprio(batch.proprio)
+        actions = normalizer.normalize_action(batch.actions)
+        images = batch.images or None
+        self.policy.train()
+        features = self.policy.encode(q, batch.prompt_tokens, images)
+        noise, tau = self.policy.draw_noise_and_tau(len(batch), self.generator, self.device)
+        per_sample = self.policy.per_sample_loss(features, actions, batch.action_mask, noise, tau)
+
+        info: dict[str, float] = {}
+        critic_total = features.new_zeros(())
+        inputs: dict[str, Any] = {
+            "source": batch.source,
+            "learner_step": run_step,
+            "ir_active": self.ir_active,
+        }
+        if uses_critic:
+            q_next = normalizer.normalize_proprio(batch.next_proprio)
+            phi = self._features(q, batch.prompt_tokens, images, features)
+            with torch.no_grad():
+                phi_next = self._features(
+                    q_next, batch.prompt_tokens, batch.next_images or None, None
+                )
+            if self.critic is not None:
+                loss, c_info, extra = self._dual_critic_terms(batch, phi, phi_next)
+                critic_total = critic_total + loss
+                info.update(c_info)
+                inputs.update(extra)
+            if self.parent is not None:
+                loss, p_info, extra = self._parent_value_terms(batch, phi, phi_next)
+                critic_total = critic_total + loss
+                info.update(p_info)
+                inputs.update(extra)
+
+        w_tilde, gate = compute_w_tilde(method, WeightInputs(**inputs))
+        w = W.normalize_weights(w_tilde, method.normalization_eps)
+        actor_loss, a_info = W.weighted_actor_loss(per_sample, w)
+        info.update(a_info)
+
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_total).backward()
+        info["grad_norm/actor"] = float(
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        )
+        self.actor_optimizer.step()
+        if self.critic_optimizer is not None:
+            params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
+            info["grad_norm/critic"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            self.critic_optimizer.step()
+        if self.critic is not None and self.critic_target is not None:
+            C.polyak_update(self.critic_target, self.critic, cfg.critic.polyak_tau)
+        if self.parent is not None and self.parent_target is not None:
+            C.polyak_update(self.parent_target, self.parent, cfg.critic.polyak_tau)
+
+        info.update(self._weight_stats(batch, w_tilde, w, gate))
+        self.learner_step += 1
+        return info
+
+    def _dual_critic_terms(
+        self, batch: Batch, phi: Tensor, phi_next: Tensor
+    ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
+        assert self.critic is not None and self.critic_target is not None
+        ccfg = self.config.critic
+        z_v, v_e = self.critic(phi)
+        with torch.no_grad():
+            z_v_next, v_e_next = self.critic(phi_next)
+            if ccfg.efficiency_target == "mc":
+                y_e = C.efficiency_mc_target(batch.steps_to_go)
+            else:
+                boot = (
+                    self.critic_target(phi_next)[1] if ccfg.td_bootstrap == "polyak" else v_e_next
+                )
+                y_e = C.efficiency_td_target(boot, batch.step_cost, batch.success_done)
+        lab = C.d_lab_mask(batch.outcome_label)
+        succ = C.d_succ_mask(batch.source, batch.episode_success)
+        loss, info = C.critic_loss(
+            z_v,
+            v_e,
+            batch.outcome_label,
+            y_e,
+            lab,
+            succ,
+            ccfg.huber_delta,
+            train_efficiency=self.method.train_efficiency,
+        )
+        with torch.no_grad():
+            z_clamped = W.clamp_viability_logit(z_v)
+            p_v = torch.sigmoid(z_clamped)
+            a_v = W.viability_advantage(z_v, z_v_next, batch.has_next)
+            a_e = W.efficiency_advantage(v_e, v_e_next, batch.step_cost, batch.has_next)
+            y = batch.outcome_label
+            info["critic/p_v_mean"] = float(p_v.mean())
+            info["critic/v_e_mean"] = float(v_e.mean())
+            info["critic/A_v_mean"] = float(a_v.mean())
+            info["critic/A_e_mean"] = float(a_e.mean())
+            if lab.any():
+                info["critic/p_v_brier"] = float(((p_v - y)[lab]).square().mean())
+                info["critic/p_v_accuracy"] = float(
+                    ((p_v[lab] > 0.5).float() == y[lab]).float().mean()
+                )
+                self._accumulate_ece(p_v[lab], y[lab])
+            if succ.any():
+                info["critic/efficiency_abs_err_mc"] = float(
+                    (v_e + batch.steps_to_go)[succ].abs().mean()
+                )
+        return loss, info, {"p_v": p_v, "a_v": a_v, "a_e": a_e}
+
+    def _parent_value_terms(
+        self, batch: Batch, phi: Tensor, phi_next: Tensor
+    ) -> tuple[Tensor, dict[str, float], dict[str, Any]]:
+        assert self.parent is not None and self.parent_target is not None
+        logits = self.parent(phi)
+        support = self.parent.support
+        with torch.no_grad():
+            v_next_target = self.parent_target.value(phi_next)
+            target = C.recap_value_target(
+                batch.recap_reward,
+                batch.recap_discount,
+                v_next_target,
+                batch.recap_mc_return,
+                batch.has_next,
+            )
+            residual = W.recap_td_residual(
+                batch.recap_reward,
+                C.expected_value(logits, support),
+                self.parent.value(phi_next),
+                batch.has_next,
+            )
+        valid = torch.isfinite(batch.recap_mc_return)
+        loss = C.distributional_value_loss(logits, target, support, valid)
+        assert self.recap_threshold is not None
+        rollout = (batch.source == Source.ROLLOUT_SUCCESS) | (
+            batch.source == Source.ROLLOUT_FAILURE
+        )
+        info = {
+            "loss/parent_value_ce": float(loss.detach()),
+            "recap/threshold": self.recap_threshold,
+            "recap/heldout_pass_rate": self.recap_heldout_pass_rate,
+            "recap/residual_mean": _masked_mean(residual, rollout),
+            "recap/pass_rate": _masked_mean((residual > self.recap_threshold).float(), rollout),
+        }
+        return loss, info, {"recap_residual": residual, "recap_threshold": self.recap_threshold}
+
+    @torch.no_grad()
+    def select_recap_threshold(self) -> float:
+        """Imit-Recap: pick ε on held-out rollout windows so that ``recap_target_pass_rate`` of
+        them pass; falls back to training windows when the held-out split is empty."""
+        assert self.parent is not None
+        normalizer = self.ensure_normalizer()
+        split = "heldout"
+        pools = [
+            self.store.source_indices(s, split)
+            for s in (Source.ROLLOUT_SUCCESS, Source.ROLLOUT_FAILURE)
+        ]
+        rows = np.concatenate(pools)
+        if rows.size == 0:
+            split = "all"
+            pools = [
+                self.store.source_indices(s, split)
+                for s in (Source.ROLLOUT_SUCCESS, Source.ROLLOUT_FAILURE)
+            ]
+            rows = np.concatenate(pools)
+        if rows.size == 0:
+            self.recap_threshold = 0.0
+            self.recap_heldout_pass_rate = float("nan")
+            return 0.0
+        # A fixed, seeded subset keeps the selection independent of the training RNG stream.
+        if rows.size > self.config.recap_heldout_windows:
+            pick = np.random.default_rng(self.config.seed + self.learner_step)
+            rows = np.sort(pick.choice(rows, self.config.recap_heldout_windows, replace=False))
+        batch = self.store.gather(rows, load_images=bool(self.config.policy.camera_names)).to(
+            self.device
+        )
+        was_training = self.policy.training
+        self.policy.eval()
+        phi = self._features(
+            normalizer.normalize_proprio(batch.proprio),
+            batch.prompt_tokens,
+            batch.images or None,
+            None,
+        )
+        phi_next = self._features(
+            normalizer.normalize_proprio(batch.next_proprio),
+            batch.prompt_tokens,
+            batch.next_images or None,
+            None,
+        )
+        self.policy.train(was_training)
+        residual = W.recap_td_residual(
+            batch.recap_reward, self.parent.value(phi), self.parent.value(phi_next), batch.has_next
+        )
+        self.recap_threshold = W.select_recap_threshold(
+            residual, self.method.recap_target_pass_rate
+        )
+        self.recap_heldout_pass_rate = float((residual > self.recap_threshold).float().mean())
+        return self.recap_threshold
+
+    def _accumulate_ece(self, p: Tensor, y: Tensor) -> None:
+        bins = np.clip((p.cpu().numpy() * ECE_BINS).astype(int), 0, ECE_BINS - 1)
+        np.add.at(self._ece_bins[0], bins, 1.0)
+        np.add.at(self._ece_bins[1], bins, p.cpu().numpy())
+        np.add.at(self._ece_bins[2], bins, y.cpu().numpy())
+
+    def _ece(self) -> float:
+        n, sp, sy = self._ece_bins
+        total = n.sum()
+        if total == 0:
+            return float("nan")
+        nz = n > 0
+        return float((np.abs(sp[nz] - sy[nz])).sum() / total)
+
+    @torch.no_grad()
+    def _weight_stats(
+        self, batch: Batch, w_tilde: Tensor, w: Tensor, gate: Tensor
+    ) -> dict[str, float]:
+        src = batch.source
+        valid = w_tilde > 0
+        stats = {
+            "weights/frac_valid": float(valid.float().mean()),
+            "weights/w_tilde_mean": float(w_tilde.mean()),
+            "weights/w_mean_valid": _masked_mean(w, valid),
+            "weights/w_max": float(w.max()),
+            "weights/w_std_valid": float(w[valid].std()) if int(valid.sum()) > 1 else 0.0,
+            "weights/mean_g_success_autonomous": _masked_mean(gate, src == Source.ROLLOUT_SUCCESS),
+            "weights/mean_g_intervention": _masked_mean(gate, src == Source.INTERVENTION),
+            "weights/ir_active": float(self.ir_active),
+            "weights/warmup": float(
+                self.learner_step - self.run_start_step < self.method.warmup_steps
+            ),
+        }
+        for s in Source:
+            stats[f"batch/frac_{s.name.lower()}"] = float((src == s).float().mean())
+        return stats
+
+    # ------------------------------------------------------------------------------ rounds
+    def run_round(self, num_steps: int | None = None) -> RoundSummary:
+        """Run one round of ``num_steps`` (default ``steps_per_round``) learner steps, then
+        checkpoint (when ``checkpoint_dir`` is set) and return its summary."""
+        steps = self.config.steps_per_round if num_steps is None else num_steps
+        if steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {steps}")
+        self.ensure_normalizer()
+        dropped_before = self.store.num_dropped
+        self._ece_bins[:] = 0.0
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        bar = tqdm(
+            range(steps),
+            desc=f"{self.method.name} round {self.round_index}",
+            disable=not self.config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        writer = self.writer
+        for _ in bar:
+            info = self.train_step()
+            for key, value in info.items():
+                if not math.isnan(value):
+                    sums[key] += value
+                    counts[key] += 1
+            if writer is not None and self.learner_step % self.config.log_every == 0:
+                for key, value in info.items():
+                    if not math.isnan(value):
+                        writer.add_scalar(key, value, self.learner_step)
+            if self.config.progress and self.learner_step % 10 == 0:
+                bar.set_postfix(
+                    {
+                        k.split("/")[-1]: f"{sums[k] / counts[k]:.3g}"
+                        for k in (
+                            "loss/actor",
+                            "loss/critic",
+                            "weights/mean_g_success_autonomous",
+                            "weights/mean_g_intervention",
+                            "weights/frac_valid",
+                            "recap/pass_rate",
+                        )
+                        if counts.get(k)
+                    }
+                )
+        bar.close()
+        summary = RoundSummary(
+            round_index=self.round_index,
+            learner_step=self.learner_step,
+            steps=steps,
+            means={k: sums[k] / counts[k] for k in sums},
+            ece=self._ece(),
+            dropped_stale=self.store.num_dropped - dropped_before,
+        )
+        if writer is not None:
+            if not math.isnan(summary.ece):
+                writer.add_scalar("critic/p_v_ece_round", summary.ece, self.learner_step)
+            writer.flush()
+        self.round_index += 1
+        if self.config.checkpoint_dir is not None:
+            summary.checkpoint = self.save_checkpoint()
+            summary.checkpoint_id = ckpt.read_manifest(summary.checkpoint)["checkpoint_id"]
+        if self.config.progress:
+            tqdm.write(summary.line())
+        return summary
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _module_tensors(self) -> dict[str, Tensor]:
+        tensors: dict[str, Tensor] = {}
+        for prefix, module in (
+            ("critic", self.critic),
+            ("critic_target", self.critic_target),
+            ("parent", self.parent),
+            ("parent_target", self.parent_target),
+            ("critic_encoder", self.critic_encoder),
+        ):
+            if module is not None:
+                tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        return tensors
+
+    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+        """Write the full learner state atomically; point ``LATEST`` at it; return its path."""
+        root = Path(directory or self.config.checkpoint_dir or "")
+        if not str(root):
+            raise ValueError("save_checkpoint needs a directory or config.checkpoint_dir")
+        name = ckpt.checkpoint_name(self.learner_step)
+        actor_t, actor_meta = optimizer_to_tensors(self.actor_optimizer, "actor")
+        opt_tensors = dict(actor_t)
+        critic_meta = None
+        if self.critic_optimizer is not None:
+            critic_t, critic_meta = optimizer_to_tensors(self.critic_optimizer, "critic")
+            opt_tensors.update(critic_t)
+        extra_tensor_files: dict[str, dict[str, Tensor]] = {
+            RNG_FILE: {"generator": self.generator.get_state()},
+        }
+        module_tensors = self._module_tensors()
+        if module_tensors:
+            extra_tensor_files[CRITIC_FILE] = module_tensors
+        if opt_tensors:
+            extra_tensor_files[OPTIMIZER_FILE] = opt_tensors
+        state = {
+            "learner_step": self.learner_step,
+            "run_start_step": self.run_start_step,
+            "round_index": self.round_index,
+            "recap_threshold": self.recap_threshold,
+            "numpy_rng": self.rng.bit_generator.state,
+            "actor_optimizer": actor_meta,
+            "critic_optimizer": critic_meta,
+            "store_dropped": self.store.num_dropped,
+        }
+        assert self.normalizer is not None
+        ckpt.save_policy(
+            root / name,
+            self.policy,
+            self.normalizer,
+            self.learner_step,
+            extra_tensor_files=extra_tensor_files,
+            extra_json_files={STATE_FILE: json.loads(json.dumps(state, default=float))},
+            extra_manifest={
+                "method": self.method.name,
+                "round_index": self.round_index,
+                "trainer_config": json.loads(json.dumps(self.config.to_dict(), default=str)),
+            },
+            overwrite=True,
+        )
+        ckpt.update_latest(root, name)
+        return root / name
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the full learner state from a checkpoint written by :meth:`save_checkpoint`."""
+        manifest, tensors, jsons = ckpt.read_checkpoint(path, device="cpu")
+        if manifest.get("method") != self.method.name:
+            raise ckpt.CheckpointError(
+                f"{path}: checkpoint of method {manifest.get('method')!r}, "
+                f"trainer runs {self.method.name!r}"
+            )
+        saved_policy = FlowPolicyConfig.from_dict(manifest["policy_config"])
+        if saved_policy != self.config.policy:
+            raise ckpt.CheckpointError(
+                f"{path}: policy config {saved_policy} != trainer's {self.config.policy}"
+            )
+        if STATE_FILE not in jsons:
+            raise ckpt.CheckpointError(f"{path}: no {STATE_FILE}; not a learner checkpoint")
+        ckpt.load_state_dict_strict(
+            self.policy, tensors[ckpt.MODEL_FILE], f"{path}/{ckpt.MODEL_FILE}"
+        )
+        self.normalizer = Normalizer.from_state_dict(tensors[ckpt.NORMALIZER_FILE])
+        module_tensors = tensors.get(CRITIC_FILE, {})
+        for prefix, module in (
+            ("critic", self.critic),
+            ("critic_target", self.critic_target),
+            ("parent", self.parent),
+            ("parent_target", self.parent_target),
+            ("critic_encoder", self.critic_encoder),
+        ):
+            if module is not None:
+                sub = {
+                    k[len(prefix) + 1 :]: v
+                    for k, v in module_tensors.items()
+                    if k.startswith(prefix + ".")
+                }
+                ckpt.load_state_dict_strict(module, sub, f"{path}/{CRITIC_FILE}[{prefix}]")
+        state = jsons[STATE_FILE]
+        opt_tensors = tensors.get(OPTIMIZER_FILE, {})
+        optimizer_from_tensors(self.actor_optimizer, opt_tensors, state["actor_optimizer"], "actor")
+        if self.critic_optimizer is not None:
+            if state["critic_optimizer"] is None:
+                raise ckpt.CheckpointError(f"{path}: no critic optimizer state")
+            optimizer_from_tensors(
+                self.critic_optimizer, opt_tensors, state["critic_optimizer"], "critic"
+            )
+        self.generator.set_state(tensors[RNG_FILE]["generator"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.learner_step = int(state["learner_step"])
+        self.run_start_step = int(state["run_start_step"])
+        self.round_index = int(state["round_index"])
+        self.recap_threshold = state["recap_threshold"]
+        self.policy.to(self.device)
+        for module in (
+            self.critic,
+            self.critic_target,
+            self.parent,
+            self.parent_target,
+            self.critic_encoder,
+        ):
+            if module is not None:
+                module.to(self.device)
