@@ -20,6 +20,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "habc-main = habc_learner.main_job:main",
             # NODE_ENTRY_POINTS
         ],
     },

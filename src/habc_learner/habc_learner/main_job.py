@@ -1,0 +1,331 @@
+"""The main job on the embedded default robot (simulation), end to end, in one process.
+
+    habc-main --out runs/main            # what `bash scripts/main.sh` runs
+
+1. Scripted demonstrations on the simulated bimanual robot → episode bags (rosbag2/MCAP).
+2. The bags → episodes (the learner's bag reader) → an SFT checkpoint (flow-matching actor).
+3. Evaluation of the SFT policy on held-out object poses.
+4. K online rounds: rollouts of the current policy with the scripted operator taking over in
+   part of the episodes heading for failure → episode bags → a HABC training round over
+   demonstrations + rollouts → a new checkpoint → evaluation.
+5. ``summary.json`` and ``summary.png`` (success rate and successful-episode length per stage).
+
+Every artefact lands under ``--out``; a crashed run started again with the same arguments
+reuses the bags already written and resumes training from the last checkpoint.
+
+This runs the learning loop in-process (:mod:`habc_learner.sim_rollouts`); the ROS node graph
+(driver, policy server, arbiter, recorder, learner node) runs the same loop over DDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from habc_learner.core.bag_format import read_custom_data
+from habc_learner.core.bag_reader import read_episodes
+from habc_learner.core.replay import ReplayStore
+from habc_learner.core.trainer import Trainer, TrainerConfig
+from habc_learner.sim_rollouts import RolloutResult, run_rollout
+
+LOG = logging.getLogger("habc.main")
+EVAL_SEED_BASE = 1_000_000  # evaluation object poses never overlap training seeds
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    checkpoint_id: str
+    learner_step: int
+    success_rate: float
+    mean_success_length: float
+    episodes: int
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="habc-main", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/main"), help="output folder")
+    p.add_argument("--backend", default="sim", choices=("sim", "metaworld"))
+    p.add_argument("--task", default="transfer_cube", help="sim: transfer_cube | insertion")
+    p.add_argument("--demos", type=int, default=20, help="scripted demonstrations for SFT")
+    p.add_argument("--demo-noise", type=float, default=0.0, help="expert waypoint noise σ (m)")
+    p.add_argument("--sft-steps", type=int, default=1500, help="SFT gradient steps")
+    p.add_argument("--rounds", type=int, default=1, help="online HABC rounds")
+    p.add_argument("--rollouts", type=int, default=20, help="rollout episodes per round")
+    p.add_argument("--round-steps", type=int, default=600, help="gradient steps per round")
+    p.add_argument("--method", default="habc", help="learner method of the online rounds")
+    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per stage")
+    p.add_argument(
+        "--takeover-fraction",
+        type=float,
+        default=0.5,
+        help="share of failing rollouts the scripted operator takes over",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="torch CPU threads (default: half the cores; more threads than free "
+        "cores slows training several-fold)",
+    )
+    args = p.parse_args(argv)
+    for name in ("demos", "eval_episodes", "sft_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.rounds < 0 or args.rollouts < 1 or args.round_steps < 1:
+        p.error("--rounds must be >= 0, --rollouts and --round-steps >= 1")
+    if not 0.0 <= args.takeover_fraction <= 1.0:
+        p.error(f"--takeover-fraction must be in [0, 1], got {args.takeover_fraction}")
+    return args
+
+
+def _progress(iterable, desc: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="ep", dynamic_ncols=True, leave=False)
+
+
+def _bag_done(path: Path) -> bool:
+    try:
+        return read_custom_data(path).get("habc.complete") == "true"
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _clear_partial(path: Path) -> None:
+    """Remove a bag a crashed run left half-written (it is re-recorded)."""
+    import shutil
+
+    if path.exists() and not _bag_done(path):
+        shutil.rmtree(path)
+
+
+def record_episodes(
+    args: argparse.Namespace,
+    folder: Path,
+    seeds: list[int],
+    *,
+    policy=None,
+    takeover_fraction: float = 0.0,
+    source: str = "rollout",
+    desc: str,
+) -> list[RolloutResult | None]:
+    """Run and record one episode per seed into ``folder`` (skipping bags already complete)."""
+    from arx_x5_driver.core.factory import make_backend
+    from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    operator = ScriptedOperator.for_backend(
+        args.backend,
+        args.task,
+        OperatorConfig(intervention_rate=takeover_fraction),
+    )
+    results: list[RolloutResult | None] = []
+    with make_backend(args.backend, task=args.task) as robot:
+        for seed in _progress(seeds, desc, len(seeds)):
+            path = folder / f"{source}-{seed:07d}"
+            if _bag_done(path):
+                results.append(None)
+                continue
+            _clear_partial(path)
+            results.append(
+                run_rollout(
+                    robot,
+                    seed=seed,
+                    policy=policy,
+                    operator=operator,
+                    operator_from_start=policy is None,
+                    episode_id=path.name,
+                    task=args.task,
+                    prompt=robot.prompt,
+                    bag_path=path,
+                    source=source,
+                    sample_seed=seed,
+                )
+            )
+    return results
+
+
+def evaluate(args: argparse.Namespace, checkpoint: Path, stage: str) -> StageResult:
+    """Success rate and mean successful length of a checkpoint on held-out object poses."""
+    from arx_x5_driver.core.factory import make_backend
+    from habc_policy.core.checkpoint import load_policy
+
+    policy = load_policy(checkpoint)
+    successes: list[int] = []
+    with make_backend(args.backend, task=args.task) as robot:
+        seeds = [EVAL_SEED_BASE + i for i in range(args.eval_episodes)]
+        for seed in _progress(seeds, f"eval {stage}", len(seeds)):
+            r = run_rollout(
+                robot,
+                seed=seed,
+                policy=policy,
+                episode_id=f"eval-{seed}",
+                task=args.task,
+                prompt=robot.prompt,
+                sample_seed=seed,
+            )
+            if r.success:
+                successes.append(r.steps)
+    rate = len(successes) / args.eval_episodes
+    length = float(np.mean(successes)) if successes else float("nan")
+    return StageResult(
+        stage, policy.checkpoint_id, policy.learner_step, rate, length, args.eval_episodes
+    )
+
+
+def _trainer(
+    args: argparse.Namespace,
+    method: str,
+    store: ReplayStore,
+    proprio_dim: int,
+    action_dim: int,
+    name: str,
+    steps: int,
+) -> Trainer:
+    from habc_policy.core.configuration_flow import FlowPolicyConfig
+
+    cfg = TrainerConfig(
+        method=method,
+        policy=FlowPolicyConfig(action_dim=action_dim, proprio_dim=proprio_dim),
+        batch_size=args.batch_size,
+        steps_per_round=steps,
+        seed=args.seed,
+        checkpoint_dir=str(args.out / "checkpoints" / name),
+        log_dir=str(args.out / "tensorboard" / name),
+    )
+    return Trainer.resume(cfg, store)
+
+
+def plot(stages: list[StageResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s.stage for s in stages]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax1.bar(names, [100 * s.success_rate for s in stages], color="#3a7")
+    ax1.set_ylabel("success rate (%)")
+    ax1.set_ylim(0, 100)
+    ax1.set_title(f"success over {stages[0].episodes} held-out episodes")
+    for i, s in enumerate(stages):
+        ax1.text(i, 100 * s.success_rate + 2, f"{100 * s.success_rate:.0f}%", ha="center")
+    ax2.bar(names, [s.mean_success_length for s in stages], color="#37a")
+    ax2.set_ylabel("steps")
+    ax2.set_title("mean length of successful episodes")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Policy actions slightly past a joint limit are clamped by the backend every step; the
+    # per-step warning would drown the progress output.
+    logging.getLogger("arx_x5_driver").setLevel(logging.ERROR)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    say = lambda msg: print(f"[habc-main {time.monotonic() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
+
+    say(f"{args.demos} scripted demonstrations on {args.backend}:{args.task} -> {out}/bags/demos")
+    demo_seeds = [args.seed * 10_000 + i for i in range(args.demos)]
+    record_episodes(args, out / "bags" / "demos", demo_seeds, source="demo", desc="demonstrations")
+    episodes, report = read_episodes(out / "bags" / "demos")
+    say(report.format().splitlines()[0])
+    demos_ok = [e for e in episodes if e.outcome.value == "success"]
+    if not demos_ok:
+        say("no successful demonstration: nothing to learn from")
+        return 1
+    store = ReplayStore(TrainerConfig(method="sft").replay_config())
+    store.add_episodes(demos_ok)
+    proprio_dim, action_dim = demos_ok[0].proprio_dim, demos_ok[0].action_dim
+
+    say(f"SFT: {args.sft_steps} steps on {len(demos_ok)} successful demonstrations")
+    with _trainer(args, "sft", store, proprio_dim, action_dim, "sft", args.sft_steps) as sft:
+        if sft.learner_step < args.sft_steps:
+            summary = sft.run_round(args.sft_steps - sft.learner_step)
+            say(summary.line())
+        sft_ckpt = sft.save_checkpoint()
+    stages = [evaluate(args, sft_ckpt, "SFT")]
+    say(
+        f"SFT: success {100 * stages[-1].success_rate:.0f}% "
+        f"({stages[-1].checkpoint_id}, step {stages[-1].learner_step})"
+    )
+
+    current = sft_ckpt
+    from habc_policy.core.checkpoint import latest_checkpoint, load_policy
+
+    full_store = ReplayStore(TrainerConfig(method=args.method).replay_config())
+    full_store.add_episodes(episodes)
+    for k in range(1, args.rounds + 1):
+        folder = out / "bags" / f"round_{k:02d}"
+        seeds = [args.seed * 10_000 + 1000 * k + i for i in range(args.rollouts)]
+        policy = load_policy(current)
+        results = record_episodes(
+            args,
+            folder,
+            seeds,
+            policy=policy,
+            takeover_fraction=args.takeover_fraction,
+            desc=f"round {k} rollouts",
+        )
+        done = [r for r in results if r is not None]
+        if done:
+            say(
+                f"round {k}: {sum(r.success for r in done)}/{len(done)} rollouts succeeded, "
+                f"{sum(r.takeover_step is not None for r in done)} with a takeover"
+            )
+        new_eps, report = read_episodes(folder)
+        full_store.add_episodes(new_eps)
+        say(
+            f"round {k}: {report.format().splitlines()[0]}; {args.method} for "
+            f"{args.round_steps} steps"
+        )
+        method_dir = out / "checkpoints" / args.method
+        fresh = not method_dir.exists() or latest_checkpoint(method_dir) is None
+        with _trainer(
+            args, args.method, full_store, proprio_dim, action_dim, args.method, args.round_steps
+        ) as trainer:
+            if fresh:
+                trainer.init_policy_from(sft_ckpt)
+            target = stages[0].learner_step + args.round_steps * k
+            if trainer.learner_step < target:
+                summary = trainer.run_round(target - trainer.learner_step)
+                say(summary.line())
+            current = trainer.save_checkpoint()
+        stages.append(evaluate(args, current, f"{args.method} r{k}"))
+        say(f"round {k}: success {100 * stages[-1].success_rate:.0f}%")
+
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps([s.__dict__ for s in stages], indent=2))
+    plot(stages, out / "summary.png")
+    say("results (held-out object poses):")
+    for s in stages:
+        print(
+            f"  {s.stage:<12} success {100 * s.success_rate:5.1f}%  "
+            f"mean successful length {s.mean_success_length:6.1f}  checkpoint {s.checkpoint_id}"
+        )
+    say(f"wrote {summary_path}, {out / 'summary.png'}, TensorBoard logs in {out / 'tensorboard'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

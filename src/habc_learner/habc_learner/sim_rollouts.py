@@ -1,0 +1,222 @@
+"""In-process rollouts on a robot backend: policy chunks, scripted takeovers, episode bags.
+
+The same control semantics as the ROS node graph, without ROS: the policy serves chunks of
+``H`` rows computed from the latest observation, ``execute_rows`` of each run open loop; the
+scripted operator watches every step and, when it takes over, drives the arms (steps tagged
+``HUMAN``) until the episode ends. Every executed step goes into an episode bag in the format
+of :mod:`habc_learner.core.bag_format`, so the learner reads these rollouts exactly as it reads
+what the recorder node writes. Used by the main job, the paper-protocol benchmark and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from habc_learner.core import bag_format as bf
+
+BASE_TIME_NS = 1_000_000_000  # episode clock starts at 1 s (stamps must be > 0 for some tools)
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """What one rollout did."""
+
+    episode_id: str
+    success: bool
+    steps: int
+    success_step: int | None
+    takeover_step: int | None  # first step under operator control, None if never
+    failure: str | None
+    bag: Path | None
+
+
+def _proprio(obs: Any, use_env_state: bool) -> np.ndarray:
+    q = np.asarray(obs.joint_positions, dtype=np.float32)
+    if use_env_state and obs.env_state is not None:
+        q = np.concatenate([q, np.asarray(obs.env_state, dtype=np.float32)])
+    return q
+
+
+def _write_observation(w: bf.EpisodeBagWriter, t_ns: int, obs: Any, joint_names: list[str]) -> None:
+    w.write(
+        bf.TOPIC_JOINT_STATES,
+        bf.MSGTYPE_JOINT_STATE,
+        t_ns,
+        w.msg(
+            bf.MSGTYPE_JOINT_STATE,
+            header=bf.header(t_ns),
+            name=joint_names,
+            position=np.asarray(obs.joint_positions, dtype=np.float64),
+            velocity=np.asarray(obs.joint_velocities, dtype=np.float64),
+            effort=np.zeros(0),
+        ),
+    )
+    if obs.env_state is not None:
+        dim = w.msg("std_msgs/msg/MultiArrayDimension", label="env_state", size=0, stride=0)
+        w.write(
+            bf.TOPIC_ENV_STATE,
+            bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
+            t_ns,
+            w.msg(
+                bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
+                layout=w.msg("std_msgs/msg/MultiArrayLayout", dim=[dim], data_offset=0),
+                data=np.asarray(obs.env_state, dtype=np.float32),
+            ),
+        )
+
+
+def run_rollout(
+    backend: Any,
+    *,
+    seed: int,
+    policy: Any | None = None,
+    operator: Any | None = None,
+    operator_from_start: bool = False,
+    execute_rows: int = 25,
+    use_env_state: bool = True,
+    episode_id: str,
+    task: str,
+    prompt: str,
+    bag_path: str | Path | None = None,
+    source: str = "rollout",
+    sample_seed: int | None = None,
+) -> RolloutResult:
+    """Run one episode on a connected ``backend`` until it is done.
+
+    Args:
+        policy: a :class:`habc_policy.core.checkpoint.LoadedPolicy` (``None``: the operator
+            drives from the start).
+        operator: a scripted operator (``arx_x5_driver.core.operator.ScriptedOperator``); it
+            watches every step and may take over.
+        operator_from_start: the operator drives every step (demonstrations).
+        bag_path: where to write the episode bag (``None``: no bag).
+        sample_seed: base seed of the policy's sampling noise (deterministic rollouts).
+    """
+    if policy is None and operator is None:
+        raise ValueError("a rollout needs a policy, an operator, or both")
+    if policy is None:
+        operator_from_start = True
+    if operator_from_start and operator is None:
+        raise ValueError("operator_from_start needs an operator")
+    spec = backend.spec
+    arm_slices = tuple((name, lo, hi) for name, lo, hi in backend.arm_slices)
+    n_arms = len(arm_slices)
+    period_ns = round(spec.control_period * 1e9)
+    obs = backend.reset(seed=seed)
+    if operator is not None:
+        operator.reset(obs, seed=seed)
+        if operator_from_start:
+            operator.take_over_now(obs, reason="demonstration")
+
+    writer = None
+    if bag_path is not None:
+        meta = bf.EpisodeMeta(episode_id, task, prompt, source, arm_slices)
+        writer = bf.EpisodeBagWriter(bag_path, meta).__enter__()
+    joint_names = list(spec.joint_names)
+    chunk: np.ndarray | None = None
+    row = 0
+    takeover_step: int | None = None
+    checkpoint_id = "" if policy is None else policy.checkpoint_id
+    learner_step = -1 if policy is None else int(policy.learner_step)
+    step = 0
+    nonfinite = False
+    try:
+        while not backend.status().done:
+            t_ns = BASE_TIME_NS + step * period_ns
+            human = None
+            if operator is not None:
+                command = operator.step(obs)
+                if command.takeover and command.action is not None:
+                    human = np.asarray(command.action, dtype=np.float32)
+                    mask = command.mask
+            if human is not None:
+                if takeover_step is None:
+                    takeover_step = step
+                controller = [bf.CONTROLLER_HUMAN if m else bf.CONTROLLER_POLICY for m in mask]
+                action = human.copy()
+                if not all(mask):  # one-arm takeover: the policy keeps the other arm
+                    if chunk is None or row >= execute_rows:
+                        chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
+                        row = 0
+                    for m, (_n, lo, hi) in zip(mask, arm_slices):
+                        if not m:
+                            action[lo:hi] = chunk[row, lo:hi]
+                    row += 1
+                else:
+                    chunk = None  # a fresh chunk after any hand-back
+            else:
+                if chunk is None or row >= execute_rows:
+                    chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
+                    row = 0
+                action = chunk[row]
+                row += 1
+                controller = [bf.CONTROLLER_POLICY] * n_arms
+            policy_ran = bf.CONTROLLER_POLICY in controller
+            if not np.all(np.isfinite(action)):
+                # Never forward a non-finite command: the arm stays where it is and the
+                # episode ends as a failure (the driver node holds instead, on the robot).
+                nonfinite = True
+                break
+            if writer is not None:
+                _write_observation(writer, t_ns, obs, joint_names)
+                writer.write(
+                    bf.TOPIC_EXECUTED_COMMAND,
+                    bf.MSGTYPE_EXECUTED_COMMAND,
+                    t_ns,
+                    writer.msg(
+                        bf.MSGTYPE_EXECUTED_COMMAND,
+                        header=bf.header(t_ns),
+                        episode_id=episode_id,
+                        step_index=step,
+                        controller=np.asarray(controller, dtype=np.uint8),
+                        action=np.asarray(action, dtype=np.float32),
+                        hold=False,
+                        hold_reason="",
+                        checkpoint_id=checkpoint_id if policy_ran else "",
+                        chunk_seq=0,
+                        chunk_row=max(row - 1, 0) if policy_ran else 0,
+                        learner_step=learner_step if policy_ran else -1,
+                    ),
+                )
+                writer.count_step()
+            backend.command(action)
+            obs = backend.observe()
+            step += 1
+        status = backend.status()
+        success = bool(status.success) and not nonfinite
+        failure = "non_finite_action" if nonfinite else status.failure
+        if writer is not None:
+            writer.finish(
+                "success" if success else "failure",
+                "simulator",
+                success_step=status.success_step if success else None,
+            )
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    return RolloutResult(
+        episode_id=episode_id,
+        success=success,
+        steps=step,
+        success_step=status.success_step if success else None,
+        takeover_step=takeover_step,
+        failure=failure,
+        bag=None if bag_path is None else Path(bag_path),
+    )
+
+
+def _sample(
+    policy: Any, obs: Any, use_env_state: bool, prompt: str, base_seed: int | None, step: int
+) -> np.ndarray:
+    seed = None if base_seed is None else base_seed * 100_003 + step
+    chunk = policy.sample_actions(
+        _proprio(obs, use_env_state), prompt, images=dict(obs.images) or None, seed=seed
+    )
+    return np.asarray(chunk, dtype=np.float32)
