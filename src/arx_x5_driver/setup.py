@@ -20,6 +20,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "habc-record-demos = arx_x5_driver.record_demos:main",
             # NODE_ENTRY_POINTS
         ],
     },

@@ -1,0 +1,325 @@
+"""The real bimanual ARX X5 through ``arx5-interface`` and three RealSense cameras.
+
+Both vendor SDKs are imported lazily in :meth:`ArxBackend.connect` (``arx5_interface``, the
+Python bindings of real-stanford/arx5-sdk, and ``pyrealsense2``), never at module import, so
+this module imports on machines without them; ``connect`` then fails with a message that
+names the missing package.
+
+SDK calls used (arx5-sdk ``python/arx5_interface.pyi``)::
+
+    RobotConfigFactory.get_instance().get_config(model) -> RobotConfig
+        (.joint_pos_min, .joint_pos_max, .joint_dof, .gripper_width)
+    ControllerConfigFactory.get_instance().get_config("joint_controller" |
+        "cartesian_controller", joint_dof) -> ControllerConfig (.background_send_recv)
+    Arx5JointController(robot_config, controller_config, interface_name)
+        .reset_to_home() .get_joint_state() -> JointState .set_joint_cmd(JointState)
+    Arx5CartesianController(robot_config, controller_config, interface_name)
+        .reset_to_home() .get_joint_state() .get_eef_state() -> EEFState
+        .set_eef_cmd(EEFState)
+    JointState(pos, vel, torque, gripper_pos); .pos() .vel() .gripper_pos (m)
+    EEFState(pose_6d, gripper_pos); .pose_6d()  # x, y, z, roll, pitch, yaw (arm base frame)
+
+Action per arm: joint mode ``[6 joint angles (rad), gripper 0..1]``; cartesian mode
+``[x, y, z, roll, pitch, yaw, gripper 0..1]``. The gripper is scaled by the model's
+``gripper_width`` (m). Commands are checked (:func:`check_action`: NaN/inf always refused,
+out-of-limit clamped or refused per config), then rate limited to ``max_joint_step`` rad per
+command in joint mode, before anything reaches the SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from arx_x5_driver.core.config import ArxConfig
+from arx_x5_driver.core.robot import (
+    ArmBackend,
+    Observation,
+    RobotSpec,
+    bimanual_action_names,
+    check_action,
+)
+
+LOG = logging.getLogger(__name__)
+
+ARMS = ("left", "right")
+ARM_SLICES = (("left", 0, 7), ("right", 7, 14))
+CARTESIAN_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+
+
+class SdkMissingError(RuntimeError):
+    """A vendor SDK (``arx5_interface`` or ``pyrealsense2``) is not importable."""
+
+
+class DeviceError(RuntimeError):
+    """An arm or camera could not be opened."""
+
+
+def _import_arx5() -> Any:
+    try:
+        import arx5_interface
+    except ImportError as exc:
+        raise SdkMissingError(
+            "the ARX X5 backend needs the 'arx5-interface' package (Python bindings of "
+            "real-stanford/arx5-sdk): pip install arx5-interface; or use the 'sim' backend "
+            f"(import failed: {exc})"
+        ) from exc
+    return arx5_interface
+
+
+def _import_realsense() -> Any:
+    try:
+        import pyrealsense2
+    except ImportError as exc:
+        raise SdkMissingError(
+            "RealSense cameras need the 'pyrealsense2' package: pip install pyrealsense2; or "
+            f"configure camera_serials=() (import failed: {exc})"
+        ) from exc
+    return pyrealsense2
+
+
+@dataclass
+class _Arm:
+    name: str
+    controller: Any
+    robot_config: Any
+    gripper_width: float
+
+
+class _Camera:
+    """One RealSense colour stream; keeps the newest frame (poll, never block the loop)."""
+
+    def __init__(self, rs: Any, name: str, serial: str, config: ArxConfig) -> None:
+        self.name, self.serial = name, serial
+        self._rs = rs
+        h, w = config.capture_size
+        self._size = config.image_size
+        self.pipeline = rs.pipeline()
+        rs_config = rs.config()
+        rs_config.enable_device(serial)
+        rs_config.enable_stream(rs.stream.color, w, h, rs.format.rgb8, config.capture_fps)
+        try:
+            self.pipeline.start(rs_config)
+            frames = self.pipeline.wait_for_frames(config.frame_timeout_ms)
+        except RuntimeError as exc:
+            raise DeviceError(
+                f"RealSense camera {name!r} (serial {serial}) did not start streaming "
+                f"{w}x{h} rgb8 @ {config.capture_fps} fps: {exc}"
+            ) from exc
+        self.image = self._convert(frames.get_color_frame())
+
+    def _convert(self, frame: Any) -> npt.NDArray[np.uint8]:
+        img = np.asanyarray(frame.get_data()).copy()
+        h, w = self._size
+        if img.shape[:2] != (h, w):
+            import cv2
+
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(img, dtype=np.uint8)
+
+    def latest(self) -> npt.NDArray[np.uint8]:
+        frames = self.pipeline.poll_for_frames()
+        if frames:
+            color = frames.get_color_frame()
+            if color:
+                self.image = self._convert(color)
+        return self.image
+
+    def stop(self) -> None:
+        try:
+            self.pipeline.stop()
+        except RuntimeError as exc:  # already stopped
+            LOG.debug("camera %s stop: %s", self.name, exc)
+
+
+class ArxBackend(ArmBackend):
+    """Two ARX X5 arms (left, right) and up to three RealSense cameras."""
+
+    name: ClassVar[str] = "arx"
+
+    def __init__(self, config: ArxConfig | None = None) -> None:
+        self.config = config or ArxConfig()
+        self._arms: list[_Arm] = []
+        self._cameras: list[_Camera] = []
+        self._sdk: Any = None
+        self._spec: RobotSpec | None = None
+        self._last_cmd: npt.NDArray[np.float64] | None = None
+        self._step = 0
+
+    # ArmBackend ---------------------------------------------------------------------------
+    @property
+    def spec(self) -> RobotSpec:
+        if self._spec is None:
+            raise RuntimeError("the ARX backend reads its limits from the SDK: call connect()")
+        return self._spec
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._arms)
+
+    def connect(self) -> None:
+        if self._arms:
+            return
+        sdk = _import_arx5()
+        rs = _import_realsense() if self.config.camera_serials else None
+        cfg = self.config
+        controller_type = f"{cfg.controller}_controller"
+        try:
+            for arm, model, interface in (
+                ("left", cfg.left_model, cfg.left_interface),
+                ("right", cfg.right_model, cfg.right_interface),
+            ):
+                robot_config = sdk.RobotConfigFactory.get_instance().get_config(model)
+                ctrl_config = sdk.ControllerConfigFactory.get_instance().get_config(
+                    controller_type, robot_config.joint_dof
+                )
+                ctrl_config.background_send_recv = True
+                cls = (
+                    sdk.Arx5JointController
+                    if cfg.controller == "joint"
+                    else sdk.Arx5CartesianController
+                )
+                try:
+                    controller = cls(robot_config, ctrl_config, interface)
+                except RuntimeError as exc:
+                    raise DeviceError(
+                        f"could not open the {arm} ARX {model} arm on CAN interface "
+                        f"{interface!r}: {exc} (is the interface up? `ip link show {interface}`)"
+                    ) from exc
+                if int(robot_config.joint_dof) != 6:
+                    raise DeviceError(
+                        f"{arm} arm model {model} has {robot_config.joint_dof} joints; the "
+                        "action layout expects 6 joints + gripper"
+                    )
+                self._arms.append(
+                    _Arm(arm, controller, robot_config, float(robot_config.gripper_width))
+                )
+            if rs is not None:
+                self._check_serials(rs)
+                for name, serial in cfg.camera_serials:
+                    self._cameras.append(_Camera(rs, name, serial, cfg))
+        except BaseException:
+            self.disconnect()
+            raise
+        self._sdk = sdk
+        self._spec = self._build_spec()
+        self._last_cmd = None
+        LOG.info("ARX X5 pair connected (%s mode, %d cameras)", cfg.controller, len(self._cameras))
+
+    def disconnect(self) -> None:
+        """Stop the cameras and release the arms (the SDK leaves them in damping mode)."""
+        for cam in self._cameras:
+            cam.stop()
+        self._cameras = []
+        for arm in self._arms:
+            try:
+                arm.controller.set_to_damping()
+            except RuntimeError as exc:
+                LOG.warning("%s arm: set_to_damping failed: %s", arm.name, exc)
+        self._arms = []
+        self._sdk = None
+        self._last_cmd = None
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Move both arms to the SDK's home pose (``seed`` is ignored on hardware)."""
+        self._require_connected()
+        for arm in self._arms:
+            arm.controller.reset_to_home()
+        self._last_cmd = None
+        self._step = 0
+        return self.observe()
+
+    def observe(self) -> Observation:
+        self._require_connected()
+        pos, vel = [], []
+        for arm in self._arms:
+            js = arm.controller.get_joint_state()
+            pos.extend(np.asarray(js.pos(), dtype=np.float64).tolist())
+            pos.append(float(js.gripper_pos) / arm.gripper_width)
+            vel.extend(np.asarray(js.vel(), dtype=np.float64).tolist())
+            vel.append(float(js.gripper_vel) / arm.gripper_width)
+        images = {cam.name: cam.latest() for cam in self._cameras}
+        return Observation(
+            joint_positions=np.asarray(pos),
+            joint_velocities=np.asarray(vel),
+            images=images,
+            env_state=None,
+            timestamp=time.monotonic(),
+            step=self._step,
+        )
+
+    def command(self, action: npt.ArrayLike) -> None:
+        self._require_connected()
+        a = check_action(action, self.spec, self.config.out_of_limits, LOG)
+        if self.config.controller == "joint":
+            a = self._rate_limit(a)
+        for arm, (_, lo, hi) in zip(self._arms, ARM_SLICES):
+            part = a[lo:hi]
+            gripper = float(part[6]) * arm.gripper_width
+            if self.config.controller == "joint":
+                zeros = np.zeros(6)
+                cmd = self._sdk.JointState(part[:6].copy(), zeros, zeros.copy(), gripper)
+                arm.controller.set_joint_cmd(cmd)
+            else:
+                cmd = self._sdk.EEFState(part[:6].copy(), gripper)
+                arm.controller.set_eef_cmd(cmd)
+        self._last_cmd = a
+        self._step += 1
+
+    # Internals ----------------------------------------------------------------------------
+    def _rate_limit(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Limit each joint's change per command to ``max_joint_step`` (grippers excluded)."""
+        ref = self._last_cmd
+        if ref is None:
+            ref = self.observe().joint_positions
+        joints = np.ones(14, dtype=bool)
+        joints[[6, 13]] = False
+        step = self.config.max_joint_step
+        delta = a - ref
+        too_far = joints & (np.abs(delta) > step)
+        if too_far.any():
+            names = [self.spec.action_names[i] for i in np.flatnonzero(too_far)]
+            LOG.warning("rate limiting %s to %.3f rad per command", names, step)
+            a = a.copy()
+            a[too_far] = ref[too_far] + np.sign(delta[too_far]) * step
+        return a
+
+    def _check_serials(self, rs: Any) -> None:
+        found = {dev.get_info(rs.camera_info.serial_number) for dev in rs.context().query_devices()}
+        missing = [(n, s) for n, s in self.config.camera_serials if s not in found]
+        if missing:
+            raise DeviceError(
+                f"RealSense cameras not found: {missing}; connected serials: {sorted(found)}"
+            )
+
+    def _build_spec(self) -> RobotSpec:
+        low: list[float] = []
+        high: list[float] = []
+        cfg = self.config
+        for arm in self._arms:
+            if cfg.controller == "joint":
+                low.extend(float(v) for v in np.asarray(arm.robot_config.joint_pos_min))
+                high.extend(float(v) for v in np.asarray(arm.robot_config.joint_pos_max))
+            else:
+                low.extend([*cfg.workspace_low, -np.pi, -np.pi, -np.pi])
+                high.extend([*cfg.workspace_high, np.pi, np.pi, np.pi])
+            low.append(0.0)
+            high.append(1.0)
+        if cfg.controller == "joint":
+            names = bimanual_action_names(ARMS)
+        else:
+            names = tuple(f"{arm}_{n}" for arm in ARMS for n in CARTESIAN_NAMES)
+        return RobotSpec(
+            action_names=names,
+            arm_slices=ARM_SLICES,
+            action_low=tuple(low),
+            action_high=tuple(high),
+            joint_names=bimanual_action_names(ARMS),
+            cameras=tuple(n for n, _ in cfg.camera_serials),
+            control_hz=cfg.control_hz,
+        )

@@ -1,0 +1,708 @@
+"""Scripted experts: a replanning waypoint planner for the ALOHA tasks, and Meta-World's own
+expert policies behind the same interface.
+
+ALOHA expert (:class:`AlohaExpert`)
+-----------------------------------
+Each arm follows end-effector waypoints (pose of the ``cali_*_site1`` site at the fingertips,
+plus a gripper opening); every control step the reference pose moves toward the current
+waypoint at bounded linear and angular speed and is converted to joint targets by
+damped-least-squares IK (:mod:`arx_x5_driver.core.ik`). The waypoints are not a fixed
+time-indexed script: they are recomputed every step from the **measured** object poses
+(``Observation.env_state``) and the measured arm configuration, and the phase is a small state
+machine whose entry point :meth:`AlohaExpert.replan` is chosen from the current scene. So the
+expert can start from reset, or take over mid-episode from wherever a policy left the arms and
+objects (cube already lifted, dropped, peg half inserted, ...).
+
+- Grasps come from above (pitch 90°), fingers across the object's narrow horizontal axis (the
+  face normal closest to the arm's natural finger axis), fingertips 1 cm into the table.
+- Objects held by one arm are servoed in object space: the arm's reference moves so that the
+  *object* reaches its goal (peg into the socket relative to the measured socket, cube into the
+  left gripper), which absorbs grasp offsets and the arms' gravity sag.
+- An integral term per arm removes the steady-state tracking error of the weak wrist servos.
+
+Quality knob: ``noise_std`` (m) draws one Gaussian offset per waypoint kind per episode
+(grasp points, meeting points, insertion line), as in ACT-style graded demonstrations.
+
+Meta-World expert (:class:`MetaWorldExpert`)
+--------------------------------------------
+``metaworld.policies.ENV_POLICY_MAP[task]`` maps the 39-dim observation to a 4-dim action; it is
+stateless, so it "replans" by construction. ``noise_std`` adds Gaussian action noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from arx_x5_driver.core.ik import ArmIk, rotation_exp, rotation_log
+from arx_x5_driver.core.ik import quat_to_mat as _quat_to_mat
+from arx_x5_driver.core.robot import FloatArray, Observation
+
+LOG = logging.getLogger(__name__)
+
+ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+ARM_BASES = {"left": np.array([-0.469, 0.5, 0.0]), "right": np.array([0.469, 0.5, 0.0])}
+SITES = {"left": "cali_left_site1", "right": "cali_right_site1"}
+ACTION_SLICES = {"left": slice(0, 7), "right": slice(7, 14)}
+Z = np.array([0.0, 0.0, 1.0])
+GRIP_OPEN = 1.0
+GRIP_CLOSED = 0.0
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Settings of the ALOHA expert.
+
+    Attributes:
+        noise_std: per-episode Gaussian offset σ (m) of each waypoint kind; 0 = best quality.
+        max_speed: reference speed in free space (m/s).
+        fine_speed: reference speed near objects (descend, insert) (m/s).
+        max_angular_speed: reference rotation speed (rad/s).
+        ik_iterations / ik_damping / ik_rotation_weight: DLS IK settings.
+        wrist_cap: |forearm_roll|, |wrist_rotate| cap (rad) against the ±π two-mode solution.
+        integral_gain: per-step gain of the tracking-error integrator (0 disables).
+        control_hz: control rate (steps per second).
+    """
+
+    noise_std: float = 0.0
+    max_speed: float = 0.5
+    fine_speed: float = 0.25
+    max_angular_speed: float = 2.5
+    ik_iterations: int = 15
+    ik_damping: float = 0.05
+    ik_rotation_weight: float = 0.5
+    wrist_cap: float = 1.2
+    integral_gain: float = 0.05
+    control_hz: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise_std <= 0.2:
+            raise ValueError(f"noise_std must be in [0, 0.2] m, got {self.noise_std}")
+        for name in ("max_speed", "fine_speed", "max_angular_speed", "control_hz"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.integral_gain < 1.0:
+            raise ValueError(f"integral_gain must be in [0, 1), got {self.integral_gain}")
+        if not 0.1 <= self.wrist_cap <= np.pi:
+            raise ValueError(f"wrist_cap must be in [0.1, π] rad, got {self.wrist_cap}")
+
+
+# Geometry helpers -----------------------------------------------------------------------------
+def _unit(v: FloatArray) -> FloatArray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-9 else v
+
+
+def _frame(x_axis: FloatArray, y_axis: FloatArray) -> FloatArray:
+    """Rotation with columns ``x``, ``y`` (orthogonalized), ``x × y``."""
+    x = _unit(x_axis)
+    y = _unit(y_axis - np.dot(y_axis, x) * x)
+    return np.column_stack([x, y, np.cross(x, y)])
+
+
+def natural_finger_axis(arm: str, point: FloatArray) -> FloatArray:
+    """Finger axis of a top-down grasp at ``point`` with no wrist rotation: ``z × h``."""
+    h = point - ARM_BASES[arm]
+    h[2] = 0.0
+    return _unit(np.cross(Z, _unit(h)))
+
+
+def top_grasp_rotation(
+    arm: str, point: FloatArray, obj_rot: FloatArray, axes: tuple[int, ...] = (0, 1, 2)
+) -> FloatArray:
+    """Pointing-down gripper rotation whose finger axis is the object's most suitable
+    horizontal face normal among ``axes`` (closest to the arm's natural finger axis)."""
+    natural = natural_finger_axis(arm, point)
+    best, best_dot = natural, -np.inf
+    for i in axes:
+        axis = obj_rot[:, i].copy()
+        if abs(axis[2]) > 0.7:  # pointing up/down: not a side face
+            continue
+        axis[2] = 0.0
+        axis = _unit(axis)
+        for cand in (axis, -axis):
+            d = float(np.dot(cand, natural))
+            if d > best_dot:
+                best, best_dot = cand, d
+    return _frame(-Z, best)
+
+
+def _move_toward(
+    pos: FloatArray, rot: FloatArray, tpos: FloatArray, trot: FloatArray, dp: float, dr: float
+) -> tuple[FloatArray, FloatArray, bool]:
+    """Step (pos, rot) toward (tpos, trot) by at most ``dp`` m and ``dr`` rad."""
+    delta = tpos - pos
+    dist = float(np.linalg.norm(delta))
+    rvec = rotation_log(trot @ rot.T)
+    ang = float(np.linalg.norm(rvec))
+    # Translation and rotation arrive together (straight, synchronized motion).
+    frac = 1.0 / max(1.0, dist / dp, ang / dr)
+    if frac >= 1.0:
+        return tpos.copy(), trot.copy(), True
+    return pos + frac * delta, rotation_exp(frac * rvec) @ rot, False
+
+
+@dataclass
+class ArmTarget:
+    """Where one arm should go now: site position, rotation, gripper, speed, servo mode."""
+
+    pos: FloatArray
+    rot: FloatArray
+    grip: float
+    fine: bool = False
+    integrate: bool = True
+    integrate_axes: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class _ArmState:
+    ref_pos: FloatArray
+    ref_rot: FloatArray
+    grip: float
+    q: FloatArray
+    bias: FloatArray = field(default_factory=lambda: np.zeros(3))
+    reached: bool = False
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """What the planners see: measured arm and object state (world frame)."""
+
+    q: Mapping[str, FloatArray]
+    grip: Mapping[str, float]
+    site_pos: Mapping[str, FloatArray]
+    site_rot: Mapping[str, FloatArray]
+    objects: Mapping[str, tuple[FloatArray, FloatArray]]
+    ref_pos: Mapping[str, FloatArray] = field(default_factory=dict)
+
+
+def _at(s: SceneState, arm: str, goal: FloatArray, tol: float = 0.002) -> bool:
+    """The arm's reference has arrived at ``goal`` (tracking error not included)."""
+    return arm in s.ref_pos and float(np.linalg.norm(s.ref_pos[arm] - goal)) < tol
+
+
+class _Planner:
+    """A task's phase machine. ``targets`` returns one :class:`ArmTarget` per arm."""
+
+    phase: str = "start"
+
+    def __init__(self, offsets: Mapping[str, FloatArray]) -> None:
+        self.offsets = offsets
+        self.phase_steps = 0
+        self._grip_hist: dict[str, list[float]] = {}
+
+    def set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            LOG.debug("phase %s -> %s", self.phase, phase)
+            self.phase = phase
+            self.phase_steps = 0
+            self._grip_hist.clear()
+
+    def replan(self, s: SceneState) -> None:
+        raise NotImplementedError
+
+    def _gripper_settled(self, s: SceneState, arm: str, steps: int, min_steps: int = 12) -> bool:
+        """The gripper stopped moving (closed on the object, or fully closed)."""
+        hist = self._grip_hist.setdefault(arm, [])
+        hist.append(s.grip[arm])
+        del hist[:-4]
+        moving = len(hist) < 4 or max(hist) - min(hist) > 0.01
+        return (not moving and steps >= min_steps) or steps > 50
+
+    def targets(self, s: SceneState) -> dict[str, ArmTarget]:
+        raise NotImplementedError
+
+
+# Transfer cube --------------------------------------------------------------------------------
+CUBE_HALF = 0.02
+GRASP_TIP_HEIGHT = 0.005  # fingertips above the table when grasping (m)
+APPROACH_HEIGHT = 0.10  # pre-grasp height above the object centre (m)
+CUBE_GRASP_TIP = 0.0  # right fingertips at the cube centre: it holds the upper half
+HANDOVER_REACH = 0.005  # left fingertips relative to the cube centre along x (m)
+HANDOVER_DROP = -0.012  # left finger axis relative to the cube centre along z: lower half
+MEET = np.array([0.0, 0.5, 0.22])
+LEFT_WAIT = MEET + np.array([-0.14, 0.0, 0.0])
+RIGHT_IDLE = np.array([0.2, 0.5, 0.25])
+LEFT_PICK_X = -0.08  # a cube left of this is picked by the left arm
+# Handover: the right holds the cube's upper half from above; the left comes from -x,
+# horizontal, and closes across y on the lower half (below the right fingertips).
+LEFT_HANDOVER_ROT = _frame(np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+
+
+def _lifted(obj_pos: FloatArray, rest_z: float, margin: float = 0.015) -> bool:
+    return bool(obj_pos[2] > rest_z + margin)
+
+
+class _TransferPlanner(_Planner):
+    """Right arm picks the cube, lifts it to the meeting point, left arm takes it."""
+
+    _anchor: FloatArray | None = None
+
+    def _held_by(self, s: SceneState, arm: str) -> bool:
+        cube, _ = s.objects["cube"]
+        near = float(np.linalg.norm(cube - s.site_pos[arm])) < 0.06
+        return near and s.grip[arm] < 0.8 and _lifted(cube, CUBE_HALF, 0.01)
+
+    picker: str = "right"
+
+    def replan(self, s: SceneState) -> None:
+        cube, _ = s.objects["cube"]
+        # A cube pushed far to the left side is picked by the left arm directly (its lifting
+        # it satisfies the task: left gripper holds the cube off the table).
+        self.picker = "left" if cube[0] < LEFT_PICK_X else "right"
+        if self._held_by(s, "left"):
+            self.set_phase("release")
+        elif self._held_by(s, "right"):
+            self.set_phase("lift")
+        else:
+            self.set_phase("approach")
+
+    def _left_idle(self, s: SceneState) -> ArmTarget:
+        return ArmTarget(LEFT_WAIT + self.offsets["meet"], LEFT_HANDOVER_ROT, GRIP_OPEN)
+
+    def _idle(self, s: SceneState, arm: str) -> ArmTarget:
+        if arm == "left":
+            return self._left_idle(s)
+        return ArmTarget(RIGHT_IDLE, top_grasp_rotation("right", RIGHT_IDLE, np.eye(3)), GRIP_OPEN)
+
+    def targets(self, s: SceneState) -> dict[str, ArmTarget]:
+        self.phase_steps += 1
+        cube, cube_rot = s.objects["cube"]
+        arm = self.picker
+        other = "left" if arm == "right" else "right"
+        grasp_rot = top_grasp_rotation(arm, cube, cube_rot)
+        grasp = cube + np.array([0.0, 0.0, CUBE_GRASP_TIP]) + self.offsets["grasp"]
+        above = cube + np.array([0.0, 0.0, APPROACH_HEIGHT]) + self.offsets["grasp"]
+        meet = MEET + self.offsets["meet"]
+        right_site = s.site_pos["right"]
+        site = s.site_pos[arm]
+
+        if self.phase == "approach":
+            if self.phase_steps == 1:
+                self.picker = arm = "left" if cube[0] < LEFT_PICK_X else "right"
+                other = "left" if arm == "right" else "right"
+                grasp_rot = top_grasp_rotation(arm, cube, cube_rot)
+                site = s.site_pos[arm]
+            # Rise first when low and not above the cube, so the fingers never sweep it.
+            horiz = float(np.linalg.norm((site - above)[:2]))
+            if site[2] < cube[2] + 0.06 and horiz > 0.03:
+                target = site.copy()
+                target[2] = above[2]
+                tgt = ArmTarget(target, s.site_rot[arm], GRIP_OPEN, integrate=False)
+            else:
+                tgt = ArmTarget(above, grasp_rot, GRIP_OPEN)
+                if _at(s, arm, above) and horiz < 0.015:
+                    self.set_phase("descend")
+            return {other: self._idle(s, other), arm: tgt}
+        if self.phase == "descend":
+            tgt = ArmTarget(grasp, grasp_rot, GRIP_OPEN, fine=True)
+            horiz = float(np.linalg.norm((site - grasp)[:2]))
+            if horiz > 0.04:
+                self.set_phase("approach")
+            elif (_at(s, arm, grasp) and site[2] < cube[2]) or self.phase_steps > 60:
+                self.set_phase("close")
+            return {other: self._idle(s, other), arm: tgt}
+        if self.phase == "close":
+            tgt = ArmTarget(grasp, grasp_rot, GRIP_CLOSED, fine=True)
+            if self._gripper_settled(s, arm, self.phase_steps):
+                self.set_phase("lift" if arm == "right" else "left_lift")
+            return {other: self._idle(s, other), arm: tgt}
+        if self.phase == "left_lift":
+            up = cube + np.array([0.0, 0.0, 0.1])
+            if self.phase_steps == 1:
+                self._anchor = up
+            assert self._anchor is not None
+            tgt = ArmTarget(self._anchor, s.site_rot["left"], GRIP_CLOSED)
+            if self.phase_steps > 30 and not self._held_by(s, "left"):
+                self.set_phase("approach")
+            return {"right": self._idle(s, "right"), "left": tgt}
+        if self.phase == "lift":
+            right = ArmTarget(meet, s.site_rot["right"], GRIP_CLOSED, integrate=True)
+            right.rot = top_grasp_rotation("right", meet, np.eye(3), axes=(0, 1))
+            if self.phase_steps > 20 and not self._held_by(s, "right"):
+                self.set_phase("approach")  # grasp failed or cube slipped: try again
+            elif _at(s, "right", meet) and float(np.linalg.norm(right_site - meet)) < 0.03:
+                self.set_phase("handover")
+            return {"left": self._left_idle(s), "right": right}
+        if self.phase in ("handover", "left_close"):
+            right = ArmTarget(
+                meet, top_grasp_rotation("right", meet, np.eye(3), axes=(0, 1)), GRIP_CLOSED
+            )
+            if not self._held_by(s, "right") and not self._held_by(s, "left"):
+                self.set_phase("approach")
+                return {"left": self._left_idle(s), "right": right}
+            if self._anchor is None or self.phase_steps == 1:
+                # Freeze how far the left reaches along x: never chase (push) the cube.
+                self._anchor = cube.copy()
+            self._anchor[1:] = cube[1:]
+            reach = (
+                self._anchor
+                + np.array([HANDOVER_REACH, 0.0, HANDOVER_DROP])
+                + self.offsets["handover"]
+            )
+            pre = self._anchor + np.array([-0.10, 0.0, HANDOVER_DROP]) + self.offsets["handover"]
+            left_site = s.site_pos["left"]
+            aligned = float(np.linalg.norm((left_site - pre)[1:])) < 0.02
+            if self.phase == "handover":
+                goal = reach if aligned or left_site[0] > pre[0] + 0.01 else pre
+                left = ArmTarget(
+                    goal, LEFT_HANDOVER_ROT, GRIP_OPEN, fine=goal is reach, integrate_axes=(0, 1, 1)
+                )
+                if goal is reach and _at(s, "left", reach, 0.004):
+                    self.set_phase("left_close")
+            else:
+                left = ArmTarget(
+                    reach, LEFT_HANDOVER_ROT, GRIP_CLOSED, fine=True, integrate_axes=(0, 1, 1)
+                )
+                if self.phase_steps > 18:
+                    self.set_phase("release")
+            return {"left": left, "right": right}
+        # release: right opens and backs off upward; left holds.
+        if self.phase_steps > 15 and not self._held_by(s, "left"):
+            self.set_phase("approach")  # the left did not get it: start over
+            return {"left": self._left_idle(s), "right": ArmTarget(above, grasp_rot, GRIP_OPEN)}
+        left_site = s.site_pos["left"]
+        left = ArmTarget(left_site, LEFT_HANDOVER_ROT, GRIP_CLOSED, integrate=False)
+        up = meet + np.array([0.05, 0.0, 0.08])
+        grip_rot = top_grasp_rotation("right", meet, np.eye(3), axes=(0, 1))
+        if self.phase_steps < 12:
+            right = ArmTarget(s.site_pos["right"], grip_rot, GRIP_OPEN, integrate=False)
+        else:
+            right = ArmTarget(up, grip_rot, GRIP_OPEN)
+        return {"left": left, "right": right}
+
+
+# Insertion ------------------------------------------------------------------------------------
+PEG_HALF = np.array([0.06, 0.01, 0.01])
+SOCKET_HALF = np.array([0.06, 0.022, 0.022])
+SOCKET_MEET = np.array([-0.08, 0.5, 0.2])
+PEG_WAIT = np.array([0.12, 0.5, 0.2])
+PIN_END = 0.04  # pin half-length along the socket axis
+
+
+class _InsertionPlanner(_Planner):
+    """Right arm picks the peg, left arm the socket; both lift; the peg is servoed along the
+    socket axis until it touches the pin."""
+
+    def _held_by(self, s: SceneState, arm: str, obj: str, rest_z: float) -> bool:
+        pos, _ = s.objects[obj]
+        near = float(np.linalg.norm(pos - s.site_pos[arm])) < 0.07
+        return near and s.grip[arm] < 0.8 and _lifted(pos, rest_z, 0.01)
+
+    def replan(self, s: SceneState) -> None:
+        self.right_phase = "approach"
+        self.left_phase = "approach"
+        self.right_steps = 0
+        self.left_steps = 0
+        if self._held_by(s, "right", "peg", PEG_HALF[2]):
+            self.right_phase = "carry"
+        if self._held_by(s, "left", "socket", SOCKET_HALF[2]):
+            self.left_phase = "carry"
+        self.phase = f"{self.left_phase}/{self.right_phase}"
+
+    def _set(self, arm: str, phase: str) -> None:
+        if arm == "left" and phase != self.left_phase:
+            self.left_phase, self.left_steps = phase, 0
+            self._grip_hist.pop(arm, None)
+        if arm == "right" and phase != self.right_phase:
+            self.right_phase, self.right_steps = phase, 0
+            self._grip_hist.pop(arm, None)
+        self.phase = f"{self.left_phase}/{self.right_phase}"
+
+    def _pick(self, s: SceneState, arm: str, obj: str, half: FloatArray) -> ArmTarget:
+        """Approach / descend / close on ``obj`` (phases of ``arm``)."""
+        phase = self.left_phase if arm == "left" else self.right_phase
+        steps = self.left_steps if arm == "left" else self.right_steps
+        pos, rot = s.objects[obj]
+        off = self.offsets[f"grasp_{arm}"]
+        grasp_rot = top_grasp_rotation(arm, pos, rot, axes=(1, 2))
+        grasp = pos + np.array([0.0, 0.0, -half[2] + GRASP_TIP_HEIGHT]) + off
+        above = pos + np.array([0.0, 0.0, APPROACH_HEIGHT]) + off
+        site = s.site_pos[arm]
+        if phase == "approach":
+            horiz = float(np.linalg.norm((site - above)[:2]))
+            if site[2] < pos[2] + 0.06 and horiz > 0.03:
+                target = site.copy()
+                target[2] = above[2]
+                return ArmTarget(target, s.site_rot[arm], GRIP_OPEN, integrate=False)
+            if _at(s, arm, above) and horiz < 0.015:
+                self._set(arm, "descend")
+            return ArmTarget(above, grasp_rot, GRIP_OPEN)
+        if phase == "descend":
+            horiz = float(np.linalg.norm((site - grasp)[:2]))
+            if horiz > 0.04:
+                self._set(arm, "approach")
+            elif (_at(s, arm, grasp) and site[2] < pos[2]) or steps > 60:
+                self._set(arm, "close")
+            return ArmTarget(grasp, grasp_rot, GRIP_OPEN, fine=True)
+        # close
+        if self._gripper_settled(s, arm, steps):
+            self._set(arm, "carry")
+        return ArmTarget(grasp, grasp_rot, GRIP_CLOSED, fine=True)
+
+    def targets(self, s: SceneState) -> dict[str, ArmTarget]:
+        self.left_steps += 1
+        self.right_steps += 1
+        self.phase_steps += 1
+        peg, peg_rot = s.objects["peg"]
+        socket, socket_rot = s.objects["socket"]
+        out: dict[str, ArmTarget] = {}
+
+        # Left arm: socket.
+        socket_goal = SOCKET_MEET + self.offsets["meet"]
+        if self.left_phase in ("approach", "descend", "close"):
+            out["left"] = self._pick(s, "left", "socket", SOCKET_HALF)
+        else:
+            if self.left_steps > 25 and not self._held_by(s, "left", "socket", SOCKET_HALF[2]):
+                self._set("left", "approach")
+                out["left"] = self._pick(s, "left", "socket", SOCKET_HALF)
+            else:
+                # Object-space servo: move the site so the socket goes to its goal.
+                site_goal = s.site_pos["left"] + (socket_goal - socket)
+                rot = top_grasp_rotation("left", socket_goal, np.eye(3), axes=(1,))
+                out["left"] = ArmTarget(site_goal, rot, GRIP_CLOSED, integrate=False)
+
+        # Right arm: peg.
+        if self.right_phase in ("approach", "descend", "close"):
+            out["right"] = self._pick(s, "right", "peg", PEG_HALF)
+            return out
+        if self.right_steps > 25 and not self._held_by(s, "right", "peg", PEG_HALF[2]):
+            self._set("right", "approach")
+            out["right"] = self._pick(s, "right", "peg", PEG_HALF)
+            return out
+        axis = socket_rot[:, 0].copy()
+        if axis[0] < 0:
+            axis = -axis
+        line_off = self.offsets["insert"]
+        socket_ready = self.left_phase == "carry" and _lifted(socket, SOCKET_HALF[2], 0.05)
+        pre = socket + axis * (SOCKET_HALF[0] + PEG_HALF[0] + 0.04) + line_off
+        depth = PIN_END + PEG_HALF[0] - 0.015  # peg centre when its tip is 1.5 cm past the pin end
+        insert = socket + axis * depth + line_off
+        rel = peg - socket
+        along = float(np.dot(rel, axis))
+        lateral = float(np.linalg.norm(rel - along * axis - line_off))
+        if not socket_ready:
+            # Wait with the peg lifted on the right side until the socket is up.
+            goal = PEG_WAIT + self.offsets["meet"]
+            self._set("right", "carry")
+            fine = False
+        elif self.right_phase == "carry":
+            goal = pre
+            fine = False
+            if float(np.linalg.norm(peg - pre)) < 0.015:
+                self._set("right", "insert")
+        else:
+            goal = insert if lateral < 0.006 else socket + axis * max(along, depth + 0.02)
+            fine = True
+            if lateral > 0.02 or along > SOCKET_HALF[0] + PEG_HALF[0] + 0.06:
+                self._set("right", "carry")
+        site_goal = s.site_pos["right"] + (goal - peg)
+        # Keep the peg parallel to the socket: rotate the gripper by the peg-to-socket tilt.
+        peg_axis = peg_rot[:, 0] if np.dot(peg_rot[:, 0], axis) >= 0 else -peg_rot[:, 0]
+        tilt = np.cross(peg_axis, axis)
+        tilt_angle = float(np.arcsin(np.clip(np.linalg.norm(tilt), 0.0, 1.0)))
+        rot = s.site_rot["right"]
+        if tilt_angle > 1e-3:
+            rot = rotation_exp(_unit(tilt) * tilt_angle) @ rot
+        out["right"] = ArmTarget(site_goal, rot, GRIP_CLOSED, fine=fine, integrate=False)
+        return out
+
+
+PLANNERS: dict[str, type[_Planner]] = {
+    "transfer_cube": _TransferPlanner,
+    "insertion": _InsertionPlanner,
+}
+OFFSET_KINDS = {
+    "transfer_cube": ("grasp", "meet", "handover"),
+    "insertion": ("grasp_left", "grasp_right", "meet", "insert"),
+}
+
+
+class AlohaExpert:
+    """Replanning waypoint expert for gym-aloha's bimanual tasks (see module docstring).
+
+    Usage::
+
+        expert = AlohaExpert("transfer_cube", ExpertConfig(noise_std=0.01))
+        obs = robot.reset(seed=3)
+        expert.reset(obs, seed=3)
+        while not robot.status().done:
+            robot.command(expert.act(obs))
+            obs = robot.observe()
+
+    ``replan(obs)`` re-enters the phase machine from the current scene (a takeover).
+    """
+
+    def __init__(self, task: str, config: ExpertConfig | None = None) -> None:
+        if task not in PLANNERS:
+            raise ValueError(f"task must be one of {tuple(PLANNERS)}, got {task!r}")
+        import mujoco
+
+        from arx_x5_driver.core.sim_aloha import task_xml_path
+
+        self.task = task
+        self.config = config or ExpertConfig()
+        self.model = mujoco.MjModel.from_xml_path(task_xml_path(task))
+        caps = {
+            "forearm_roll": (-self.config.wrist_cap, self.config.wrist_cap),
+            "wrist_rotate": (-self.config.wrist_cap, self.config.wrist_cap),
+        }
+        self.ik = {
+            arm: ArmIk(
+                self.model,
+                [f"vx300s_{arm}/{j}" for j in ARM_JOINTS],
+                SITES[arm],
+                caps={f"vx300s_{arm}/{j}": c for j, c in caps.items()},
+                iterations=self.config.ik_iterations,
+                damping=self.config.ik_damping,
+                rotation_weight=self.config.ik_rotation_weight,
+            )
+            for arm in ("left", "right")
+        }
+        self._rng = np.random.default_rng()
+        self._offsets = {k: np.zeros(3) for k in OFFSET_KINDS[task]}
+        self._planner: _Planner = PLANNERS[task](self._offsets)
+        self._arms: dict[str, _ArmState] = {}
+
+    @property
+    def phase(self) -> str:
+        return self._planner.phase
+
+    def reset(self, obs: Observation, seed: int | None = None) -> None:
+        """Start an episode: draw this episode's waypoint offsets, then plan from ``obs``."""
+        self._rng = np.random.default_rng(seed)
+        sigma = self.config.noise_std
+        self._offsets = {
+            k: (self._rng.normal(0.0, sigma, 3) if sigma > 0 else np.zeros(3))
+            for k in OFFSET_KINDS[self.task]
+        }
+        self._planner = PLANNERS[self.task](self._offsets)
+        self.replan(obs)
+
+    def replan(self, obs: Observation) -> None:
+        """Re-enter the plan from the measured scene (arms and objects, wherever they are)."""
+        s = self.scene(obs)
+        self._arms = {
+            arm: _ArmState(
+                ref_pos=s.site_pos[arm].copy(),
+                ref_rot=s.site_rot[arm].copy(),
+                grip=float(s.grip[arm]),
+                q=s.q[arm].copy(),
+            )
+            for arm in ("left", "right")
+        }
+        self._planner.replan(s)
+
+    def scene(self, obs: Observation) -> SceneState:
+        """Measured state: joints, grippers, site poses (forward kinematics), object poses."""
+        if obs.env_state is None:
+            raise ValueError("the ALOHA expert needs Observation.env_state (object poses)")
+        jp = np.asarray(obs.joint_positions, dtype=np.float64)
+        if jp.shape != (14,):
+            raise ValueError(f"expected 14 joint positions, got shape {jp.shape}")
+        q = {"left": jp[0:6], "right": jp[7:13]}
+        site_pos, site_rot = {}, {}
+        for arm in ("left", "right"):
+            site_pos[arm], site_rot[arm] = self.ik[arm].forward(q[arm])
+        es = np.asarray(obs.env_state, dtype=np.float64)
+        if self.task == "transfer_cube":
+            objects = {"cube": (es[0:3], _quat_to_mat(es[3:7]))}
+        else:
+            objects = {
+                "peg": (es[0:3], _quat_to_mat(es[3:7])),
+                "socket": (es[7:10], _quat_to_mat(es[10:14])),
+            }
+        return SceneState(
+            q=q,
+            grip={"left": float(jp[6]), "right": float(jp[13])},
+            site_pos=site_pos,
+            site_rot=site_rot,
+            objects=objects,
+        )
+
+    def act(self, obs: Observation) -> FloatArray:
+        """Joint-space action ``[14]`` for this step."""
+        if not self._arms:
+            self.replan(obs)
+        s = self.scene(obs)
+        s = replace(s, ref_pos={arm: st.ref_pos for arm, st in self._arms.items()})
+        targets = self._planner.targets(s)
+        cfg = self.config
+        dt = 1.0 / cfg.control_hz
+        action = np.zeros(14)
+        for arm, tgt in targets.items():
+            st = self._arms[arm]
+            speed = cfg.fine_speed if tgt.fine else cfg.max_speed
+            st.ref_pos, st.ref_rot, st.reached = _move_toward(
+                st.ref_pos, st.ref_rot, tgt.pos, tgt.rot, speed * dt, cfg.max_angular_speed * dt
+            )
+            if tgt.integrate and st.reached and cfg.integral_gain > 0:
+                err = (tgt.pos - s.site_pos[arm]) * np.asarray(tgt.integrate_axes)
+                st.bias = np.clip(st.bias + cfg.integral_gain * err, -0.04, 0.04)
+            elif not tgt.integrate:
+                st.bias *= 0.9
+            sol = self.ik[arm].solve(st.q, st.ref_pos + st.bias, st.ref_rot)
+            st.q = sol.q
+            grip_step = 1.0 / 10.0  # full stroke in 10 steps
+            st.grip = float(np.clip(tgt.grip, st.grip - grip_step, st.grip + grip_step))
+            action[ACTION_SLICES[arm]] = np.concatenate([sol.q, [st.grip]])
+        return action
+
+
+class MetaWorldExpert:
+    """Meta-World's shipped expert policy for one MT1 task, same role as :class:`AlohaExpert`.
+
+    ``act(obs)`` reads the 39-dim observation from ``obs.env_state``. ``noise_std`` adds
+    per-step Gaussian action noise (the only knob Meta-World's experts offer), clipped to
+    ``[-1, 1]``.
+    """
+
+    def __init__(self, task: str, noise_std: float = 0.0) -> None:
+        from metaworld.policies import ENV_POLICY_MAP
+
+        from arx_x5_driver.core.config import did_you_mean
+
+        if task not in ENV_POLICY_MAP:
+            raise ValueError(
+                f"no Meta-World expert for task {task!r}" + did_you_mean(task, list(ENV_POLICY_MAP))
+            )
+        if not 0.0 <= noise_std <= 2.0:
+            raise ValueError(f"noise_std must be in [0, 2], got {noise_std}")
+        self.task = task
+        self.noise_std = noise_std
+        self._policy: Any = ENV_POLICY_MAP[task]()
+        self._rng = np.random.default_rng()
+
+    @property
+    def phase(self) -> str:
+        return "policy"
+
+    def reset(self, obs: Observation, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def replan(self, obs: Observation) -> None:
+        """Stateless policy: nothing to replan."""
+
+    def act(self, obs: Observation) -> FloatArray:
+        if obs.env_state is None:
+            raise ValueError("the Meta-World expert needs Observation.env_state (39-dim obs)")
+        a = np.asarray(self._policy.get_action(np.asarray(obs.env_state)), dtype=np.float64)
+        if self.noise_std > 0:
+            a = a + self._rng.normal(0.0, self.noise_std, a.shape)
+        return np.clip(a, -1.0, 1.0)
+
+
+def make_expert(
+    backend: str, task: str, noise_std: float = 0.0, config: ExpertConfig | None = None
+) -> AlohaExpert | MetaWorldExpert:
+    """The expert for ``backend`` ("sim" or "metaworld") and ``task``."""
+    if backend == "sim":
+        cfg = config or ExpertConfig(noise_std=noise_std)
+        return AlohaExpert(task, cfg)
+    if backend == "metaworld":
+        return MetaWorldExpert(task, noise_std)
+    raise ValueError(f"no scripted expert for backend {backend!r}; choose 'sim' or 'metaworld'")

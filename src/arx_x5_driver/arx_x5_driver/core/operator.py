@@ -1,0 +1,394 @@
+"""The scripted operator: a stand-in for the human who watches a policy rollout and takes over.
+
+Three pieces, each usable alone:
+
+- :class:`RolloutMonitor` turns observations into failure signals (pure numpy on top of the
+  expert's kinematic model): **stall** (the task-progress potential has not improved by
+  ``progress_eps`` for ``stall_steps`` steps), **drop** (an object that was lifted is back on the
+  table or fell off it), **collision** (the two grippers' palm segments, extrapolated
+  ``lookahead_s`` ahead with the measured joint velocities, come closer than
+  ``collision_distance``).
+- :class:`TakeoverModel` is the decision logic, a pure state machine with no simulator in it:
+  it draws once per episode whether this "operator" will intervene (probability
+  ``intervention_rate``, so about that fraction of the episodes heading for failure get a
+  takeover), waits ``reaction_steps`` after the first failure signal (human reaction time), then
+  holds the takeover until the episode ends. A ROS node drives the same object: ``takeover``
+  maps to the joystick deadman being held, ``mask`` to the arms whose teleop command is
+  published, ``action`` to the teleop command itself.
+- :class:`ScriptedOperator` composes the two with an expert that replans from the current scene
+  at the moment of the takeover and then finishes the task. In-process it is a direct call::
+
+      operator = ScriptedOperator.for_backend("sim", "transfer_cube")
+      operator.reset(obs, seed=7)
+      takeover, mask, action = operator.step(obs)
+      robot.command(action if takeover else policy_action)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from arx_x5_driver.core.expert import (
+    CUBE_HALF,
+    PEG_HALF,
+    SOCKET_HALF,
+    AlohaExpert,
+    ExpertConfig,
+    MetaWorldExpert,
+    SceneState,
+)
+from arx_x5_driver.core.robot import FloatArray, Observation
+
+LOG = logging.getLogger(__name__)
+
+SIGNALS = ("stall", "drop", "collision")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How the scripted operator watches and when it intervenes.
+
+    Attributes:
+        intervention_rate: probability that the operator intervenes in an episode once it sees
+            it heading for failure (drawn once per episode).
+        stall_steps: k, steps without task progress that count as a stall.
+        progress_eps: least improvement of the progress potential that counts as progress.
+        grace_steps: steps after reset during which no signal is raised.
+        reaction_steps: delay between the first failure signal and the takeover.
+        drop_lift: height above rest an object must have reached to count as lifted (m).
+        collision_distance: palm-to-palm distance that counts as "about to collide" (m).
+        lookahead_s: extrapolation horizon of the collision check (s).
+        signals: which signals are watched (subset of ``("stall", "drop", "collision")``).
+        control_hz: control rate.
+    """
+
+    intervention_rate: float = 0.5
+    stall_steps: int = 60
+    progress_eps: float = 0.02
+    grace_steps: int = 20
+    reaction_steps: int = 5
+    drop_lift: float = 0.03
+    collision_distance: float = 0.03
+    lookahead_s: float = 0.2
+    signals: tuple[str, ...] = SIGNALS
+    control_hz: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.intervention_rate <= 1.0:
+            raise ValueError(f"intervention_rate must be in [0, 1], got {self.intervention_rate}")
+        for name in ("stall_steps", "grace_steps", "reaction_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.stall_steps < 1:
+            raise ValueError(f"stall_steps must be >= 1, got {self.stall_steps}")
+        for name in ("progress_eps", "drop_lift", "collision_distance", "lookahead_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        object.__setattr__(self, "signals", tuple(self.signals))
+        for sig in self.signals:
+            if sig not in SIGNALS:
+                raise ValueError(f"signal must be one of {SIGNALS}, got {sig!r}")
+        if self.control_hz <= 0:
+            raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+
+
+# Task progress and failure signals ------------------------------------------------------------
+def _closeness(distance: float, scale: float) -> float:
+    """1 at distance 0, falling linearly to 0 at ``scale``."""
+    return 1.0 - min(1.0, distance / scale)
+
+
+def _lift(z: float, rest: float, full: float = 0.15) -> float:
+    return float(np.clip((z - rest) / full, 0.0, 1.0))
+
+
+def aloha_progress(task: str, s: SceneState) -> float:
+    """A task-progress potential that grows as the task advances (used for stall detection).
+
+    transfer_cube: right fingertips near the cube, cube lifted, left fingertips near the cube.
+    insertion: both grippers near their objects, both lifted, peg tip near the socket mouth.
+    """
+    if task == "transfer_cube":
+        cube, _ = s.objects["cube"]
+        lift = _lift(float(cube[2]), CUBE_HALF)
+        near_any = max(
+            _closeness(float(np.linalg.norm(s.site_pos["right"] - cube)), 0.3),
+            _closeness(float(np.linalg.norm(s.site_pos["left"] - cube)), 0.3),
+        )
+        handover = _closeness(float(np.linalg.norm(s.site_pos["left"] - cube)), 0.2)
+        return near_any + 2.0 * lift + 2.0 * lift * handover
+    peg, _ = s.objects["peg"]
+    socket, socket_rot = s.objects["socket"]
+    near = _closeness(float(np.linalg.norm(s.site_pos["right"] - peg)), 0.3) + _closeness(
+        float(np.linalg.norm(s.site_pos["left"] - socket)), 0.3
+    )
+    lifts = _lift(float(peg[2]), PEG_HALF[2]) + _lift(float(socket[2]), SOCKET_HALF[2])
+    axis = socket_rot[:, 0] if socket_rot[0, 0] >= 0 else -socket_rot[:, 0]
+    goal = socket + axis * 0.1
+    align = _closeness(float(np.linalg.norm(peg - goal)), 0.25)
+    return near + 2.0 * lifts + 4.0 * min(lifts / 2.0, 1.0) * align
+
+
+def metaworld_progress(env_state: FloatArray) -> float:
+    """Meta-World: hand near the object, object near the goal (39-dim observation)."""
+    hand, obj, goal = env_state[0:3], env_state[4:7], env_state[36:39]
+    return _closeness(float(np.linalg.norm(hand - obj)), 0.3) + 2.0 * _closeness(
+        float(np.linalg.norm(obj - goal)), 0.5
+    )
+
+
+def segment_distance(p1: FloatArray, q1: FloatArray, p2: FloatArray, q2: FloatArray) -> float:
+    """Smallest distance between segments ``p1q1`` and ``p2q2`` (closest-point method)."""
+    d1, d2, r = q1 - p1, q2 - p2, p1 - p2
+    a, e, f = float(d1 @ d1), float(d2 @ d2), float(d2 @ r)
+    if a < 1e-12 and e < 1e-12:
+        return float(np.linalg.norm(r))
+    if a < 1e-12:
+        s, t = 0.0, float(np.clip(f / e, 0.0, 1.0))
+    else:
+        c = float(d1 @ r)
+        if e < 1e-12:
+            s, t = float(np.clip(-c / a, 0.0, 1.0)), 0.0
+        else:
+            b = float(d1 @ d2)
+            denom = a * e - b * b
+            s = float(np.clip((b * f - c * e) / denom, 0.0, 1.0)) if denom > 1e-12 else 0.0
+            t = (b * s + f) / e
+            if t < 0.0:
+                s, t = float(np.clip(-c / a, 0.0, 1.0)), 0.0
+            elif t > 1.0:
+                s, t = float(np.clip((b - c) / a, 0.0, 1.0)), 1.0
+    return float(np.linalg.norm((p1 + d1 * s) - (p2 + d2 * t)))
+
+
+class Signals(NamedTuple):
+    """Failure signals of one step (each ``True`` when it fires)."""
+
+    stall: bool
+    drop: bool
+    collision: bool
+    progress: float
+
+
+class RolloutMonitor:
+    """Watches a rollout and raises failure signals (see module docstring)."""
+
+    def __init__(self, config: OperatorConfig, expert: AlohaExpert | MetaWorldExpert) -> None:
+        self.config = config
+        self.expert = expert
+        self.reset()
+
+    def reset(self) -> None:
+        self._steps = 0
+        self._best = -np.inf
+        self._best_step = 0
+        self._lifted: dict[str, bool] = {}
+
+    def _objects(self, s: SceneState) -> dict[str, tuple[float, float]]:
+        """Object -> (z, rest z)."""
+        if "cube" in s.objects:
+            return {"cube": (float(s.objects["cube"][0][2]), CUBE_HALF)}
+        return {
+            "peg": (float(s.objects["peg"][0][2]), float(PEG_HALF[2])),
+            "socket": (float(s.objects["socket"][0][2]), float(SOCKET_HALF[2])),
+        }
+
+    def _collision(self, obs: Observation) -> bool:
+        assert isinstance(self.expert, AlohaExpert)
+        horizon = self.config.lookahead_s
+        q = np.asarray(obs.joint_positions) + horizon * np.asarray(obs.joint_velocities)
+        segs = []
+        for arm, sl in (("left", slice(0, 6)), ("right", slice(7, 13))):
+            ik = self.expert.ik[arm]
+            site, rot = ik.forward(q[sl])
+            palm = ik.body_position(f"vx300s_{arm}/gripper_link")
+            # Palm segment: gripper link to the finger roots (fingers excluded: they may meet
+            # in a handover).
+            segs.append((palm, site - rot[:, 0] * 0.06))
+        return segment_distance(*segs[0], *segs[1]) < self.config.collision_distance
+
+    def update(self, obs: Observation) -> Signals:
+        cfg = self.config
+        self._steps += 1
+        drop = collision = False
+        if isinstance(self.expert, AlohaExpert):
+            s = self.expert.scene(obs)
+            progress = aloha_progress(self.expert.task, s)
+            for name, (z, rest) in self._objects(s).items():
+                if z > rest + cfg.drop_lift and self._steps > cfg.grace_steps:
+                    # (after the grace period: objects are spawned above the table and fall)
+                    self._lifted[name] = True
+                elif self._lifted.get(name) and z < rest + 0.01:
+                    drop = True
+                if z < -0.05:  # fell off the table
+                    drop = True
+            if "collision" in cfg.signals:
+                collision = self._collision(obs)
+        else:
+            if obs.env_state is None:
+                raise ValueError("the monitor needs Observation.env_state")
+            progress = metaworld_progress(np.asarray(obs.env_state))
+        if progress > self._best + cfg.progress_eps:
+            self._best, self._best_step = progress, self._steps
+        stall = self._steps - self._best_step >= cfg.stall_steps
+        if self._steps <= cfg.grace_steps:
+            stall = drop = collision = False
+        return Signals(
+            stall=stall and "stall" in cfg.signals,
+            drop=drop and "drop" in cfg.signals,
+            collision=collision and "collision" in cfg.signals,
+            progress=progress,
+        )
+
+
+# Decision logic -------------------------------------------------------------------------------
+class Decision(NamedTuple):
+    takeover: bool
+    reason: str | None
+
+
+class TakeoverModel:
+    """Pure decision logic of the operator: when to press the deadman and take over.
+
+    States: ``watching`` → (first failure signal) → ``reacting`` for ``reaction_steps`` →
+    ``in_control`` until :meth:`reset`; or ``watching`` → ``declined`` when this episode's draw
+    says the operator lets this failure happen (it then keeps watching but never intervenes).
+    """
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self._rng = np.random.default_rng()
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.will_intervene = bool(self._rng.random() < self.config.intervention_rate)
+        self.state = "watching"
+        self.reason: str | None = None
+        self._countdown = 0
+        self.first_signal_step: int | None = None
+        self._step = 0
+
+    def update(self, signals: Signals) -> Decision:
+        self._step += 1
+        if self.state == "in_control":
+            return Decision(True, self.reason)
+        fired = [name for name in SIGNALS if getattr(signals, name)]
+        if self.state == "watching" and fired:
+            self.first_signal_step = self._step
+            self.reason = fired[0]
+            if self.will_intervene:
+                self.state, self._countdown = "reacting", self.config.reaction_steps
+            else:
+                self.state = "declined"
+                LOG.info("operator saw %s at step %d and lets it run", fired[0], self._step)
+        if self.state == "reacting":
+            if self._countdown <= 0:
+                self.state = "in_control"
+                LOG.info("operator takes over at step %d (%s)", self._step, self.reason)
+                return Decision(True, self.reason)
+            self._countdown -= 1
+        return Decision(False, self.reason)
+
+
+# The operator ---------------------------------------------------------------------------------
+class OperatorCommand(NamedTuple):
+    """What the operator does this step: ``takeover, mask, action = operator.step(obs)``.
+
+    ``mask`` has one entry per arm (``True`` = the operator drives that arm); ``action`` is the
+    full command (``None`` while the operator only watches).
+    """
+
+    takeover: bool
+    mask: tuple[bool, ...]
+    action: FloatArray | None
+
+
+class ScriptedOperator:
+    """Expert + monitor + takeover model (see module docstring)."""
+
+    def __init__(
+        self,
+        expert: AlohaExpert | MetaWorldExpert,
+        config: OperatorConfig | None = None,
+        arm_names: tuple[str, ...] = ("left", "right"),
+    ) -> None:
+        self.config = config or OperatorConfig()
+        self.expert = expert
+        self.arm_names = arm_names
+        self.monitor = RolloutMonitor(self.config, expert)
+        self.model = TakeoverModel(self.config)
+        self.takeover_step: int | None = None
+        self._step = 0
+
+    @classmethod
+    def for_backend(
+        cls,
+        backend: str,
+        task: str,
+        config: OperatorConfig | None = None,
+        expert_config: ExpertConfig | None = None,
+    ) -> ScriptedOperator:
+        """Operator for the ``"sim"`` (ALOHA) or ``"metaworld"`` backend."""
+        if backend == "sim":
+            return cls(AlohaExpert(task, expert_config), config, ("left", "right"))
+        if backend == "metaworld":
+            return cls(MetaWorldExpert(task), config, ("arm",))
+        raise ValueError(
+            f"no scripted operator for backend {backend!r}; choose 'sim' or 'metaworld'"
+        )
+
+    @property
+    def reason(self) -> str | None:
+        return self.model.reason
+
+    @property
+    def in_control(self) -> bool:
+        return self.model.state == "in_control"
+
+    def reset(self, obs: Observation, seed: int | None = None) -> None:
+        self.expert.reset(obs, seed)
+        self.monitor.reset()
+        self.model.reset(seed)
+        self.takeover_step = None
+        self._step = 0
+
+    def step(self, obs: Observation) -> OperatorCommand:
+        """Watch ``obs``; when in control, return the expert's action for it."""
+        self._step += 1
+        was_in_control = self.in_control
+        signals = self.monitor.update(obs)
+        decision = self.model.update(signals)
+        if not decision.takeover:
+            return OperatorCommand(False, tuple(False for _ in self.arm_names), None)
+        if not was_in_control:
+            self.takeover_step = self._step - 1
+            self.expert.replan(obs)
+        action = np.asarray(self.expert.act(obs), dtype=np.float64)
+        return OperatorCommand(True, tuple(True for _ in self.arm_names), action)
+
+    def take_over_now(self, obs: Observation, reason: str = "forced") -> None:
+        """Take control immediately (tests, or an operator pressing the deadman by hand)."""
+        if not self.in_control:
+            self.model.state, self.model.reason = "in_control", reason
+            self.takeover_step = self._step
+            self.expert.replan(obs)
+
+
+def mask_to_array(
+    mask: tuple[bool, ...], arm_slices: tuple[tuple[str, int, int], ...]
+) -> npt.NDArray[np.bool_]:
+    """Per-arm mask -> per-action-dimension boolean mask (for blending with a policy action)."""
+    if len(mask) != len(arm_slices):
+        raise ValueError(f"mask has {len(mask)} entries for {len(arm_slices)} arms")
+    out = np.zeros(max((hi for _, _, hi in arm_slices), default=0), dtype=bool)
+    for flag, (_, lo, hi) in zip(mask, arm_slices):
+        out[lo:hi] = flag
+    return out

@@ -1,0 +1,151 @@
+"""The scripted operator: takeover from perturbed mid-episode states, and its decision logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig
+from arx_x5_driver.core.operator import (
+    OperatorConfig,
+    RolloutMonitor,
+    ScriptedOperator,
+    Signals,
+    TakeoverModel,
+    mask_to_array,
+    segment_distance,
+)
+from arx_x5_driver.core.sim_aloha import SimAlohaBackend
+
+
+def perturb(robot: SimAlohaBackend, seed: int, steps: int = 100) -> None:
+    """Random-walk joint targets and random grippers from reset: a policy gone astray."""
+    rng = np.random.default_rng(1000 + seed)
+    obs = robot.reset(seed)
+    q = obs.joint_positions.copy()
+    low, high = robot.joint_limits
+    for _ in range(steps):
+        q = np.clip(q + rng.normal(0.0, 0.03, 14), low, high)
+        a = q.copy()
+        a[[6, 13]] = rng.uniform(0.0, 1.0, 2)
+        robot.command(a)
+        assert not robot.status().done
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize(("task", "needed"), [("transfer_cube", 4), ("insertion", 3)])
+def test_takeover_from_perturbed_state_completes_the_task(
+    task: str, needed: int, transfer_robot: SimAlohaBackend, insertion_robot: SimAlohaBackend
+) -> None:
+    robot = transfer_robot if task == "transfer_cube" else insertion_robot
+    operator = ScriptedOperator.for_backend("sim", task)
+    successes = 0
+    for seed in range(5):
+        perturb(robot, seed)
+        obs = robot.observe()
+        operator.reset(obs, seed)
+        operator.take_over_now(obs)
+        while not robot.status().done:
+            takeover, mask, action = operator.step(obs)
+            assert takeover and mask == (True, True) and action is not None
+            robot.command(action)
+            obs = robot.observe()
+        successes += bool(robot.status().success)
+    assert successes >= needed, f"{task}: takeover finished {successes}/5 perturbed episodes"
+
+
+@pytest.mark.sim
+def test_operator_watches_a_failing_policy_and_takes_over(
+    transfer_robot: SimAlohaBackend,
+) -> None:
+    """A poor policy (the expert with 3 cm waypoint errors): the operator detects the failure
+    itself (stall / drop), takes over, and finishes; with rate 0 it never intervenes."""
+    results = {}
+    for rate in (1.0, 0.0):
+        operator = ScriptedOperator.for_backend(
+            "sim", "transfer_cube", OperatorConfig(intervention_rate=rate)
+        )
+        policy = AlohaExpert("transfer_cube", ExpertConfig(noise_std=0.03))
+        takeovers = successes = 0
+        for seed in range(3):
+            obs = transfer_robot.reset(seed)
+            operator.reset(obs, seed)
+            policy.reset(obs, seed + 100)
+            while not transfer_robot.status().done:
+                takeover, _, action = operator.step(obs)
+                transfer_robot.command(action if takeover else policy.act(obs))
+                obs = transfer_robot.observe()
+            takeovers += operator.takeover_step is not None
+            successes += bool(transfer_robot.status().success)
+            if rate == 1.0 and operator.takeover_step is not None:
+                assert operator.reason in ("stall", "drop", "collision")
+                assert operator.takeover_step > OperatorConfig().grace_steps
+        results[rate] = (takeovers, successes)
+    assert results[1.0][0] == 3 and results[1.0][1] >= 2, results
+    assert results[0.0][0] == 0, results
+
+
+@pytest.mark.sim
+def test_monitor_stays_quiet_while_the_expert_succeeds(
+    insertion_robot: SimAlohaBackend,
+) -> None:
+    expert = AlohaExpert("insertion")
+    monitor = RolloutMonitor(OperatorConfig(), expert)
+    for seed in range(2):
+        obs = insertion_robot.reset(seed)
+        expert.reset(obs, seed)
+        monitor.reset()
+        while not insertion_robot.status().done:
+            signals = monitor.update(obs)
+            assert not (signals.stall or signals.drop or signals.collision), (seed, signals)
+            insertion_robot.command(expert.act(obs))
+            obs = insertion_robot.observe()
+        assert insertion_robot.status().success
+
+
+def _signals(stall: bool = False, drop: bool = False, collision: bool = False) -> Signals:
+    return Signals(stall=stall, drop=drop, collision=collision, progress=0.0)
+
+
+def test_takeover_model_reacts_after_delay_and_holds() -> None:
+    model = TakeoverModel(OperatorConfig(intervention_rate=1.0, reaction_steps=3))
+    model.reset(seed=0)
+    assert model.will_intervene
+    assert not model.update(_signals()).takeover
+    decisions = [model.update(_signals(drop=True)).takeover for _ in range(3)]
+    assert decisions == [False, False, False]
+    assert model.update(_signals()).takeover, "takes over after the reaction delay"
+    assert model.update(_signals()).takeover, "and keeps control until reset"
+    assert model.reason == "drop"
+    model.reset()
+    assert model.state == "watching"
+
+
+def test_takeover_model_declines_at_rate_zero_and_rate_is_a_fraction() -> None:
+    model = TakeoverModel(OperatorConfig(intervention_rate=0.0))
+    model.reset(seed=1)
+    for _ in range(10):
+        assert not model.update(_signals(stall=True)).takeover
+    assert model.state == "declined"
+    half = TakeoverModel(OperatorConfig(intervention_rate=0.5))
+    draws = []
+    for seed in range(400):
+        half.reset(seed)
+        draws.append(half.will_intervene)
+    assert 0.4 < np.mean(draws) < 0.6
+
+
+def test_operator_config_validates() -> None:
+    with pytest.raises(ValueError, match="intervention_rate"):
+        OperatorConfig(intervention_rate=1.5)
+    with pytest.raises(ValueError, match="signal must be one of"):
+        OperatorConfig(signals=("stall", "boredom"))
+
+
+def test_geometry_helpers() -> None:
+    a0, a1 = np.array([0.0, 0, 0]), np.array([1.0, 0, 0])
+    b0, b1 = np.array([0.5, 1, 0]), np.array([0.5, 2, 0])
+    assert segment_distance(a0, a1, b0, b1) == pytest.approx(1.0)
+    assert segment_distance(a0, a1, np.array([0.5, -1, 0]), np.array([0.5, 1, 0])) == 0.0
+    mask = mask_to_array((True, False), (("left", 0, 7), ("right", 7, 14)))
+    assert mask[:7].all() and not mask[7:].any()
