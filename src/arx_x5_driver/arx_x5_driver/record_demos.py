@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from arx_x5_driver.core.config import ALOHA_CAMERAS, METAWORLD_CAMERAS, did_you_mean
 from arx_x5_driver.core.expert import make_expert
 from arx_x5_driver.core.factory import make_backend
-from arx_x5_driver.core.robot import ArmBackend, Observation
+from arx_x5_driver.core.operator import ScriptedOperator
+from arx_x5_driver.core.robot import ArmBackend
 
 LOG = logging.getLogger("habc-record-demos")
 
@@ -43,81 +42,6 @@ class EpisodeResult:
     success_step: int | None
 
 
-def _bag_format() -> Any:
-    from habc_learner.core import bag_format
-
-    return bag_format
-
-
-def _write_observation(
-    writer: Any, bf: Any, robot: ArmBackend, obs: Observation, t_ns: int
-) -> None:
-    spec = robot.spec
-    writer.write(
-        bf.TOPIC_JOINT_STATES,
-        bf.MSGTYPE_JOINT_STATE,
-        t_ns,
-        writer.msg(
-            bf.MSGTYPE_JOINT_STATE,
-            header=bf.header(t_ns),
-            name=list(spec.joint_names),
-            position=np.asarray(obs.joint_positions, dtype=np.float64),
-            velocity=np.asarray(obs.joint_velocities, dtype=np.float64),
-            effort=np.zeros(0, dtype=np.float64),
-        ),
-    )
-    if obs.env_state is not None:
-        layout = writer.msg("std_msgs/msg/MultiArrayLayout", dim=[], data_offset=0)
-        writer.write(
-            bf.TOPIC_ENV_STATE,
-            bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-            t_ns,
-            writer.msg(
-                bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-                layout=layout,
-                data=np.asarray(obs.env_state, dtype=np.float32),
-            ),
-        )
-    for cam, img in obs.images.items():
-        h, w = img.shape[:2]
-        writer.write(
-            bf.camera_topic(cam),
-            bf.MSGTYPE_IMAGE,
-            t_ns,
-            writer.msg(
-                bf.MSGTYPE_IMAGE,
-                header=bf.header(t_ns, frame_id=f"{cam}_optical_frame"),
-                height=h,
-                width=w,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=3 * w,
-                data=np.ascontiguousarray(img, dtype=np.uint8).reshape(-1),
-            ),
-        )
-
-
-def _event(
-    writer: Any, bf: Any, t_ns: int, meta: Any, event: int, outcome: str, reason: str
-) -> None:
-    writer.write(
-        bf.TOPIC_EPISODE_EVENT,
-        bf.MSGTYPE_EPISODE_EVENT,
-        t_ns,
-        writer.msg(
-            bf.MSGTYPE_EPISODE_EVENT,
-            header=bf.header(t_ns),
-            episode_id=meta.episode_id,
-            event=event,
-            outcome=bf.OUTCOME_CODES[outcome],
-            marked_by="" if event == bf.EVENT_START else "simulator",
-            task=meta.task,
-            prompt=meta.prompt,
-            reason=reason,
-        ),
-    )
-
-
 def record_episode(
     robot: ArmBackend,
     expert: Any,
@@ -127,63 +51,28 @@ def record_episode(
     seed: int,
     base_ns: int,
 ) -> EpisodeResult:
-    """Run the expert for one episode on ``robot`` and write it as one bag."""
-    bf = _bag_format()
+    """Run the expert for one episode on ``robot`` and write it as one bag.
+
+    The expert drives through the scripted operator, in control from the first step, and the
+    episode runs through the same rollout loop (and bag writer) as every learner rollout.
+    """
+    from habc_learner.sim_rollouts import run_rollout
+
     episode_id = f"{task}_demo_seed{seed:06d}_{base_ns}"
-    meta = bf.EpisodeMeta(
-        episode_id=episode_id, task=task, prompt=prompt, source="demo", arms=robot.arm_slices
+    operator = ScriptedOperator(expert, arm_names=tuple(n for n, _lo, _hi in robot.arm_slices))
+    result = run_rollout(
+        robot,
+        seed=seed,
+        operator=operator,
+        episode_id=episode_id,
+        task=task,
+        prompt=prompt,
+        bag_path=out_dir / episode_id,
+        source="demo",
+        base_time_ns=base_ns,
     )
-    path = out_dir / episode_id
-    period_ns = round(1e9 / robot.spec.control_hz)
-    n_arms = len(robot.arm_slices)
-    obs = robot.reset(seed)
-    expert.reset(obs, seed)
-    with bf.EpisodeBagWriter(path, meta) as writer:
-        _event(writer, bf, base_ns, meta, bf.EVENT_START, "unknown", f"scripted demo, seed {seed}")
-        step = 0
-        while not robot.status().done:
-            t_ns = base_ns + step * period_ns
-            _write_observation(writer, bf, robot, obs, t_ns)
-            action = np.asarray(expert.act(obs), dtype=np.float64)
-            robot.command(action)
-            writer.write(
-                bf.TOPIC_EXECUTED_COMMAND,
-                bf.MSGTYPE_EXECUTED_COMMAND,
-                t_ns,
-                writer.msg(
-                    bf.MSGTYPE_EXECUTED_COMMAND,
-                    header=bf.header(t_ns),
-                    episode_id=episode_id,
-                    step_index=step,
-                    controller=np.full(n_arms, bf.CONTROLLER_HUMAN, dtype=np.uint8),
-                    action=action.astype(np.float32),
-                    hold=False,
-                    hold_reason="",
-                    checkpoint_id="",
-                    chunk_seq=0,
-                    chunk_row=0,
-                    learner_step=-1,
-                ),
-            )
-            writer.count_step()
-            step += 1
-            obs = robot.observe()
-        status = robot.status()
-        outcome = "success" if status.success else "failure"
-        reason = "task criterion reached" if status.success else (status.failure or "failed")
-        end_ns = base_ns + step * period_ns
-        _event(writer, bf, end_ns, meta, bf.EVENT_END, outcome, reason)
-        writer.finish(
-            outcome,
-            marked_by="simulator",
-            success_step=status.success_step if status.success else None,
-        )
     return EpisodeResult(
-        episode_id,
-        path,
-        bool(status.success),
-        step,
-        status.success_step if status.success else None,
+        episode_id, out_dir / episode_id, result.success, result.steps, result.success_step
     )
 
 

@@ -41,32 +41,13 @@ def _proprio(obs: Any, use_env_state: bool) -> np.ndarray:
     return q
 
 
-def _write_observation(w: bf.EpisodeBagWriter, t_ns: int, obs: Any, joint_names: list[str]) -> None:
-    w.write(
-        bf.TOPIC_JOINT_STATES,
-        bf.MSGTYPE_JOINT_STATE,
-        t_ns,
-        w.msg(
-            bf.MSGTYPE_JOINT_STATE,
-            header=bf.header(t_ns),
-            name=joint_names,
-            position=np.asarray(obs.joint_positions, dtype=np.float64),
-            velocity=np.asarray(obs.joint_velocities, dtype=np.float64),
-            effort=np.zeros(0),
-        ),
-    )
+def write_observation(w: bf.EpisodeBagWriter, t_ns: int, obs: Any, joint_names: list[str]) -> None:
+    """Joint state, privileged env state (sim) and every rendered camera frame of ``obs``."""
+    w.write_joint_state(t_ns, joint_names, obs.joint_positions, obs.joint_velocities)
     if obs.env_state is not None:
-        dim = w.msg("std_msgs/msg/MultiArrayDimension", label="env_state", size=0, stride=0)
-        w.write(
-            bf.TOPIC_ENV_STATE,
-            bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-            t_ns,
-            w.msg(
-                bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-                layout=w.msg("std_msgs/msg/MultiArrayLayout", dim=[dim], data_offset=0),
-                data=np.asarray(obs.env_state, dtype=np.float32),
-            ),
-        )
+        w.write_env_state(t_ns, obs.env_state)
+    for camera, rgb in obs.images.items():
+        w.write_image(t_ns, camera, rgb)
 
 
 def run_rollout(
@@ -84,6 +65,7 @@ def run_rollout(
     bag_path: str | Path | None = None,
     source: str = "rollout",
     sample_seed: int | None = None,
+    base_time_ns: int = BASE_TIME_NS,
 ) -> RolloutResult:
     """Run one episode on a connected ``backend`` until it is done.
 
@@ -95,6 +77,7 @@ def run_rollout(
         operator_from_start: the operator drives every step (demonstrations).
         bag_path: where to write the episode bag (``None``: no bag).
         sample_seed: base seed of the policy's sampling noise (deterministic rollouts).
+        base_time_ns: stamp of step 0 in the bag (nanoseconds).
     """
     if policy is None and operator is None:
         raise ValueError("a rollout needs a policy, an operator, or both")
@@ -116,9 +99,11 @@ def run_rollout(
     if bag_path is not None:
         meta = bf.EpisodeMeta(episode_id, task, prompt, source, arm_slices)
         writer = bf.EpisodeBagWriter(bag_path, meta).__enter__()
+        writer.write_event(base_time_ns, bf.EVENT_START, reason=f"{source}, seed {seed}")
     joint_names = list(spec.joint_names)
     chunk: np.ndarray | None = None
     row = 0
+    chunk_seq = -1
     takeover_step: int | None = None
     checkpoint_id = "" if policy is None else policy.checkpoint_id
     learner_step = -1 if policy is None else int(policy.learner_step)
@@ -126,7 +111,7 @@ def run_rollout(
     nonfinite = False
     try:
         while not backend.status().done:
-            t_ns = BASE_TIME_NS + step * period_ns
+            t_ns = base_time_ns + step * period_ns
             human = None
             if operator is not None:
                 command = operator.step(obs)
@@ -141,7 +126,7 @@ def run_rollout(
                 if not all(mask):  # one-arm takeover: the policy keeps the other arm
                     if chunk is None or row >= execute_rows:
                         chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
-                        row = 0
+                        row, chunk_seq = 0, chunk_seq + 1
                     for m, (_n, lo, hi) in zip(mask, arm_slices):
                         if not m:
                             action[lo:hi] = chunk[row, lo:hi]
@@ -151,7 +136,7 @@ def run_rollout(
             else:
                 if chunk is None or row >= execute_rows:
                     chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
-                    row = 0
+                    row, chunk_seq = 0, chunk_seq + 1
                 action = chunk[row]
                 row += 1
                 controller = [bf.CONTROLLER_POLICY] * n_arms
@@ -162,27 +147,17 @@ def run_rollout(
                 nonfinite = True
                 break
             if writer is not None:
-                _write_observation(writer, t_ns, obs, joint_names)
-                writer.write(
-                    bf.TOPIC_EXECUTED_COMMAND,
-                    bf.MSGTYPE_EXECUTED_COMMAND,
+                write_observation(writer, t_ns, obs, joint_names)
+                writer.write_command(
                     t_ns,
-                    writer.msg(
-                        bf.MSGTYPE_EXECUTED_COMMAND,
-                        header=bf.header(t_ns),
-                        episode_id=episode_id,
-                        step_index=step,
-                        controller=np.asarray(controller, dtype=np.uint8),
-                        action=np.asarray(action, dtype=np.float32),
-                        hold=False,
-                        hold_reason="",
-                        checkpoint_id=checkpoint_id if policy_ran else "",
-                        chunk_seq=0,
-                        chunk_row=max(row - 1, 0) if policy_ran else 0,
-                        learner_step=learner_step if policy_ran else -1,
-                    ),
+                    step_index=step,
+                    controller=controller,
+                    action=action,
+                    checkpoint_id=checkpoint_id if policy_ran else "",
+                    chunk_seq=chunk_seq if policy_ran else 0,
+                    chunk_row=max(row - 1, 0) if policy_ran else 0,
+                    learner_step=learner_step if policy_ran else -1,
                 )
-                writer.count_step()
             backend.command(action)
             obs = backend.observe()
             step += 1
@@ -190,10 +165,12 @@ def run_rollout(
         success = bool(status.success) and not nonfinite
         failure = "non_finite_action" if nonfinite else status.failure
         if writer is not None:
+            outcome = "success" if success else "failure"
+            reason = "task criterion reached" if success else (failure or "failed")
+            end_ns = base_time_ns + step * period_ns
+            writer.write_event(end_ns, bf.EVENT_END, outcome, "simulator", reason)
             writer.finish(
-                "success" if success else "failure",
-                "simulator",
-                success_step=status.success_step if success else None,
+                outcome, "simulator", success_step=status.success_step if success else None
             )
     except BaseException as exc:
         if writer is not None:

@@ -29,11 +29,12 @@ before the ``ExecutedCommand`` of step ``t``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -270,8 +271,125 @@ class EpisodeBagWriter:
         """Construct a message object of ``msgtype`` from this writer's typestore."""
         return self._store.types[msgtype](**fields)
 
+    # Typed writers of the episode topics --------------------------------------------------
+    def write_joint_state(
+        self,
+        t_ns: int,
+        names: Sequence[str],
+        positions: np.ndarray,
+        velocities: np.ndarray | None = None,
+    ) -> None:
+        """``/joint_states``: positions (rad; grippers 0 closed … 1 open) and velocities."""
+        self.write(
+            TOPIC_JOINT_STATES,
+            MSGTYPE_JOINT_STATE,
+            t_ns,
+            self.msg(
+                MSGTYPE_JOINT_STATE,
+                header=header(t_ns),
+                name=list(names),
+                position=np.asarray(positions, dtype=np.float64),
+                velocity=np.zeros(0) if velocities is None else np.asarray(velocities, np.float64),
+                effort=np.zeros(0),
+            ),
+        )
+
+    def write_env_state(self, t_ns: int, values: np.ndarray) -> None:
+        """``/habc/env_state``: privileged object state (simulation only)."""
+        layout = self.msg("std_msgs/msg/MultiArrayLayout", dim=[], data_offset=0)
+        self.write(
+            TOPIC_ENV_STATE,
+            MSGTYPE_FLOAT32_MULTI_ARRAY,
+            t_ns,
+            self.msg(
+                MSGTYPE_FLOAT32_MULTI_ARRAY,
+                layout=layout,
+                data=np.asarray(values, dtype=np.float32),
+            ),
+        )
+
+    def write_image(self, t_ns: int, camera: str, rgb: np.ndarray) -> None:
+        """``/cameras/<camera>/image_raw``: an ``H×W×3`` uint8 RGB frame as ``rgb8``."""
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"camera {camera!r}: expected H×W×3 uint8, got {rgb.shape}")
+        height, width = rgb.shape[:2]
+        self.write(
+            camera_topic(camera),
+            MSGTYPE_IMAGE,
+            t_ns,
+            self.msg(
+                MSGTYPE_IMAGE,
+                header=header(t_ns, frame_id=f"{camera}_optical_frame"),
+                height=height,
+                width=width,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=3 * width,
+                data=rgb.reshape(-1),
+            ),
+        )
+
+    def write_command(
+        self,
+        t_ns: int,
+        *,
+        step_index: int,
+        controller: Sequence[int],
+        action: np.ndarray,
+        hold_reason: str = "",
+        checkpoint_id: str = "",
+        chunk_seq: int = 0,
+        chunk_row: int = 0,
+        learner_step: int = -1,
+    ) -> None:
+        """``/habc/executed_command`` of one control step (and count the step)."""
+        self.write(
+            TOPIC_EXECUTED_COMMAND,
+            MSGTYPE_EXECUTED_COMMAND,
+            t_ns,
+            self.msg(
+                MSGTYPE_EXECUTED_COMMAND,
+                header=header(t_ns),
+                episode_id=self.meta.episode_id,
+                step_index=int(step_index),
+                controller=np.asarray(controller, dtype=np.uint8),
+                action=np.asarray(action, dtype=np.float32),
+                hold=CONTROLLER_NONE in list(controller),
+                hold_reason=hold_reason,
+                checkpoint_id=checkpoint_id,
+                chunk_seq=int(chunk_seq),
+                chunk_row=int(chunk_row),
+                learner_step=int(learner_step),
+            ),
+        )
+        self._num_steps += 1
+
+    def write_event(
+        self, t_ns: int, event: int, outcome: str = "unknown", marked_by: str = "", reason: str = ""
+    ) -> None:
+        """``/habc/episode_event``: ``EVENT_START`` or ``EVENT_END`` with an outcome."""
+        if outcome not in OUTCOME_CODES:
+            raise ValueError(f"outcome must be one of {tuple(OUTCOME_CODES)}, got {outcome!r}")
+        self.write(
+            TOPIC_EPISODE_EVENT,
+            MSGTYPE_EPISODE_EVENT,
+            t_ns,
+            self.msg(
+                MSGTYPE_EPISODE_EVENT,
+                header=header(t_ns),
+                episode_id=self.meta.episode_id,
+                event=event,
+                outcome=OUTCOME_CODES[outcome],
+                marked_by=marked_by,
+                task=self.meta.task,
+                prompt=self.meta.prompt,
+                reason=reason,
+            ),
+        )
+
     def count_step(self) -> None:
-        """Count one executed control step (stored as ``habc.num_steps``)."""
+        """Count one executed control step written with :meth:`write_raw` / :meth:`write`."""
         self._num_steps += 1
 
     def finish(self, outcome: str, marked_by: str, success_step: int | None = None) -> None:

@@ -304,71 +304,20 @@ def write_episode(
         joint_names = [f"joint{i}" for i in range(joint_dim)]
         for t in range(episode.length):
             t_ns = round(float(episode.timestamps[t]) * 1e9)
-            hdr = bf.header(t_ns)
-            w.write(
-                bf.TOPIC_JOINT_STATES,
-                bf.MSGTYPE_JOINT_STATE,
-                t_ns,
-                w.msg(
-                    bf.MSGTYPE_JOINT_STATE,
-                    header=hdr,
-                    name=joint_names,
-                    position=episode.proprio[t, :joint_dim].astype(np.float64),
-                    velocity=np.zeros(0),
-                    effort=np.zeros(0),
-                ),
-            )
+            w.write_joint_state(t_ns, joint_names, episode.proprio[t, :joint_dim])
             if joint_dim < episode.proprio_dim:
-                dims = w.msg("std_msgs/msg/MultiArrayDimension", label="", size=0, stride=0)
-                layout = w.msg("std_msgs/msg/MultiArrayLayout", dim=[dims], data_offset=0)
-                w.write(
-                    bf.TOPIC_ENV_STATE,
-                    bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-                    t_ns,
-                    w.msg(
-                        bf.MSGTYPE_FLOAT32_MULTI_ARRAY,
-                        layout=layout,
-                        data=episode.proprio[t, joint_dim:].astype(np.float32),
-                    ),
-                )
+                w.write_env_state(t_ns, episode.proprio[t, joint_dim:])
             for cam, frames in (images or {}).items():
-                frame = np.ascontiguousarray(frames[t], dtype=np.uint8)
-                w.write(
-                    bf.camera_topic(cam),
-                    bf.MSGTYPE_IMAGE,
-                    t_ns,
-                    w.msg(
-                        bf.MSGTYPE_IMAGE,
-                        header=hdr,
-                        height=frame.shape[0],
-                        width=frame.shape[1],
-                        encoding="rgb8",
-                        is_bigendian=0,
-                        step=frame.shape[1] * 3,
-                        data=frame.reshape(-1),
-                    ),
-                )
+                w.write_image(t_ns, cam, frames[t])
             policy = bool((episode.authority[t] == POLICY).any())
-            w.write(
-                bf.TOPIC_EXECUTED_COMMAND,
-                bf.MSGTYPE_EXECUTED_COMMAND,
+            w.write_command(
                 t_ns,
-                w.msg(
-                    bf.MSGTYPE_EXECUTED_COMMAND,
-                    header=hdr,
-                    episode_id=episode.episode_id,
-                    step_index=t,
-                    controller=episode.authority[t].astype(np.uint8),
-                    action=episode.actions[t].astype(np.float32),
-                    hold=bool((episode.authority[t] == 0).any()),
-                    hold_reason="",
-                    checkpoint_id=str(episode.checkpoint_ids[t]) if policy else "",
-                    chunk_seq=0,
-                    chunk_row=0,
-                    learner_step=int(episode.learner_steps[t]) if policy else -1,
-                ),
+                step_index=t,
+                controller=episode.authority[t],
+                action=episode.actions[t],
+                checkpoint_id=str(episode.checkpoint_ids[t]) if policy else "",
+                learner_step=int(episode.learner_steps[t]) if policy else -1,
             )
-            w.count_step()
         if episode.outcome in (Outcome.SUCCESS, Outcome.FAILURE, Outcome.UNKNOWN):
             success_step = episode.success_step if episode.outcome is Outcome.SUCCESS else None
             w.finish(episode.outcome.value, "writer", success_step=success_step)
