@@ -224,6 +224,9 @@ def plot(stages: list[StageResult], path: Path) -> None:
     ax2.bar(names, [s.mean_success_length for s in stages], color="#37a")
     ax2.set_ylabel("steps")
     ax2.set_title("mean length of successful episodes")
+    for i, s in enumerate(stages):
+        if np.isfinite(s.mean_success_length):
+            ax2.text(i, s.mean_success_length * 1.01, f"{s.mean_success_length:.0f}", ha="center")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
