@@ -21,6 +21,8 @@ setup(
     entry_points={
         "console_scripts": [
             "habc-main = habc_learner.main_job:main",
+            "habc-learn = habc_learner.learn:main",
+            "habc-protocol = habc_learner.protocol:main",
             # NODE_ENTRY_POINTS
         ],
     },

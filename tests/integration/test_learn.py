@@ -1,0 +1,111 @@
+"""habc-learn: learner jobs over bag folders, skipping bad bags, resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from habc_learner.core.bag_reader import write_episode
+from habc_learner.core.episode import scenario_episode
+from habc_learner.learn import STATE_NAME, main
+
+ARGS = ["--method", "habc", "--batch-size", "16", "--threads", "1", "--min-new", "1"]
+
+
+def _bags(folder: Path, scenarios: list[str], first_seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scenario in enumerate(scenarios):
+        ep = scenario_episode(scenario, seed=first_seed + i, length=80)
+        write_episode(folder / f"{scenario}-{first_seed + i}", ep)
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / STATE_NAME).read_text())
+
+
+def test_rounds_over_a_bag_folder_skip_bad_bags_and_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bags, out = tmp_path / "bags", tmp_path / "learner"
+    _bags(bags / "demos", ["demo", "demo"], 0)
+    _bags(bags / "round_01", ["autonomous_success", "takeover_failure"], 10)
+    (bags / "round_01" / "broken").mkdir()
+    (bags / "round_01" / "broken" / "broken.mcap").write_bytes(b"not an mcap file")
+    os.utime(bags / "round_01" / "broken" / "broken.mcap", (0, 0))  # not a live recording
+
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped broken: no metadata.yaml" in printed
+    state = _state(out)
+    assert len(state["consumed"]) == 4 and state["rounds"] == 1
+    assert any(p.endswith("broken") for p in state["skipped"])
+    manifest = json.loads((out / "checkpoints" / "step_000000003" / "manifest.json").read_text())
+    assert manifest["learner_step"] == 3
+
+    # Nothing new: no round.
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 1
+    # New episodes: the next round continues the same run from step 3.
+    _bags(bags / "round_02", ["two_takeovers"], 20)
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 0
+    assert (out / "checkpoints" / "step_000000006").is_dir()
+    assert _state(out)["rounds"] == 2 and len(_state(out)["consumed"]) == 5
+
+
+def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--bags", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "habx"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["--bags", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_learner_killed_mid_round_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    bags, out = tmp_path / "bags", tmp_path / "learner"
+    _bags(bags / "demos", ["demo", "demo"], 0)
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "2", *ARGS]) == 0
+    _bags(bags / "round_01", ["autonomous_success"], 5)
+    cmd = [
+        sys.executable,
+        "-m",
+        "habc_learner.learn",
+        "--bags",
+        str(bags),
+        "--out",
+        str(out),
+        "--steps",
+        "100000",
+        *ARGS,
+    ]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Wait until it trains: its own TensorBoard event file appears beside round 1's.
+        deadline = time.monotonic() + 120
+        while len(list((out / "tensorboard").glob("events.*"))) < 2:
+            assert time.monotonic() < deadline, "the learner never started training"
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.5)
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The kill left the first checkpoint and the state of round 1 untouched.
+    state = _state(out)
+    assert state["rounds"] == 1 and len(state["consumed"]) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step")) == [
+        "step_000000002"
+    ]
+    # Restarted, the job redoes round 2 from step 2 with the episode it had not consumed.
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "2", *ARGS]) == 0
+    assert (out / "checkpoints" / "step_000000004").is_dir()
+    assert _state(out)["rounds"] == 2 and len(_state(out)["consumed"]) == 3
