@@ -22,6 +22,7 @@ setup(
         "console_scripts": [
             "habc-main = habc_learner.main_job:main",
             "habc-learn = habc_learner.learn:main",
+            "episode_recorder = habc_learner.nodes.recorder_node:main",
             "habc-protocol = habc_learner.protocol:main",
             # NODE_ENTRY_POINTS
         ],

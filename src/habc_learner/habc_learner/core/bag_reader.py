@@ -95,9 +95,22 @@ def _image_to_rgb(msg: object, msgtype: str) -> np.ndarray:
     raise ValueError(f"unsupported image encoding {msg.encoding!r} (rgb8, bgr8, compressed)")
 
 
+#: A message received at most this long after a step still counts as that step's observation
+#: when nothing older exists (streams start a few milliseconds apart).
+LATE_START_TOLERANCE_NS = 100_000_000
+
+
 def _newest_at_or_before(times: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Index of the newest ``times`` entry ≤ each ``query`` time (-1 if none)."""
-    return np.searchsorted(times, query, side="right") - 1
+    """Index of the newest ``times`` entry ≤ each ``query`` time.
+
+    Steps before the first message get the first message when it came at most
+    :data:`LATE_START_TOLERANCE_NS` later, else -1.
+    """
+    idx = np.searchsorted(times, query, side="right") - 1
+    if times.size:
+        late = (idx < 0) & (times[0] - query <= LATE_START_TOLERANCE_NS)
+        idx = np.where(late, 0, idx)
+    return idx
 
 
 def read_episode(
@@ -182,13 +195,13 @@ def read_episode(
     joint_t = np.array([t for t, _q in joints], dtype=np.int64)
     j_idx = _newest_at_or_before(joint_t, cmd_t)
     if j_idx[0] < 0:
-        raise BagSkipped("no joint state at or before step 0")
+        raise BagSkipped("no joint state at (or within 100 ms of) step 0")
     q = np.stack([joints[i][1] for i in j_idx])
     if use_env_state and env:
         env_t = np.array([t for t, _s in env], dtype=np.int64)
         e_idx = _newest_at_or_before(env_t, cmd_t)
         if e_idx[0] < 0:
-            raise BagSkipped("no env state at or before step 0")
+            raise BagSkipped("no env state at (or within 100 ms of) step 0")
         q = np.concatenate([q, np.stack([env[i][1] for i in e_idx])], axis=1)
 
     n_arms = len(arm_slices)
@@ -215,7 +228,7 @@ def read_episode(
         times = np.asarray(camera_times.get(topic, []), dtype=np.int64)
         frame = _newest_at_or_before(times, cmd_t) if times.size else np.array([-1])
         if frame[0] < 0:
-            raise BagSkipped(f"camera {cam!r} has no frame at or before step 0")
+            raise BagSkipped(f"camera {cam!r} has no frame at (or within 100 ms of) step 0")
         images[cam] = _camera_loader(path, topic, frame)
     if cameras is not None and set(cameras) - set(images):
         raise BagSkipped(f"missing camera(s) {sorted(set(cameras) - set(images))}")
