@@ -23,6 +23,7 @@ setup(
             "habc-main = habc_learner.main_job:main",
             "habc-learn = habc_learner.learn:main",
             "episode_recorder = habc_learner.nodes.recorder_node:main",
+            "learner = habc_learner.nodes.learner_node:main",
             "habc-protocol = habc_learner.protocol:main",
             # NODE_ENTRY_POINTS
         ],
