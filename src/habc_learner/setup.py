@@ -24,6 +24,7 @@ setup(
             "habc-learn = habc_learner.learn:main",
             "episode_recorder = habc_learner.nodes.recorder_node:main",
             "learner = habc_learner.nodes.learner_node:main",
+            "habc-launch = habc_learner.launcher:main",
             "habc-protocol = habc_learner.protocol:main",
             # NODE_ENTRY_POINTS
         ],
