@@ -4,6 +4,8 @@ A method says which data it samples (sources and mixing ratios), how episodes ar
 critic heads it trains and how the pre-normalization weight w̃ is computed (a named weighting
 rule in :data:`WEIGHTINGS`). Adding a method is one :func:`register_method` call (or one entry in
 :data:`METHODS`); adding a new weighting rule is one function registered in :data:`WEIGHTINGS`.
+A method with an ``ire_vla`` config (:class:`~habc_learner.core.ire_vla.IreVlaConfig`) runs
+iRe-VLA's RL/SL stage schedule instead of the weighted flow-matching step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from habc_learner.core import weights as W
+from habc_learner.core.ire_vla import IreVlaConfig
 from habc_learner.core.labeling import LABELING_MODES, Source
 
 SPLIT_CHOICES = ("all", "train")
@@ -66,6 +69,9 @@ class MethodConfig:
             lets through (the paper saw 0.19–0.27).
         train_split: ``"train"`` keeps the held-out episodes out of the actor's batches.
         normalization_eps: ε of Eq. 8.
+        ire_vla: iRe-VLA's stage schedule and RL settings; when set, the trainer alternates RL
+            rounds (action head only) and SL rounds (whole model on demos + successes) and
+            ``mixing`` only documents the SL stage's sources.
     """
 
     name: str
@@ -84,6 +90,7 @@ class MethodConfig:
     recap_target_pass_rate: float = 0.25
     train_split: str = "all"
     normalization_eps: float = 1e-6
+    ire_vla: IreVlaConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixing", tuple((str(s), float(r)) for s, r in self.mixing))
@@ -124,6 +131,22 @@ class MethodConfig:
             raise ValueError(f"method {self.name!r}: weighting 'habc' needs train_efficiency")
         if self.weighting == "recap" and not self.train_parent_value:
             raise ValueError(f"method {self.name!r}: weighting 'recap' needs train_parent_value")
+        if self.ire_vla is not None:
+            if not isinstance(self.ire_vla, IreVlaConfig):
+                raise ValueError(
+                    f"method {self.name!r}: ire_vla must be an IreVlaConfig, got "
+                    f"{type(self.ire_vla).__name__}"
+                )
+            if self.labeling != "intervention_aware":
+                raise ValueError(
+                    f"method {self.name!r}: iRe-VLA needs 'intervention_aware' labeling (human "
+                    f"steps must never count as policy actions), got {self.labeling!r}"
+                )
+            if self.uses_critic_features:
+                raise ValueError(
+                    f"method {self.name!r}: iRe-VLA trains its own value head; "
+                    "train_viability/train_efficiency/train_parent_value must be off"
+                )
 
     @property
     def mixing_dict(self) -> dict[str, float]:
@@ -271,6 +294,16 @@ register_method(
         ir_from_round=3,
     )
 )
+register_method(
+    MethodConfig(
+        name="ire_vla",
+        description="iRe-VLA: RL rounds on the action head (backbone frozen; PPO-clip, FPO "
+        "ratio) alternating with SL rounds of the whole model on demos + successful rollouts.",
+        mixing=(("demo", 1.0), ("rollout_success", 1.0)),
+        proportional=True,
+        ire_vla=IreVlaConfig(),
+    )
+)
 
 
 def get_method(name: str | MethodConfig) -> MethodConfig:
@@ -288,4 +321,6 @@ def method_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     """Rebuild a :class:`MethodConfig` from ``dataclasses.asdict`` output (e.g. a manifest)."""
     kwargs = dict(data)
     kwargs["mixing"] = tuple((s, r) for s, r in kwargs["mixing"])
+    if isinstance(kwargs.get("ire_vla"), Mapping):
+        kwargs["ire_vla"] = IreVlaConfig(**kwargs["ire_vla"])
     return MethodConfig(**kwargs)

@@ -10,6 +10,9 @@ One learner step (``Trainer.train_step``):
    table (IR from ``ir_from_round``), normalization (Eq. 8);
 5. L = mean_i w_i ℓ_i + L_critic; every loss term and weight statistic goes to TensorBoard.
 
+Methods with their own stage schedule (iRe-VLA, :mod:`habc_learner.core.ire_vla`) replace this
+step with their own; the round loop, logging and checkpoints stay the trainer's.
+
 A round ends with an atomic checkpoint (``habc_policy.core.checkpoint``) that holds everything
 needed to continue the same run: weights, critic and target copies, optimizer tensors (in
 safetensors, no pickle), RNG states, counters.
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 from habc_learner.core import critic as C
 from habc_learner.core import weights as W
 from habc_learner.core.critic import CriticConfig, DualHeadCritic, ParentValueHead
+from habc_learner.core.ire_vla import IRE_VLA_FILE, IreVlaLearner
 from habc_learner.core.labeling import Source
 from habc_learner.core.methods import MethodConfig, WeightInputs, compute_w_tilde, get_method
 from habc_learner.core.replay import Batch, ReplayConfig, ReplayStore
@@ -159,7 +163,11 @@ class RoundSummary:
     def line(self) -> str:
         """One console line with the headline statistics."""
         keys = (
+            "ire_vla/stage_rl",
             "loss/actor",
+            "loss/ppo_clip",
+            "loss/value",
+            "rl/clip_frac",
             "loss/critic",
             "weights/mean_g_success_autonomous",
             "weights/mean_g_intervention",
@@ -277,6 +285,9 @@ class Trainer:
         self.generator.manual_seed(config.seed)
         self._writer: SummaryWriter | None = None
         self._ece_bins = np.zeros((3, ECE_BINS))
+        self.ire: IreVlaLearner | None = (
+            IreVlaLearner(self, self.method.ire_vla) if self.method.ire_vla is not None else None
+        )
 
     # ------------------------------------------------------------------------------ lifecycle
     @classmethod
@@ -357,6 +368,8 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One learner step; returns every logged scalar."""
+        if self.ire is not None:
+            return self.ire.train_step()
         cfg, method = self.config, self.method
         normalizer = self.ensure_normalizer()
         self.store.drop_stale(self.learner_step)
@@ -622,9 +635,10 @@ class Trainer:
         self._ece_bins[:] = 0.0
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        stage = f" ({self.ire.stage})" if self.ire is not None else ""
         bar = tqdm(
             range(steps),
-            desc=f"{self.method.name} round {self.round_index}",
+            desc=f"{self.method.name} round {self.round_index}{stage}",
             disable=not self.config.progress,
             leave=False,
             dynamic_ncols=True,
@@ -646,6 +660,8 @@ class Trainer:
                         k.split("/")[-1]: f"{sums[k] / counts[k]:.3g}"
                         for k in (
                             "loss/actor",
+                            "loss/ppo_clip",
+                            "loss/value",
                             "loss/critic",
                             "weights/mean_g_success_autonomous",
                             "weights/mean_g_intervention",
@@ -708,6 +724,14 @@ class Trainer:
         module_tensors = self._module_tensors()
         if module_tensors:
             extra_tensor_files[CRITIC_FILE] = module_tensors
+        ire_state: dict[str, Any] | None = None
+        if self.ire is not None:
+            ire_state = {**self.ire.state_json(), "optimizers": {}}
+            for prefix, optimizer in self.ire.optimizers().items():
+                tensors, meta = optimizer_to_tensors(optimizer, prefix)
+                opt_tensors.update(tensors)
+                ire_state["optimizers"][prefix] = meta
+            extra_tensor_files[IRE_VLA_FILE] = self.ire.module_tensors()
         if opt_tensors:
             extra_tensor_files[OPTIMIZER_FILE] = opt_tensors
         state = {
@@ -720,6 +744,8 @@ class Trainer:
             "critic_optimizer": critic_meta,
             "store_dropped": self.store.num_dropped,
         }
+        if ire_state is not None:
+            state["ire_vla"] = ire_state
         assert self.normalizer is not None
         ckpt.save_policy(
             root / name,
@@ -781,6 +807,15 @@ class Trainer:
             optimizer_from_tensors(
                 self.critic_optimizer, opt_tensors, state["critic_optimizer"], "critic"
             )
+        if self.ire is not None:
+            ire_state = state.get("ire_vla")
+            if ire_state is None or IRE_VLA_FILE not in tensors:
+                raise ckpt.CheckpointError(f"{path}: no iRe-VLA state")
+            self.ire.load_state(tensors[IRE_VLA_FILE], ire_state, f"{path}/{IRE_VLA_FILE}")
+            for prefix, optimizer in self.ire.optimizers().items():
+                optimizer_from_tensors(
+                    optimizer, opt_tensors, ire_state["optimizers"][prefix], prefix
+                )
         self.generator.set_state(tensors[RNG_FILE]["generator"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.learner_step = int(state["learner_step"])

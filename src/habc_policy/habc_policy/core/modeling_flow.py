@@ -204,6 +204,15 @@ class FlowPolicy(nn.Module):
         """φ(s), [B, F]."""
         return self.encoder(proprio, prompt_tokens, images)
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of φ(s), the observation encoder: the backbone iRe-VLA freezes in its RL
+        stage. Together with :meth:`head_parameters` these are all the model's parameters."""
+        return list(self.encoder.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the action expert, the light action head."""
+        return list(self.expert.parameters())
+
     def velocity(self, noisy: Tensor, tau: Tensor, features: Tensor) -> Tensor:
         """v_θ(A^τ, τ | o), [B, H, d], through the configured parametrization."""
         out = self.expert(noisy, tau, features)
@@ -218,6 +227,7 @@ class FlowPolicy(nn.Module):
         mask: Tensor | None,
         noise: Tensor,
         tau: Tensor,
+        expert: nn.Module | None = None,
     ) -> Tensor:
         """Unreduced flow-matching loss ℓ_i of Eq. 1, [B].
 
@@ -227,9 +237,11 @@ class FlowPolicy(nn.Module):
         Args:
             features: φ(s) [B, F]; actions: normalized clean chunk A [B, H, d]; mask: m
                 [B, H, d] or None; noise: ε [B, H, d]; tau: τ [B].
+            expert: an action expert of the same config to evaluate instead of ``self.expert``
+                (e.g. a frozen snapshot, for a likelihood-ratio surrogate); None: ``self.expert``.
         """
         noisy = fm.interpolate(actions, noise, tau)
-        out = self.expert(noisy, tau, features)
+        out = (self.expert if expert is None else expert)(noisy, tau, features)
         if self.config.parametrization == "clean_chunk":
             return fm.masked_mse_per_sample(out, actions, mask)
         return fm.masked_mse_per_sample(out, fm.target_velocity(actions, noise), mask)
