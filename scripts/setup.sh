@@ -183,6 +183,9 @@ if [ "$(cat "$STAMPS/build" 2>/dev/null)" != "$BUILD_STAMP" ] || [ ! -d "$ROOT/i
   t=$(date +%s.%N)
   say "colcon build ..."
   mkdir -p "$ROOT/log"
+  # src/habc installs launch/ and config/ file by file (symlink install): CMake lists the files
+  # when it configures, so a new launch or parameter file needs a fresh configure of it.
+  rm -rf "$ROOT/build/habc"
   (
     # shellcheck disable=SC1091
     source "$ROOT/env.sh"

@@ -20,6 +20,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "policy_server = habc_policy.nodes.policy_server:main",
+            "arbiter_node = habc_policy.nodes.arbiter_node:main",
             # NODE_ENTRY_POINTS
         ],
     },

@@ -152,3 +152,13 @@ def test_config_errors_name_the_problem() -> None:
         JoyMapping(deadman=0, mark_success=0)
     with pytest.raises(ValueError, match="takeover buttons"):
         ArbiterConfig(arm_slices=((0, 4),), mapping=JoyMapping(takeover_buttons=(6, 7)))
+
+
+def test_requested_arms_is_a_pure_query() -> None:
+    arb = AuthorityArbiter(CFG)
+    assert arb.requested_arms(None, 0.0) is None
+    assert arb.requested_arms(joy(0.0), 0.5) is None  # silent
+    assert arb.requested_arms(joy(0.0), 0.0) == (False, False)
+    assert arb.requested_arms(joy(0.0, DEADMAN), 0.0) == (True, True)
+    assert arb.requested_arms(joy(0.0, DEADMAN, RIGHT), 0.0) == (False, True)
+    assert arb.modes == (Mode.POLICY, Mode.POLICY)  # nothing changed

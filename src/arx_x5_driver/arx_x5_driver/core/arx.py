@@ -150,6 +150,7 @@ class ArxBackend(ArmBackend):
         self._spec: RobotSpec | None = None
         self._last_cmd: npt.NDArray[np.float64] | None = None
         self._step = 0
+        self._solvers: dict[str, Any] = {}  # arm -> SDK kinematic solver (joint mode FK)
 
     # ArmBackend ---------------------------------------------------------------------------
     @property
@@ -223,6 +224,7 @@ class ArxBackend(ArmBackend):
                 LOG.warning("%s arm: set_to_damping failed: %s", arm.name, exc)
         self._arms = []
         self._sdk = None
+        self._solvers = {}
         self._last_cmd = None
 
     def reset(self, seed: int | None = None) -> Observation:
@@ -270,6 +272,39 @@ class ArxBackend(ArmBackend):
                 arm.controller.set_eef_cmd(cmd)
         self._last_cmd = a
         self._step += 1
+
+    def end_effector_positions(self, action: npt.ArrayLike) -> dict[str, npt.NDArray[np.float64]]:
+        """Per arm, the end-effector position (m, arm base frame) ``action`` commands.
+
+        Cartesian mode: the action's own ``x, y, z``. Joint mode: the SDK's kinematic solver
+        (``Arx5Solver(urdf_path, joint_dof, joint_pos_min, joint_pos_max)
+        .forward_kinematics(q) -> [x, y, z, roll, pitch, yaw]``), built once per arm.
+        """
+        self._require_connected()
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (14,):
+            raise ValueError(f"action must have shape (14,), got {a.shape}")
+        out: dict[str, npt.NDArray[np.float64]] = {}
+        for arm, (_, lo, _hi) in zip(self._arms, ARM_SLICES):
+            if self.config.controller == "cartesian":
+                out[arm.name] = a[lo : lo + 3].copy()
+                continue
+            if arm.name not in self._solvers:
+                rc = arm.robot_config
+                try:
+                    self._solvers[arm.name] = self._sdk.Arx5Solver(
+                        str(rc.urdf_path),
+                        int(rc.joint_dof),
+                        np.asarray(rc.joint_pos_min, dtype=np.float64),
+                        np.asarray(rc.joint_pos_max, dtype=np.float64),
+                    )
+                except (AttributeError, RuntimeError, TypeError) as exc:
+                    raise NotImplementedError(
+                        f"{arm.name} arm: the SDK's kinematic solver is unavailable: {exc}"
+                    ) from exc
+            pose = np.asarray(self._solvers[arm.name].forward_kinematics(a[lo : lo + 6]))
+            out[arm.name] = pose[:3].astype(np.float64)
+        return out
 
     # Internals ----------------------------------------------------------------------------
     def _rate_limit(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -191,6 +191,23 @@ class ArmBackend(ABC):
         """Episode status; backends without a task criterion report it unknown."""
         return EpisodeStatus(step=0, reward=None, success=None, done=False)
 
+    def observe_state(self) -> Observation:
+        """The observation without camera images (the control path's fast read).
+
+        Backends whose images are costly to produce (rendering) override this; the default
+        returns :meth:`observe`.
+        """
+        return self.observe()
+
+    def end_effector_positions(self, action: npt.ArrayLike) -> dict[str, FloatArray]:
+        """Forward kinematics for the safety layer's workspace box.
+
+        Returns, per arm name, the end-effector position ``[3]`` (m) that ``action`` (a
+        command, ``[action_dim]``) would put that arm at, in the frame the backend's workspace
+        box is expressed in. Backends without a kinematic model raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no forward kinematics")
+
     # Convenience views of the spec -------------------------------------------------------
     @property
     def action_dim(self) -> int:

@@ -135,6 +135,7 @@ class SimAlohaBackend(ArmBackend):
         self._renderer: CameraRenderer | None = None
         self._spec: RobotSpec | None = None
         self._rng = np.random.default_rng()
+        self._fk: Any = None  # (model, scratch MjData, per-arm addresses), built on first use
         self._reset_status(started=False)
 
     # ArmBackend ---------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class SimAlohaBackend(ArmBackend):
             self._renderer = None
         self._env = None
         self._physics = None
+        self._fk = None
         self._reset_status(started=False)
 
     def reset(self, seed: int | None = None) -> Observation:
@@ -250,6 +252,49 @@ class SimAlohaBackend(ArmBackend):
             failure=self._failure,
             success_step=self._success_step,
         )
+
+    def observe_state(self) -> Observation:
+        """Joint and object state, no camera rendered (the control path's fast read)."""
+        self._require_connected()
+        physics, task = self._physics, self._env.task
+        return Observation(
+            joint_positions=np.asarray(task.get_qpos(physics), dtype=np.float64),
+            joint_velocities=np.asarray(task.get_qvel(physics), dtype=np.float64),
+            env_state=np.asarray(task.get_env_state(physics), dtype=np.float64),
+            timestamp=float(physics.data.time),
+            step=self._step,
+        )
+
+    def end_effector_positions(self, action: npt.ArrayLike) -> dict[str, FloatArray]:
+        """World position (m) of each arm's fingertip site (``cali_<arm>_site1``) at the joint
+        angles of ``action``, from a scratch ``MjData`` (the simulation is not touched)."""
+        self._require_connected()
+        import mujoco
+
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (14,):
+            raise ValueError(f"action must have shape (14,), got {a.shape}")
+        if self._fk is None:
+            model = self._physics.model.ptr
+            joints = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+            adr = {}
+            for arm in ("left", "right"):
+                ids = [
+                    mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, f"vx300s_{arm}/{j}")
+                    for j in joints
+                ]
+                site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, f"cali_{arm}_site1")
+                adr[arm] = (np.array([model.jnt_qposadr[j] for j in ids]), site)
+            self._fk = (model, mujoco.MjData(model), adr)
+        model, data, adr = self._fk
+        out = {}
+        for arm, lo in (("left", 0), ("right", 7)):
+            qadr, site = adr[arm]
+            data.qpos[qadr] = a[lo : lo + 6]
+        mujoco.mj_kinematics(model, data)
+        for arm in ("left", "right"):
+            out[arm] = data.site_xpos[adr[arm][1]].copy()
+        return out
 
     # Extras -------------------------------------------------------------------------------
     def render(self, camera: str, height: int, width: int) -> npt.NDArray[np.uint8]:

@@ -195,6 +195,12 @@ class AuthorityArbiter:
         selected = [joy.pressed(b) for b in cfg.mapping.takeover_buttons]
         return selected if any(selected) else [True] * n
 
+    def requested_arms(self, joy: JoyState | None, now_s: float) -> tuple[bool, ...] | None:
+        """Arms the operator claims at ``now_s`` (deadman + takeover buttons); ``None`` when
+        the joystick is silent. Pure query: the state machine does not change."""
+        requested = self._requested_human(joy, now_s)
+        return None if requested is None else tuple(requested)
+
     def _mark(self, joy: JoyState | None, fresh: bool) -> str:
         if joy is None or not fresh:
             return ""

@@ -1,0 +1,220 @@
+"""The scripted operator as a node: a stand-in for the person at the joystick (sim bringups).
+
+It acts **only** through what a person has: the joystick (``/joy``, as the standard ``joy``
+node publishes it: deadman, per-arm takeover buttons, mark buttons) and the teleop command
+topic (``/habc/teleop_command``, ``sensor_msgs/JointState``, what leader arms would send). It
+watches the scene through the sim's privileged state (``/joint_states``, ``/habc/env_state``,
+and the driver's ``/diagnostics`` for the task's own success flag, the way a person sees the
+cube handed over) and runs :class:`~arx_x5_driver.core.operator.ScriptedOperator`:
+
+- each observation: the monitor + takeover model decide; under takeover the deadman is held
+  (plus the takeover button of each taken arm unless all arms are taken) and the expert's
+  action is published as the teleop command;
+- ``/joy`` is published at ``joy_hz`` whatever happens (a joystick keeps reporting), and at
+  once on every button change;
+- ``force_takeover_step`` / ``release_after_steps`` script a takeover and a hand-back at known
+  steps (tests, demos); ``mark_outcome`` presses mark success / failure when the episode ends.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import JointState, Joy
+from std_msgs.msg import Float32MultiArray
+
+from arx_x5_driver.core.expert import ExpertConfig
+from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
+from arx_x5_driver.core.robot import Observation, bimanual_action_names
+from arx_x5_driver.nodes import declare
+from habc_msgs.msg import EpisodeEvent
+
+NODE_NAME = "scripted_operator"
+TOPIC_JOY = "/joy"
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_ENV_STATE = "/habc/env_state"
+TOPIC_EPISODE_EVENT = "/habc/episode_event"
+ARMS = ("left", "right")
+MARK_PRESS_TICKS = 5  # a button press lasts this many joystick messages
+
+
+class ScriptedOperatorNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        d = declare
+        self._task = d(self, "task", "transfer_cube", "transfer_cube | insertion")
+        self._seed = int(d(self, "seed", 0, "seed of the takeover draw and expert noise"))
+        config = OperatorConfig(
+            intervention_rate=float(d(self, "intervention_rate", 0.5, "P(intervene)")),
+            stall_steps=int(d(self, "stall_steps", 60, "steps without progress = stall")),
+            grace_steps=int(d(self, "grace_steps", 20, "no signal in the first steps")),
+            reaction_steps=int(d(self, "reaction_steps", 5, "steps from signal to takeover")),
+        )
+        expert = ExpertConfig(noise_std=float(d(self, "noise_std", 0.0, "expert noise (m)")))
+        self._force_step = int(d(self, "force_takeover_step", -1, "take over here (-1: never)"))
+        self._release_after = int(
+            d(self, "release_after_steps", -1, "release the deadman after (-1: never)")
+        )
+        arms = d(self, "takeover_arms", "all", "all | left | right")
+        if arms not in ("all", *ARMS):
+            raise ValueError(f"takeover_arms must be all, left or right, got {arms!r}")
+        self._arms = tuple(arms in ("all", a) for a in ARMS)
+        self._deadman = int(d(self, "joy.deadman", 4, "deadman button"))
+        self._takeover_buttons = [int(b) for b in d(self, "joy.takeover_buttons", [6, 7], "")]
+        self._mark_success = int(d(self, "joy.mark_success", 0, "mark success button"))
+        self._mark_failure = int(d(self, "joy.mark_failure", 1, "mark failure button"))
+        self._n_buttons = int(d(self, "joy.num_buttons", 11, "buttons of the pad"))
+        self._n_axes = int(d(self, "joy.num_axes", 8, "axes of the pad"))
+        self._mark_outcome = bool(d(self, "mark_outcome", True, "press mark when done"))
+        joy_hz = float(d(self, "joy_hz", 50.0, "joystick publish rate (Hz)"))
+        if joy_hz <= 0:
+            raise ValueError(f"joy_hz must be > 0, got {joy_hz}")
+        self._operator = ScriptedOperator.for_backend("sim", self._task, config, expert)
+        self._action_names = list(bimanual_action_names(ARMS))
+        self._env: np.ndarray | None = None
+        self._step = -1  # -1: waiting for the first observation of an episode
+        self._takeover_steps = 0
+        self._released = False
+        self._holding = False
+        self._mark_button = -1
+        self._mark_left = 0
+        self._marked = False
+        self._episode_key = ""
+        self._joy_pub = self.create_publisher(Joy, TOPIC_JOY, 10)
+        self._teleop_pub = self.create_publisher(
+            JointState, d(self, "teleop_topic", "/habc/teleop_command", "teleop topic"), 10
+        )
+        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10)
+        self.create_timer(1.0 / joy_hz, self._publish_joy)
+        self.get_logger().info(
+            f"operator for {self._task}: intervention rate {config.intervention_rate}, forced "
+            f"takeover at {self._force_step}, release after {self._release_after}"
+        )
+
+    # Joystick -----------------------------------------------------------------------------
+    def _buttons(self) -> list[int]:
+        b = [0] * self._n_buttons
+        if self._holding:
+            b[self._deadman] = 1
+            if not all(self._arms):
+                for held, button in zip(self._arms, self._takeover_buttons):
+                    if held and 0 <= button < len(b):
+                        b[button] = 1
+        if self._mark_left > 0 and 0 <= self._mark_button < len(b):
+            b[self._mark_button] = 1
+        return b
+
+    def _publish_joy(self) -> None:
+        msg = Joy(axes=[0.0] * self._n_axes, buttons=self._buttons())
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = "joy"
+        self._joy_pub.publish(msg)
+        if self._mark_left > 0:
+            self._mark_left -= 1
+
+    def _set_holding(self, holding: bool) -> None:
+        if holding != self._holding:
+            self._holding = holding
+            self._publish_joy()  # a button change goes out at once
+
+    # Scene --------------------------------------------------------------------------------
+    def _on_env(self, msg: Float32MultiArray) -> None:
+        self._env = np.asarray(msg.data, dtype=np.float64)
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_START:
+            self._new_episode(f"event:{msg.episode_id}")
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if not status.name.startswith("arx_x5_driver"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            seed = values.get("seed")
+            if seed is not None and self._episode_key and seed != self._episode_key:
+                self._new_episode(seed)  # the driver started a new episode
+            elif seed is not None and not self._episode_key:
+                self._episode_key = seed
+            if values.get("episode_done") == "true" and self._mark_outcome and not self._marked:
+                ok = values.get("episode_success") == "true"
+                self._mark_button = self._mark_success if ok else self._mark_failure
+                self._mark_left = MARK_PRESS_TICKS
+                self._marked = True
+                self._set_holding(False)
+                self.get_logger().info(f"episode over: marking {'success' if ok else 'failure'}")
+
+    def _new_episode(self, key: str) -> None:
+        self._episode_key = key
+        self._step = -1
+        self._takeover_steps = 0
+        self._released = False
+        self._marked = False
+        self._set_holding(False)
+
+    def _on_joints(self, msg: JointState) -> None:
+        if self._env is None or self._marked:
+            return
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        obs = Observation(
+            joint_positions=np.asarray(msg.position, dtype=np.float64),
+            joint_velocities=np.asarray(msg.velocity, dtype=np.float64),
+            env_state=self._env,
+            timestamp=stamp,
+            step=max(self._step, 0),
+        )
+        if self._step < 0:
+            self._operator.reset(obs, seed=self._seed)
+            self._step = 0
+        if self._step == self._force_step and not self._operator.in_control:
+            self._operator.take_over_now(obs, reason="forced")
+        command = self._operator.step(obs)
+        self._step += 1
+        acting = command.takeover and command.action is not None and not self._released
+        if acting:
+            self._takeover_steps += 1
+            if 0 <= self._release_after < self._takeover_steps:
+                self._released = True
+                acting = False
+                self.get_logger().info(f"releasing the deadman at step {self._step}")
+        if acting:
+            teleop = JointState(name=self._action_names)
+            teleop.header.stamp = msg.header.stamp
+            teleop.position = np.asarray(command.action, dtype=np.float64).tolist()
+            self._teleop_pub.publish(teleop)  # the action first, then the deadman
+        self._set_holding(acting)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ScriptedOperatorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

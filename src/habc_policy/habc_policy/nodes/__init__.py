@@ -1,0 +1,14 @@
+"""ROS 2 nodes of the policy package: thin adapters around :mod:`habc_policy.core`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def declare(node: Any, name: str, default: Any, description: str) -> Any:
+    """Declare a read-only parameter (set from the params file at start) and return its value."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    return node.declare_parameter(
+        name, default, ParameterDescriptor(description=description, read_only=True)
+    ).value

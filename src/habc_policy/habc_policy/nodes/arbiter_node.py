@@ -1,0 +1,447 @@
+"""The intervention arbiter: owns the control tick and decides, per arm, who drives.
+
+Thin adapter around :class:`~habc_policy.core.chunking.ChunkScheduler` and
+:class:`~habc_policy.core.authority.AuthorityArbiter` (and, optionally,
+:class:`~habc_policy.core.jog.EndEffectorJog`). Node ``intervention_arbiter``:
+
+===============================  ==============================  ==================================
+name                             type                            what
+===============================  ==============================  ==================================
+``/habc/action_chunk`` (sub)     ``habc_msgs/ActionChunk``       policy chunks (newest wins)
+``/joy`` (sub)                   ``sensor_msgs/Joy``             the standard ``joy`` node: deadman,
+                                                                 per-arm takeover, mark buttons,
+                                                                 jog axes (``joy.*`` parameters)
+``/habc/teleop_command`` (sub)   ``sensor_msgs/JointState``      the operator's action (leader arms,
+                                                                 VR): ``position`` = joint targets
+                                                                 in rad / gripper 0…1, in the
+                                                                 action layout, or named joints
+                                                                 (a subset: the others unset)
+``/joint_states`` (sub)          ``sensor_msgs/JointState``      hold position before any command
+``/estop`` (sub)                 ``std_msgs/Bool``               ``true``: hold at once (latched)
+``<estop_state_topic>`` (sub)    ``std_msgs/Bool``               the driver's latch; ``false``
+                                                                 clears the arbiter's
+``/habc/episode_event`` (sub)    ``habc_msgs/EpisodeEvent``      episode id + step index reset
+``/habc/executed_command``       ``habc_msgs/ExecutedCommand``   one per tick, with per-arm
+(pub)                                                            authority tags
+``/habc/episode_mark`` (pub)     ``habc_msgs/EpisodeEvent``      the operator's mark (END +
+                                                                 outcome), for the record
+``/habc/end_episode`` (client)   ``habc_msgs/EndEpisode``        called on a mark button
+===============================  ==============================  ==================================
+
+Received times (this node's clock) decide freshness: the joystick is silent when its last
+message is older than ``joy_timeout_s`` — a human-held arm then holds (``joystick_silent``).
+With ``teleop_source: jog`` the operator's action comes from the joystick jog instead of the
+teleop topic.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState, Joy
+from std_msgs.msg import Bool
+
+from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
+from habc_msgs.srv import EndEpisode
+from habc_policy.core.authority import (
+    ArbiterConfig,
+    AuthorityArbiter,
+    JoyMapping,
+    JoyState,
+    TeleopCommand,
+)
+from habc_policy.core.chunking import Chunk, ChunkScheduler
+from habc_policy.core.jog import EndEffectorJog, JogConfig
+from habc_policy.nodes import declare
+
+NODE_NAME = "intervention_arbiter"
+TOPIC_CHUNK = "/habc/action_chunk"
+TOPIC_JOY = "/joy"
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_ESTOP = "/estop"
+TOPIC_EPISODE_EVENT = "/habc/episode_event"
+TOPIC_EXECUTED = "/habc/executed_command"
+TOPIC_MARK = "/habc/episode_mark"
+TELEOP_SOURCES = ("topic", "jog")
+JOG_KINEMATICS = ("sim_aloha",)
+DEFAULT_ACTION_NAMES = ",".join(
+    f"{arm}_{j}"
+    for arm in ("left", "right")
+    for j in (
+        "waist",
+        "shoulder",
+        "elbow",
+        "forearm_roll",
+        "wrist_angle",
+        "wrist_rotate",
+        "gripper",
+    )
+)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+@dataclass(frozen=True)
+class ArbiterParams:
+    """Every parameter of the node (``config/arbiter.yaml``)."""
+
+    control_hz: float
+    action_names: tuple[str, ...]
+    arm_names: tuple[str, ...]
+    arbiter: ArbiterConfig
+    execute_rows: int
+    teleop_source: str
+    teleop_topic: str
+    estop_state_topic: str
+    end_episode_service: str
+    jog_axes: tuple[int, int, int]
+    jog_axis_gripper: int
+    jog_kinematics: str
+    jog_task: str
+    jog_linear_speed: float
+    jog_gripper_speed: float
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+
+    @classmethod
+    def declare(cls, node: Any) -> ArbiterParams:
+        d = declare
+        action_names = _names(d(node, "action_names", DEFAULT_ACTION_NAMES, "action layout"))
+        arm_names = _names(d(node, "arm_names", "left,right", "arms, in action order"))
+        bounds = [int(v) for v in d(node, "arm_bounds", [0, 7, 14], "arm slice boundaries")]
+        if len(bounds) != len(arm_names) + 1 or bounds[-1] != len(action_names):
+            raise ValueError(
+                f"arm_bounds {bounds} must have one more entry than arms {arm_names} and end at "
+                f"{len(action_names)} (the number of action_names)"
+            )
+        takeover = [int(v) for v in d(node, "joy.takeover_buttons", [6, 7], "per arm, -1 none")]
+        if len(takeover) != len(arm_names):
+            raise ValueError(f"joy.takeover_buttons needs one entry per arm {arm_names}")
+        if all(b < 0 for b in takeover):
+            takeover = []
+        elif any(b < 0 for b in takeover):
+            raise ValueError("joy.takeover_buttons: give a button for every arm, or -1 for all")
+        mapping = JoyMapping(
+            deadman=int(d(node, "joy.deadman", 4, "button held to take authority")),
+            takeover_buttons=tuple(takeover),
+            mark_success=int(d(node, "joy.mark_success", 0, "button: episode succeeded")),
+            mark_failure=int(d(node, "joy.mark_failure", 1, "button: episode failed")),
+        )
+        arbiter = ArbiterConfig(
+            arm_slices=tuple((bounds[i], bounds[i + 1]) for i in range(len(arm_names))),
+            handback_ticks=int(d(node, "handback_ticks", 25, "ticks of the hand-back ramp")),
+            joy_timeout_s=float(d(node, "joy_timeout_s", 0.1, "joystick silence → hold (s)")),
+            teleop_timeout_s=float(d(node, "teleop_timeout_s", 0.1, "teleop age → hold (s)")),
+            mapping=mapping,
+        )
+        low = d(node, "jog.action_low", [-3.14] * len(action_names), "jog joint limits low")
+        high = d(node, "jog.action_high", [3.14] * len(action_names), "jog joint limits high")
+        p = cls(
+            control_hz=float(d(node, "control_hz", 50.0, "control tick rate (Hz)")),
+            action_names=action_names,
+            arm_names=arm_names,
+            arbiter=arbiter,
+            execute_rows=int(d(node, "execute_rows", 25, "rows of each chunk that may run")),
+            teleop_source=d(node, "teleop_source", "topic", f"one of {TELEOP_SOURCES}"),
+            teleop_topic=d(node, "teleop_topic", "/habc/teleop_command", "teleop JointState"),
+            estop_state_topic=d(
+                node, "estop_state_topic", "/arx_x5_driver/estop_latched", "driver's e-stop latch"
+            ),
+            end_episode_service=d(
+                node, "end_episode_service", "/habc/end_episode", "EndEpisode on mark buttons"
+            ),
+            jog_axes=tuple(int(v) for v in d(node, "joy.jog_axes", [1, 0, 4], "x, y, z axes")),
+            jog_axis_gripper=int(d(node, "joy.jog_axis_gripper", 3, "gripper axis (-1 none)")),
+            jog_kinematics=d(node, "jog.kinematics", "sim_aloha", f"one of {JOG_KINEMATICS}"),
+            jog_task=d(node, "jog.task", "transfer_cube", "sim_aloha scene"),
+            jog_linear_speed=float(d(node, "jog.linear_speed", 0.1, "m/s at full stick")),
+            jog_gripper_speed=float(d(node, "jog.gripper_speed", 1.0, "1/s at full stick")),
+            action_low=tuple(float(v) for v in low),
+            action_high=tuple(float(v) for v in high),
+        )
+        if not (math.isfinite(p.control_hz) and p.control_hz > 0):
+            raise ValueError(f"control_hz must be > 0, got {p.control_hz}")
+        if p.teleop_source not in TELEOP_SOURCES:
+            raise ValueError(f"teleop_source must be one of {TELEOP_SOURCES}")
+        if len(p.jog_axes) != 3:
+            raise ValueError(f"joy.jog_axes needs 3 axes (x, y, z), got {p.jog_axes}")
+        if p.teleop_source == "jog" and p.jog_kinematics not in JOG_KINEMATICS:
+            raise ValueError(f"jog.kinematics must be one of {JOG_KINEMATICS}")
+        return p
+
+
+def sim_aloha_kinematics(task: str) -> dict[int, Callable[[np.ndarray], np.ndarray]]:
+    """Fingertip-site forward kinematics of both arms of the simulated scene (MuJoCo)."""
+    import mujoco
+
+    from arx_x5_driver.core.expert import ARM_JOINTS, SITES
+    from arx_x5_driver.core.ik import ArmIk
+    from arx_x5_driver.core.sim_aloha import task_xml_path
+
+    model = mujoco.MjModel.from_xml_path(task_xml_path(task))
+    fks = {}
+    for i, arm in enumerate(("left", "right")):
+        ik = ArmIk(model, [f"vx300s_{arm}/{j}" for j in ARM_JOINTS], SITES[arm])
+        fks[i] = lambda q, ik=ik: ik.forward(q)[0]
+    return fks
+
+
+class ArbiterNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = p = ArbiterParams.declare(self)
+        self._period = 1.0 / p.control_hz
+        self._scheduler = ChunkScheduler(p.arbiter.action_dim, p.execute_rows)
+        self._arbiter = AuthorityArbiter(p.arbiter)
+        self._chunk_learner_step: dict[tuple[str, int], int] = {}
+        self._joy: JoyState | None = None
+        self._axes: tuple[float, ...] = ()
+        self._teleop: TeleopCommand | None = None
+        self._measured: np.ndarray | None = None
+        self._last_action: np.ndarray | None = None
+        self._estop = False
+        self._episode_id = ""
+        self._step = 0
+        self._jog: EndEffectorJog | None = None
+        if p.teleop_source == "jog":
+            self._jog = EndEffectorJog(
+                JogConfig(
+                    arm_slices=p.arbiter.arm_slices,
+                    low=p.action_low,
+                    high=p.action_high,
+                    linear_speed=p.jog_linear_speed,
+                    gripper_speed=p.jog_gripper_speed,
+                    control_period_s=self._period,
+                ),
+                sim_aloha_kinematics(p.jog_task),
+            )
+        latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self._pub = self.create_publisher(ExecutedCommand, TOPIC_EXECUTED, 10)
+        self._mark_pub = self.create_publisher(EpisodeEvent, TOPIC_MARK, 10)
+        self.create_subscription(ActionChunk, TOPIC_CHUNK, self._on_chunk, 10)
+        self.create_subscription(Joy, TOPIC_JOY, self._on_joy, 10)
+        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        if p.teleop_source == "topic":
+            self.create_subscription(JointState, p.teleop_topic, self._on_teleop, 10)
+        self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, 10)
+        self.create_subscription(Bool, p.estop_state_topic, self._on_estop_state, latched)
+        self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode_event, 10)
+        self._end_client = self.create_client(EndEpisode, p.end_episode_service)
+        self._timer = self.create_timer(self._period, self._on_tick)
+        self.get_logger().info(
+            f"ticking at {p.control_hz:g} Hz; teleop from {p.teleop_source}; hand-back over "
+            f"{p.arbiter.handback_ticks} ticks"
+        )
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # Inputs -------------------------------------------------------------------------------
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        try:
+            chunk = Chunk.from_flat(
+                np.asarray(msg.actions, dtype=np.float32),
+                int(msg.horizon),
+                int(msg.action_dim),
+                stamp,
+                float(msg.control_period),
+                msg.checkpoint_id,
+                int(msg.chunk_seq),
+            )
+        except ValueError as exc:
+            self.get_logger().warning(f"dropped chunk: {exc}", throttle_duration_sec=1.0)
+            return
+        if why := self._scheduler.offer(chunk):
+            self.get_logger().warning(f"dropped chunk: {why}", throttle_duration_sec=1.0)
+            return
+        self._chunk_learner_step = {(chunk.checkpoint_id, chunk.seq): int(msg.learner_step)}
+
+    def _on_joy(self, msg: Joy) -> None:
+        self._joy = JoyState(stamp_s=self._now_s(), buttons=tuple(int(b) for b in msg.buttons))
+        self._axes = tuple(float(a) for a in msg.axes)
+
+    def _on_teleop(self, msg: JointState) -> None:
+        names = self.params.action_names
+        pos = np.asarray(msg.position, dtype=np.float32)
+        if not msg.name:
+            action = pos
+        else:
+            if len(msg.name) != len(pos) or not set(msg.name) <= set(names):
+                self.get_logger().warning(
+                    f"teleop command names {list(msg.name)} not in {list(names)}",
+                    throttle_duration_sec=1.0,
+                )
+                return
+            action = np.full(len(names), np.nan, dtype=np.float32)
+            for n, v in zip(msg.name, pos):
+                action[names.index(n)] = v
+        if action.shape != (len(names),):
+            self.get_logger().warning(
+                f"teleop command has {action.shape[0]} values, expected {len(names)}",
+                throttle_duration_sec=1.0,
+            )
+            return
+        self._teleop = TeleopCommand(stamp_s=self._now_s(), action=action)
+
+    def _on_joints(self, msg: JointState) -> None:
+        q = np.asarray(msg.position, dtype=np.float32)
+        if q.shape == (self.params.arbiter.action_dim,) and np.all(np.isfinite(q)):
+            self._measured = q
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data and not self._estop:
+            self._estop = True
+            self.get_logger().error("e-stop: holding every arm")
+
+    def _on_estop_state(self, msg: Bool) -> None:
+        if msg.data != self._estop:
+            self._estop = bool(msg.data)
+            self.get_logger().warning(f"driver e-stop latch {'set' if msg.data else 'cleared'}")
+
+    def _on_episode_event(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_START:
+            self._episode_id, self._step = msg.episode_id, 0
+            self._arbiter.reset(hold_position=self._measured)
+            self._scheduler.clear()
+            if self._jog is not None:
+                self._jog.reset(None)
+        elif msg.event == EpisodeEvent.EVENT_END and msg.episode_id == self._episode_id:
+            self._episode_id = ""
+
+    # Tick ---------------------------------------------------------------------------------
+    def _jog_command(self, now: float) -> TeleopCommand | None:
+        assert self._jog is not None
+        arms = self._arbiter.requested_arms(self._joy, now)
+        if arms is None or not any(arms):
+            self._jog.reset(None)
+            return None
+        if not self._jog.active:
+            start = self._last_action if self._last_action is not None else self._measured
+            if start is None:
+                return None
+            self._jog.reset(start)
+        axes = self._axes
+
+        def axis(i: int) -> float:
+            return axes[i] if 0 <= i < len(axes) else 0.0
+
+        stick = [axis(i) for i in self.params.jog_axes]
+        action = self._jog.step(arms, stick, axis(self.params.jog_axis_gripper))
+        return TeleopCommand(stamp_s=now, action=action.astype(np.float32))
+
+    def _on_tick(self) -> None:
+        now = self._now_s()
+        teleop = self._jog_command(now) if self._jog is not None else self._teleop
+        row = self._scheduler.select(now)
+        decision = self._arbiter.step(
+            now,
+            joy=self._joy,
+            teleop=teleop,
+            policy_row=row,
+            estop=self._estop,
+            measured_position=self._measured,
+        )
+        if not np.all(np.isfinite(decision.action)):
+            # No position to hold yet (no joint state): send nothing; the driver holds.
+            self.get_logger().warning(
+                f"no command: {decision.hold_reason}", throttle_duration_sec=2.0
+            )
+            return
+        self._last_action = decision.action
+        msg = ExecutedCommand()
+        sec = math.floor(now)  # the tick time the decision was made for
+        msg.header.stamp.sec = int(sec)
+        msg.header.stamp.nanosec = min(round((now - sec) * 1e9), 999_999_999)
+        msg.episode_id = self._episode_id
+        msg.step_index = self._step
+        msg.controller = [int(c) for c in decision.controllers]
+        msg.action = decision.action.astype(np.float32).tolist()
+        msg.hold = decision.hold
+        msg.hold_reason = decision.hold_reason
+        msg.checkpoint_id = decision.checkpoint_id
+        msg.chunk_seq = decision.chunk_seq
+        msg.chunk_row = decision.chunk_row
+        msg.learner_step = self._chunk_learner_step.get(
+            (decision.checkpoint_id, decision.chunk_seq), -1
+        )
+        self._pub.publish(msg)
+        self._step += 1
+        if decision.mark:
+            self._mark(decision.mark, msg.header.stamp)
+
+    def _mark(self, mark: str, stamp: Any) -> None:
+        outcome = (
+            EpisodeEvent.OUTCOME_SUCCESS if mark == "success" else EpisodeEvent.OUTCOME_FAILURE
+        )
+        event = EpisodeEvent(
+            episode_id=self._episode_id,
+            event=EpisodeEvent.EVENT_END,
+            outcome=outcome,
+            marked_by="operator",
+            reason=f"joystick mark button ({mark})",
+        )
+        event.header.stamp = stamp
+        self._mark_pub.publish(event)
+        if not self._end_client.service_is_ready():
+            self.get_logger().warning(
+                f"operator marked {mark}, but {self.params.end_episode_service} is not available"
+            )
+            return
+        req = EndEpisode.Request(
+            episode_id=self._episode_id,
+            outcome=outcome,
+            marked_by="operator",
+            reason=event.reason,
+        )
+        future = self._end_client.call_async(req)
+        future.add_done_callback(self._on_end_episode_done)
+        self.get_logger().info(f"operator marked {mark}: ending episode {self._episode_id!r}")
+
+    def _on_end_episode_done(self, future: Any) -> None:
+        res = future.result()
+        if res is None or not res.success:
+            why = "no response" if res is None else res.message
+            self.get_logger().error(f"EndEpisode failed: {why}")
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ArbiterNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

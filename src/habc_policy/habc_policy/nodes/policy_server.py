@@ -1,0 +1,405 @@
+"""The policy server: observations in, action chunks out, checkpoints hot-swapped.
+
+Thin adapter around :class:`habc_policy.core.checkpoint.LoadedPolicy`. Node ``policy_server``:
+
+=============================  ==================================  ============================
+name                           type                                what
+=============================  ==================================  ============================
+``/joint_states`` (sub)        ``sensor_msgs/JointState``          proprioception; its stamp is
+                                                                   the observation time
+``/habc/env_state`` (sub)      ``std_msgs/Float32MultiArray``      sim only: appended to the
+                                                                   proprioception of state-only
+                                                                   policies trained with it
+``/cameras/<cam>/image_raw``   ``sensor_msgs/Image``               one per camera the policy
+(sub)                                                              was trained on
+``/habc/action_chunk`` (pub)   ``habc_msgs/ActionChunk``           stamped with the observation
+                                                                   time, checkpoint id, learner
+                                                                   step
+``/habc/announce_checkpoint``  ``habc_msgs/AnnounceCheckpoint``    verify + hot-swap; on any
+(srv)                                                              failure the old checkpoint
+                                                                   keeps serving
+=============================  ==================================  ============================
+
+Inference runs in a worker thread, never in a ROS callback; a hot-swap loads in its own
+callback group, so observations keep arriving while a checkpoint is verified. The worker
+starts the next chunk at row :func:`~habc_policy.core.chunking.inference_trigger_row` of the
+current one (``execute_rows`` minus the measured latency in rows minus a margin), from the
+newest observation, so the next chunk arrives before the current one's executable rows run
+out. It never computes from an observation older than ``max_observation_age_s`` (a dead driver
+gives no chunks, and the arbiter then holds).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
+
+from habc_msgs.msg import ActionChunk
+from habc_msgs.srv import AnnounceCheckpoint
+from habc_policy.core.checkpoint import (
+    MANIFEST_NAME,
+    MODEL_FILE,
+    CheckpointError,
+    LoadedPolicy,
+    latest_checkpoint,
+    load_policy,
+)
+from habc_policy.core.chunking import inference_trigger_row
+from habc_policy.nodes import declare
+
+NODE_NAME = "policy_server"
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_ENV_STATE = "/habc/env_state"
+TOPIC_ACTION_CHUNK = "/habc/action_chunk"
+SERVICE_ANNOUNCE = "/habc/announce_checkpoint"
+USE_ENV_STATE = ("auto", "true", "false")
+
+
+def camera_topic(camera: str) -> str:
+    return f"/cameras/{camera}/image_raw"
+
+
+@dataclass(frozen=True)
+class ServerParams:
+    """Every parameter of the node (``config/policy_server.yaml``)."""
+
+    checkpoint: str
+    prompt: str
+    execute_rows: int
+    control_period_s: float
+    device: str
+    use_env_state: str
+    max_observation_age_s: float
+    margin_rows: int
+    seed: int
+    torch_threads: int
+    env_state_dim: int
+
+    @classmethod
+    def declare(cls, node: Any) -> ServerParams:
+        d = declare
+        p = cls(
+            checkpoint=d(
+                node, "checkpoint", "", "checkpoint dir, or a root whose LATEST names one"
+            ),
+            prompt=d(node, "prompt", "", "language prompt given to the policy"),
+            execute_rows=int(d(node, "execute_rows", 25, "rows of each chunk the arbiter runs")),
+            control_period_s=float(d(node, "control_period_s", 0.02, "seconds between rows")),
+            device=d(node, "device", "cpu", "torch device"),
+            use_env_state=d(node, "use_env_state", "auto", f"one of {USE_ENV_STATE}"),
+            max_observation_age_s=float(
+                d(node, "max_observation_age_s", 0.2, "older observations are not served")
+            ),
+            margin_rows=int(d(node, "margin_rows", 3, "rows of slack before a chunk runs out")),
+            seed=int(d(node, "seed", -1, "sampling noise seed (-1: fresh noise)")),
+            torch_threads=int(d(node, "torch_threads", 1, "torch intra-op threads")),
+            env_state_dim=int(d(node, "env_state_dim", 7, "length of /habc/env_state (auto)")),
+        )
+        if not p.checkpoint:
+            raise ValueError("parameter 'checkpoint' must name a checkpoint directory or root")
+        if p.use_env_state not in USE_ENV_STATE:
+            raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
+        if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
+            raise ValueError("execute_rows >= 1, margin_rows >= 0 and torch_threads >= 1 needed")
+        for name in ("control_period_s", "max_observation_age_s"):
+            value = getattr(p, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value}")
+        return p
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the one its ``LATEST`` names."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path} is neither a checkpoint nor a root with a LATEST file")
+    return latest
+
+
+def image_to_array(msg: Image, size: tuple[int, int]) -> np.ndarray:
+    """``sensor_msgs/Image`` (rgb8 / bgr8) -> uint8 ``[h, w, 3]`` RGB at ``size`` (h, w)."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} (rgb8 or bgr8)")
+    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    rows = raw.reshape(msg.height, msg.step)[:, : msg.width * 3]
+    img = rows.reshape(msg.height, msg.width, 3)
+    if msg.encoding == "bgr8":
+        img = img[:, :, ::-1]
+    if img.shape[:2] != tuple(size):
+        import cv2
+
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(img)
+
+
+def check_compatible(new: LoadedPolicy, old: LoadedPolicy | None, execute_rows: int) -> str:
+    """Why ``new`` cannot replace ``old`` ("" when it can)."""
+    c = new.config
+    if c.horizon < execute_rows:
+        return f"horizon {c.horizon} < execute_rows {execute_rows}"
+    if old is None:
+        return ""
+    o = old.config
+    for name in ("action_dim", "proprio_dim", "camera_names", "image_size"):
+        if getattr(c, name) != getattr(o, name):
+            return f"{name} {getattr(c, name)} != serving checkpoint's {getattr(o, name)}"
+    return ""
+
+
+class PolicyServer(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = p = ServerParams.declare(self)
+        import torch
+
+        torch.set_num_threads(p.torch_threads)
+        path = resolve_checkpoint(p.checkpoint)
+        policy = load_policy(path, p.device)
+        if why := check_compatible(policy, None, p.execute_rows):
+            raise CheckpointError(f"{path}: {why}")
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._joints: tuple[float, np.ndarray] | None = None  # (stamp s, positions)
+        self._env: np.ndarray | None = None
+        self._images: dict[str, Image] = {}
+        self._seq = 0
+        self._latencies: deque[float] = deque(maxlen=20)
+        self._stop = threading.Event()
+        self._pub = self.create_publisher(ActionChunk, TOPIC_ACTION_CHUNK, 10)
+        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        for cam in policy.config.camera_names:
+            self.create_subscription(
+                Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
+            )
+        # Loading + verifying a checkpoint may take seconds: its own callback group (and the
+        # multi-threaded executor of main()) keeps the observations flowing meanwhile.
+        self.create_service(
+            AnnounceCheckpoint,
+            SERVICE_ANNOUNCE,
+            self._on_announce,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self._worker = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"serving {policy.checkpoint_id} (learner step {policy.learner_step}) from {path}: "
+            f"H={policy.config.horizon} d={policy.config.action_dim} "
+            f"cameras={list(policy.config.camera_names)}"
+        )
+
+    # Inputs (executor thread) -------------------------------------------------------------
+    def _on_joints(self, msg: JointState) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._lock:
+            self._joints = (stamp, np.asarray(msg.position, dtype=np.float32))
+
+    def _on_env(self, msg: Float32MultiArray) -> None:
+        with self._lock:
+            self._env = np.asarray(msg.data, dtype=np.float32)
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        with self._lock:
+            self._images[camera] = msg
+
+    # Observation --------------------------------------------------------------------------
+    def _observation(
+        self, policy: LoadedPolicy
+    ) -> tuple[float, np.ndarray, dict[str, np.ndarray] | None] | str:
+        """(stamp, proprio, images) of the newest observation, or why there is none."""
+        with self._lock:
+            joints, env, images = self._joints, self._env, dict(self._images)
+        if joints is None:
+            return "no joint state yet"
+        stamp, q = joints
+        cfg = policy.config
+        use_env = self.params.use_env_state
+        if use_env == "auto":
+            use_env = (
+                "true" if cfg.proprio_dim == q.shape[0] + self.params.env_state_dim else "false"
+            )
+        if use_env == "true":
+            if env is None:
+                return "no env state yet"
+            q = np.concatenate([q, env])
+        if q.shape[0] != cfg.proprio_dim:
+            return f"proprio has {q.shape[0]} dims, the policy expects {cfg.proprio_dim}"
+        imgs = None
+        if cfg.camera_names:
+            missing = [c for c in cfg.camera_names if c not in images]
+            if missing:
+                return f"no image yet from {missing}"
+            imgs = {c: image_to_array(images[c], cfg.image_size) for c in cfg.camera_names}
+        return stamp, q, imgs
+
+    # Worker -------------------------------------------------------------------------------
+    def latency_estimate(self) -> float:
+        """A high quantile of the recent inference latencies (s)."""
+        if not self._latencies:
+            return 0.1
+        return float(np.quantile(np.asarray(self._latencies), 0.9))
+
+    def _run(self) -> None:
+        p = self.params
+        last_stamp: float | None = None
+        last_why = ""
+        while not self._stop.is_set():
+            now = self.get_clock().now().nanoseconds * 1e-9
+            if last_stamp is not None:
+                trigger = inference_trigger_row(
+                    p.execute_rows, p.control_period_s, self.latency_estimate(), p.margin_rows
+                )
+                wait = last_stamp + trigger * p.control_period_s - now
+                if wait > 0:
+                    self._stop.wait(min(wait, 0.05))
+                    continue
+            with self._lock:
+                policy = self._policy
+            try:
+                obs = self._observation(policy)
+            except ValueError as exc:
+                obs = str(exc)
+            if isinstance(obs, str) or now - obs[0] > p.max_observation_age_s:
+                why = obs if isinstance(obs, str) else f"observation {now - obs[0]:.3f} s old"
+                if why != last_why:
+                    self.get_logger().warning(f"not serving: {why}", throttle_duration_sec=2.0)
+                    last_why = why
+                self._stop.wait(0.005)
+                continue
+            stamp, proprio, images = obs
+            if last_stamp is not None and stamp <= last_stamp:
+                self._stop.wait(0.002)  # no newer observation yet
+                continue
+            last_why = ""
+            t0 = time.perf_counter()
+            seed = None if p.seed < 0 else p.seed * 100_003 + self._seq
+            try:
+                chunk = policy.sample_actions(proprio, self.params.prompt, images=images, seed=seed)
+            except Exception as exc:  # never kill the worker: log, hold, retry
+                self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}")
+                self._stop.wait(0.1)
+                continue
+            self._latencies.append(time.perf_counter() - t0)
+            if not np.all(np.isfinite(chunk)):
+                self.get_logger().error("policy produced non-finite actions: chunk dropped")
+                last_stamp = stamp
+                continue
+            self._publish(policy, stamp, chunk)
+            last_stamp = stamp
+
+    def _publish(self, policy: LoadedPolicy, stamp: float, chunk: np.ndarray) -> None:
+        msg = ActionChunk()
+        sec = math.floor(stamp)
+        msg.header.stamp.sec = int(sec)
+        msg.header.stamp.nanosec = min(round((stamp - sec) * 1e9), 999_999_999)
+        msg.checkpoint_id = policy.checkpoint_id
+        msg.learner_step = int(policy.learner_step)
+        msg.chunk_seq = self._seq
+        msg.horizon, msg.action_dim = int(chunk.shape[0]), int(chunk.shape[1])
+        msg.control_period = float(self.params.control_period_s)
+        msg.actions = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1).tolist()
+        self._pub.publish(msg)
+        self._seq += 1
+
+    # Hot swap -----------------------------------------------------------------------------
+    def _on_announce(
+        self, req: AnnounceCheckpoint.Request, res: AnnounceCheckpoint.Response
+    ) -> AnnounceCheckpoint.Response:
+        with self._lock:
+            old = self._policy
+        try:
+            new = self._verify(req, old)
+        except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
+            res.accepted = False
+            res.active_checkpoint_id = old.checkpoint_id
+            res.message = f"rejected {req.checkpoint_id or req.path}: {exc}"
+            self.get_logger().warning(f"{res.message}; still serving {old.checkpoint_id}")
+            return res
+        with self._lock:
+            self._policy = new
+        res.accepted, res.active_checkpoint_id, res.message = True, new.checkpoint_id, ""
+        self.get_logger().info(
+            f"hot-swapped {old.checkpoint_id} -> {new.checkpoint_id} "
+            f"(learner step {new.learner_step})"
+        )
+        return res
+
+    def _verify(self, req: AnnounceCheckpoint.Request, old: LoadedPolicy) -> LoadedPolicy:
+        if not req.path:
+            raise ValueError("no path given")
+        new = load_policy(req.path, self.params.device)  # manifest, every hash, tensor shapes
+        if req.checkpoint_id and req.checkpoint_id != new.checkpoint_id:
+            raise CheckpointError(
+                f"announced id {req.checkpoint_id} but the manifest says {new.checkpoint_id}"
+            )
+        model_hash = new.manifest["files"].get(MODEL_FILE, "")
+        if req.sha256 and req.sha256.lower() != model_hash:
+            raise CheckpointError(
+                f"announced sha256 {req.sha256[:12]}… but {MODEL_FILE} is {model_hash[:12]}…"
+            )
+        if req.learner_step and int(req.learner_step) != new.learner_step:
+            raise CheckpointError(
+                f"announced learner step {req.learner_step} but the manifest says "
+                f"{new.learner_step}"
+            )
+        if why := check_compatible(new, old, self.params.execute_rows):
+            raise CheckpointError(why)
+        obs = self._observation(new)
+        if not isinstance(obs, str):  # a trial chunk on the live observation
+            chunk = new.sample_actions(obs[1], self.params.prompt, images=obs[2], seed=0)
+            if chunk.shape != (new.config.horizon, new.config.action_dim):
+                raise CheckpointError(f"trial chunk has shape {chunk.shape}")
+            if not np.all(np.isfinite(chunk)):
+                raise CheckpointError("trial chunk holds non-finite actions")
+        return new
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyServer()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (CheckpointError, ValueError) as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
