@@ -28,14 +28,42 @@ def test_default_sim_graph() -> None:
         "episode_recorder",
         "learner",
     ]
-    specs = {s.name: s for s in resolve(load_graph(CONFIG), {"run_dir": "/data/run7"})}
+    given = {"run_dir": "/data/run7", "policy_checkpoint": "/data/run7/learner/checkpoints"}
+    specs = {s.name: s for s in resolve(load_graph(CONFIG), given)}
     assert specs["episode_recorder"].overrides["bag_dir"] == "/data/run7/bags/rollouts"
     assert specs["learner"].overrides["bag_dirs"] == ["/data/run7/bags"]
     assert specs["policy_server"].overrides["checkpoint"] == "/data/run7/learner/checkpoints"
     assert specs["arx_x5_driver"].required and not specs["learner"].required
     args = specs["learner"].ros_args()
     assert args[:3] == ["--ros-args", "-r", "__node:=learner"]
-    assert "bag_dirs:=[/data/run7/bags]" in args
+    assert 'bag_dirs:=["/data/run7/bags"]' in args
+
+
+def test_override_values_survive_the_command_line() -> None:
+    import rclpy
+    from rclpy.context import Context
+
+    from habc_learner.bringup import NodeSpec
+
+    overrides = {
+        "empty": "",
+        "word": "true",
+        "num": "1.5",
+        "path": "/a b/c",
+        "list": ["x", "y"],
+        "flag": False,
+        "rate": 2.0,
+    }
+    args = NodeSpec("probe", "pkg", "exe", (), overrides).ros_args()
+    context = Context()
+    rclpy.init(args=["probe", *args], context=context)
+    try:
+        node = rclpy.create_node("probe", context=context)
+        got = {k: node.declare_parameter(k, v).value for k, v in overrides.items()}
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    assert got == overrides
 
 
 def test_arguments_select_nodes() -> None:

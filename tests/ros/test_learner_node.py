@@ -33,6 +33,7 @@ def test_learner_node_trains_and_announces(ros_env: dict[str, str], tmp_path: Pa
     bags.mkdir()
     _bag(bags, "demo", 0)
     _bag(bags, "takeover_success", 1)
+    _bag(bags, "autonomous_success", 4)  # with the demo: 3 bags, but only 2 rollouts count
 
     context = Context()
     rclpy.init(context=context)
@@ -77,8 +78,9 @@ def test_learner_node_trains_and_announces(ros_env: dict[str, str], tmp_path: Pa
         assert first.learner_step == 3 == manifest["learner_step"]
         assert first.sha256 == manifest["content_sha256"]
         assert first.checkpoint_id == manifest["checkpoint_id"]
-        # One new episode is not enough for a round (min 2); two are.
+        # One new rollout is not enough for a round (min 2), nor is a new demonstration.
         _bag(bags, "autonomous_failure", 2)
+        _bag(bags, "demo", 5)
         time.sleep(1.5)
         for _ in range(10):
             executor.spin_once(timeout_sec=0.1)

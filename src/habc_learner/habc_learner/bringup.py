@@ -7,6 +7,7 @@ One description of nodes, parameter files, overrides and conditions, read by bot
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -60,10 +61,22 @@ class Graph:
 
 
 def _param_text(value: Any) -> str:
-    """A parameter value as ``-p name:=value`` wants it (YAML)."""
+    """A parameter value as ``-p name:=value`` wants it (YAML), strings kept strings.
+
+    ``""`` becomes ``''`` (rcl rejects an empty value) and strings YAML would read as another
+    type (``"true"``, ``"1.5"``, ``"null"``) are quoted.
+    """
+    if isinstance(value, (list, tuple)):  # strings double-quoted: YAML 1.1 reads y/no as bools
+        items = (json.dumps(v) if isinstance(v, str) else _param_text(v) for v in value)
+        return "[" + ", ".join(items) + "]"
     if isinstance(value, str):
-        return value
-    return yaml.safe_dump(value, default_flow_style=True).strip()
+        try:
+            plain = value != "" and yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        if plain:
+            return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
 def default_config_dir() -> Path:

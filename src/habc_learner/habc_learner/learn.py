@@ -48,6 +48,8 @@ class LearnerJobConfig:
         batch_size: learner batch size.
         device: torch device.
         use_env_state: feed the privileged simulator state to the policy (state-only policies).
+        count_demos: demonstrations count toward ``min_new_episodes`` (``False`` in an online
+            bringup: its demonstrations are training data but only rollouts trigger a round).
     """
 
     bag_dirs: tuple[Path, ...]
@@ -61,6 +63,7 @@ class LearnerJobConfig:
     use_env_state: bool = True
     seed: int = 0
     progress: bool = True
+    count_demos: bool = True
 
     def __post_init__(self) -> None:
         if not self.bag_dirs:
@@ -182,8 +185,15 @@ class LearnerJob:
         return time.time() - newest < quiet_s
 
     @property
+    def new_count(self) -> int:
+        """Pending episodes that count toward the next round."""
+        if self.config.count_demos:
+            return len(self.pending)
+        return sum(not ep.is_demonstration for _, ep in self.pending)
+
+    @property
     def ready(self) -> bool:
-        return len(self.pending) >= self.config.min_new_episodes
+        return self.new_count >= self.config.min_new_episodes
 
     # -- training ------------------------------------------------------------------------
     def _trainer_config(self, policy_config: object | None) -> TrainerConfig:

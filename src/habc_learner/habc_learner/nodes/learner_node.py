@@ -44,6 +44,7 @@ class LearnerNode(Node):
                 batch_size=int(p("batch_size", 256).value),
                 device=str(p("device", "cpu").value),
                 use_env_state=bool(p("use_env_state", True).value),
+                count_demos=bool(p("count_demos", False).value),
                 progress=False,
             )
         )
