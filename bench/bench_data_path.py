@@ -82,7 +82,7 @@ def bench_recorder(seconds: float, folder: Path) -> None:
             "-p",
             f"bag_dir:={folder}",
             "-p",
-            f"cameras:={cams}",
+            f"cameras:={','.join(cams)}",
             "-p",
             "min_free_gb:=0.5",
         ],

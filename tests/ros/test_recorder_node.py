@@ -27,7 +27,7 @@ class Recorder:
 
     def __init__(self, ros_env: dict[str, str], bag_dir: Path, *extra: str) -> None:
         cmd = ["episode_recorder", "--ros-args", "-p", f"bag_dir:={bag_dir}"]
-        cmd += ["-p", "cameras:=['top']", *extra]
+        cmd += ["-p", "cameras:=top", *extra]
         self.proc = subprocess.Popen(
             cmd, env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

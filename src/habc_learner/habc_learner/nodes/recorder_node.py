@@ -40,9 +40,8 @@ class RecorderNode(Node):
         super().__init__("episode_recorder")
         bag_dir = self.declare_parameter("bag_dir", "runs/bags").value
         min_free_gb = float(self.declare_parameter("min_free_gb", 2.0).value)
-        cameras = list(
-            self.declare_parameter("cameras", ["top", "left_wrist", "right_wrist"]).value
-        )
+        cameras_text = str(self.declare_parameter("cameras", "top,left_wrist,right_wrist").value)
+        cameras = [c.strip() for c in cameras_text.split(",") if c.strip()]
         compressed = bool(self.declare_parameter("compressed_images", False).value)
         self.default_task = str(self.declare_parameter("task", "transfer_cube").value)
         source = str(self.declare_parameter("source", "rollout").value)
