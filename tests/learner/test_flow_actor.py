@@ -167,3 +167,35 @@ def test_config_validation_and_arbitrary_dims() -> None:
     assert FlowPolicyConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown FlowPolicyConfig keys"):
         FlowPolicyConfig.from_dict({"width": 3})
+
+
+def test_sampled_chunks_stay_inside_the_demonstrated_action_range(tmp_path) -> None:
+    """An untrained actor samples wild chunks; the served policy clips them to the range of
+    the training actions (the normalizer's low/high), and the range survives the checkpoint."""
+    import numpy as np
+    import torch
+
+    from habc_policy.core.checkpoint import load_policy, save_policy
+    from habc_policy.core.configuration_flow import FlowPolicyConfig
+    from habc_policy.core.modeling_flow import FlowPolicy
+    from habc_policy.core.normalize import Normalizer, compute_stats
+
+    torch.manual_seed(0)
+    cfg = FlowPolicyConfig(
+        horizon=8, action_dim=3, proprio_dim=2, hidden_dim=32, num_blocks=1, feature_dim=16
+    )
+    rng = np.random.default_rng(0)
+    actions = rng.uniform([0.0, -1.0, 5.0], [1.0, 1.0, 5.5], size=(500, 3))
+    stats = compute_stats(actions)
+    np.testing.assert_allclose(stats.low, actions.min(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.high, actions.max(0), rtol=1e-6)
+    # A tiny action std makes the untrained network's outputs land far outside the range.
+    wide = type(stats)(stats.mean, stats.std * 50, stats.low, stats.high)
+    normalizer = Normalizer(compute_stats(rng.standard_normal((100, 2))), wide)
+    save_policy(tmp_path / "ckpt", FlowPolicy(cfg), normalizer, learner_step=1)
+    policy = load_policy(tmp_path / "ckpt")
+    chunk = policy.sample_actions(np.zeros(2, np.float32), "go", seed=3)
+    assert chunk.shape == (8, 3)
+    assert (chunk >= stats.low - 1e-6).all() and (chunk <= stats.high + 1e-6).all()
+    unclipped = normalizer.unnormalize_action(torch.randn(8, 3) * 3).numpy()
+    assert (unclipped > stats.high).any() or (unclipped < stats.low).any()

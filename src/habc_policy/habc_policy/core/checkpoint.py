@@ -355,7 +355,8 @@ class LoadedPolicy:
         chunk = self.model.sample_actions(
             q_t, tokens, image_t, generator=generator, num_steps=num_steps
         )
-        out = self.normalizer.unnormalize_action(chunk).cpu().numpy().astype(np.float32)
+        out = self.normalizer.clip_action(self.normalizer.unnormalize_action(chunk))
+        out = out.cpu().numpy().astype(np.float32)
         return out[0] if single else out
 
 

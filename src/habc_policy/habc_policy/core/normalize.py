@@ -17,10 +17,12 @@ DEFAULT_STD_FLOOR = 1e-2
 
 @dataclass(frozen=True)
 class NormalizationStats:
-    """mean/std of one quantity, each [D] float32."""
+    """mean/std of one quantity, each [D] float32, and optionally its range [low, high]."""
 
     mean: np.ndarray
     std: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean, dtype=np.float32)
@@ -31,6 +33,17 @@ class NormalizationStats:
             raise ValueError("mean must be finite and std finite and > 0")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+        if (self.low is None) != (self.high is None):
+            raise ValueError("give both low and high, or neither")
+        if self.low is not None:
+            low = np.asarray(self.low, dtype=np.float32)
+            high = np.asarray(self.high, dtype=np.float32)
+            if low.shape != mean.shape or high.shape != mean.shape or np.any(low > high):
+                raise ValueError(
+                    f"low {low.shape} / high {high.shape} must be [D] with low <= high"
+                )
+            object.__setattr__(self, "low", low)
+            object.__setattr__(self, "high", high)
 
     @property
     def dim(self) -> int:
@@ -50,7 +63,12 @@ def compute_stats(values: np.ndarray, std_floor: float = DEFAULT_STD_FLOOR) -> N
     if std_floor <= 0:
         raise ValueError(f"std_floor must be > 0, got {std_floor}")
     flat = values.reshape(-1, values.shape[-1])
-    return NormalizationStats(mean=flat.mean(axis=0), std=np.maximum(flat.std(axis=0), std_floor))
+    return NormalizationStats(
+        mean=flat.mean(axis=0),
+        std=np.maximum(flat.std(axis=0), std_floor),
+        low=flat.min(axis=0),
+        high=flat.max(axis=0),
+    )
 
 
 @dataclass(frozen=True)
@@ -79,14 +97,30 @@ class Normalizer:
         mean, std = self._t(self.action, x)
         return x * std + mean
 
+    def clip_action(self, x: Tensor) -> Tensor:
+        """Clamp robot-unit actions to the range seen in training (no-op without a range).
+
+        The sampler's noise can carry a chunk slightly past what any demonstration commanded
+        (e.g. a gripper at 1.05 of a [0, 1] range); the deployed policy never asks for more.
+        """
+        if self.action.low is None:
+            return x
+        low = torch.as_tensor(self.action.low, device=x.device, dtype=x.dtype)
+        high = torch.as_tensor(self.action.high, device=x.device, dtype=x.dtype)
+        return torch.maximum(torch.minimum(x, high), low)
+
     def state_dict(self) -> dict[str, Tensor]:
         """Flat tensors for safetensors."""
-        return {
+        out = {
             "proprio.mean": torch.from_numpy(self.proprio.mean.copy()),
             "proprio.std": torch.from_numpy(self.proprio.std.copy()),
             "action.mean": torch.from_numpy(self.action.mean.copy()),
             "action.std": torch.from_numpy(self.action.std.copy()),
         }
+        if self.action.low is not None:
+            out["action.low"] = torch.from_numpy(self.action.low.copy())
+            out["action.high"] = torch.from_numpy(self.action.high.copy())
+        return out
 
     @classmethod
     def from_state_dict(cls, tensors: dict[str, Tensor]) -> Normalizer:
@@ -99,7 +133,10 @@ class Normalizer:
                 tensors["proprio.mean"].cpu().numpy(), tensors["proprio.std"].cpu().numpy()
             ),
             action=NormalizationStats(
-                tensors["action.mean"].cpu().numpy(), tensors["action.std"].cpu().numpy()
+                tensors["action.mean"].cpu().numpy(),
+                tensors["action.std"].cpu().numpy(),
+                tensors["action.low"].cpu().numpy() if "action.low" in tensors else None,
+                tensors["action.high"].cpu().numpy() if "action.high" in tensors else None,
             ),
         )
 
