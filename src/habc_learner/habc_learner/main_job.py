@@ -119,20 +119,28 @@ def record_episodes(
     takeover_fraction: float = 0.0,
     source: str = "rollout",
     desc: str,
+    expert_noise: float = 0.0,
+    progress: bool = True,
 ) -> list[RolloutResult | None]:
-    """Run and record one episode per seed into ``folder`` (skipping bags already complete)."""
+    """Run and record one episode per seed into ``folder`` (skipping bags already complete).
+
+    ``expert_noise`` is the scripted expert's quality knob (waypoint offset σ in m on the
+    simulated robot, action noise σ on Meta-World): demonstrations of graded quality.
+    """
+    from arx_x5_driver.core.expert import make_expert
     from arx_x5_driver.core.factory import make_backend
     from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
 
     folder.mkdir(parents=True, exist_ok=True)
-    operator = ScriptedOperator.for_backend(
-        args.backend,
-        args.task,
+    arms = ("left", "right") if args.backend == "sim" else ("arm",)
+    operator = ScriptedOperator(
+        make_expert(args.backend, args.task, noise_std=expert_noise),
         OperatorConfig(intervention_rate=takeover_fraction),
+        arms,
     )
     results: list[RolloutResult | None] = []
     with make_backend(args.backend, task=args.task) as robot:
-        for seed in _progress(seeds, desc, len(seeds)):
+        for seed in _progress(seeds, desc, len(seeds)) if progress else seeds:
             path = folder / f"{source}-{seed:07d}"
             if _bag_done(path):
                 results.append(None)
@@ -250,7 +258,14 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"{args.demos} scripted demonstrations on {args.backend}:{args.task} -> {out}/bags/demos")
     demo_seeds = [args.seed * 10_000 + i for i in range(args.demos)]
-    record_episodes(args, out / "bags" / "demos", demo_seeds, source="demo", desc="demonstrations")
+    record_episodes(
+        args,
+        out / "bags" / "demos",
+        demo_seeds,
+        source="demo",
+        desc="demonstrations",
+        expert_noise=args.demo_noise,
+    )
     episodes, report = read_episodes(out / "bags" / "demos")
     say(report.format().splitlines()[0])
     demos_ok = [e for e in episodes if e.outcome.value == "success"]
@@ -277,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from habc_policy.core.checkpoint import latest_checkpoint, load_policy
 
     full_store = ReplayStore(TrainerConfig(method=args.method).replay_config())
-    full_store.add_episodes(episodes)
+    full_store.add_episodes(demos_ok)  # a failed demonstration is no training data
     for k in range(1, args.rounds + 1):
         folder = out / "bags" / f"round_{k:02d}"
         seeds = [args.seed * 10_000 + 1000 * k + i for i in range(args.rollouts)]

@@ -1,0 +1,157 @@
+"""The paper-protocol harness, scaled down: runs end to end, writes its report, and resumes.
+
+The full run is a benchmark (``bench/bench_protocol.py``); this configuration (3 demos, one
+round of 3 rollouts, a few dozen gradient steps, 2 evaluation episodes, one seed, three
+step-1 methods and both step-2 methods) only proves the pipeline never rots: demos → bags →
+bag reader → SFT → rollouts with scripted takeovers → bags → training → evaluation → records
+→ tables and figures, and that a second invocation does no new work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
+
+SMOKE = [
+    "--task", "transfer_cube",
+    "--seeds", "0",
+    "--methods", "sft", "imit_recap", "habc",
+    "--demos", "3",
+    "--demo-noise", "0",
+    "--sft-steps", "30",
+    "--rounds", "1",
+    "--rollouts", "3",
+    "--round-steps", "20",
+    "--eval-episodes", "2",
+    "--batch-size", "32",
+    "--warmup-steps", "5",
+    "--step2-rounds", "1",
+    "--threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    pytest.importorskip("gym_aloha")
+    from habc_learner.protocol import build_parser, config_from_args, run_protocol
+
+    root = tmp_path_factory.mktemp("protocol")
+    argv = [*SMOKE, "--work", str(root / "work"), "--out", str(root / "out")]
+    cfg = config_from_args(build_parser().parse_args(argv), "habc-protocol " + " ".join(argv))
+    first, report = run_protocol(cfg)
+    second, _ = run_protocol(cfg)
+    return {"cfg": cfg, "first": first, "second": second, "report": report, "root": root}
+
+
+def test_first_invocation_runs_every_stage(smoke: dict) -> None:
+    c = smoke["first"]
+    assert c.demos == 3
+    # sft round 1 needs no rollouts; imit_recap and habc share the SFT policy's round-1
+    # rollouts; step 2 (habc, habc_ir) shares the habc round-1 policy's.
+    assert c.rollouts == 3 + 3
+    assert c.train_steps == 30 + 3 * 20 + 2 * 20
+    assert c.rounds_done == 1 + 3 + 2
+    assert c.eval_episodes == 2 * 6
+    assert c.failures == 0
+
+
+def test_second_invocation_does_no_new_work(smoke: dict) -> None:
+    c = smoke["second"]
+    assert (c.demos, c.rollouts, c.train_steps, c.eval_episodes, c.rounds_done) == (0,) * 5
+    assert c.rounds_skipped == 6
+
+
+def test_round_records_and_bags(smoke: dict) -> None:
+    from habc_learner.core.bag_reader import read_episodes
+
+    seed_dir = smoke["cfg"].task_dir() / "seed0"
+    for method, k in (
+        ("sft_start", 0),
+        ("sft", 1),
+        ("imit_recap", 1),
+        ("habc", 1),
+        ("habc", 2),
+        ("habc_ir", 2),
+    ):
+        rec = json.loads((seed_dir / method / f"round_{k:02d}.json").read_text())
+        assert rec["method"] == method and rec["round"] == k
+        assert len(rec["eval"]["episodes"]) == 2
+        assert 0.0 <= rec["eval"]["success_rate"] <= 1.0
+        assert Path(rec["checkpoint"]).is_dir()
+    habc_ir = json.loads((seed_dir / "habc_ir" / "round_02.json").read_text())
+    assert habc_ir["step"] == 2 and habc_ir["method_config"]["ir_from_round"] == 1
+    assert habc_ir["producers"][-1] == "habc_r1"  # step 2 starts from the HABC policy
+    assert habc_ir["learner_step"] == 30 + 2 * 20
+    habc = json.loads((seed_dir / "habc" / "round_01.json").read_text())
+    assert "calibration" in habc["analysis"]["store"]
+    assert "gate" in habc["analysis"]["store"]
+    recap = json.loads((seed_dir / "imit_recap" / "round_01.json").read_text())
+    assert "pass_rate" in recap["analysis"]["store"]["recap"]
+    # Rollouts went through rosbag2 and the learner's bag reader.
+    episodes, report = read_episodes(seed_dir / "rollouts" / "sft")
+    assert len(episodes) == 3 and not report.skipped
+
+
+def test_report_table_plot_and_results_json(smoke: dict) -> None:
+    out = smoke["cfg"].out_dir()
+    md = smoke["report"].read_text()
+    assert "## Step 1: equal budget" in md and "## Step 2" in md
+    for method in ("`sft`", "`imit_recap`", "`habc`", "`habc_ir`"):
+        assert method in md
+    assert "habc-protocol --task transfer_cube" in md  # the exact command
+    assert "wall time" in md
+    for png in ("success_per_round.png", "calibration.png", "weights.png", "traces.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["records"]) == 6
+    assert len(results["invocations"]) == 2
+    assert results["invocations"][1]["counters"]["rollouts"] == 0
+
+
+def test_config_validation_names_the_bad_value() -> None:
+    from habc_learner.protocol import ProtocolConfig
+
+    with pytest.raises(ValueError, match="did you mean 'habc'"):
+        ProtocolConfig(methods=("hab",))
+    with pytest.raises(ValueError, match="step 2 continues"):
+        ProtocolConfig(methods=("sft",), step2_rounds=1)
+    with pytest.raises(ValueError, match="unknown task"):
+        ProtocolConfig(task="transfer_cub")
+
+
+def test_methods_come_from_the_learner_registry() -> None:
+    from habc_learner.core.methods import METHODS
+    from habc_learner.protocol import ProtocolConfig, needs_rollouts
+
+    cfg = ProtocolConfig(methods=tuple(METHODS), step2_rounds=0)
+    assert set(cfg.methods) == set(METHODS)
+    assert not needs_rollouts(METHODS["sft"])
+    assert needs_rollouts(METHODS["habc"]) and needs_rollouts(METHODS["imit_dagger"])
+
+
+def test_method_variants() -> None:
+    from habc_learner.protocol import ProtocolConfig, critic_overrides, method_config
+
+    cfg = ProtocolConfig(methods=("habc", "habc+mc"), warmup_steps=7)
+    assert critic_overrides("habc+mc") == {"efficiency_target": "mc"}
+    assert critic_overrides("habc") == {}
+    method = method_config(cfg, "habc+mc")
+    assert method.name == "habc" and method.warmup_steps == 7
+    with pytest.raises(ValueError, match="unknown variant"):
+        ProtocolConfig(methods=("habc+xx",))
+
+
+def test_confidence_interval() -> None:
+    from habc_learner.protocol import ci95, reliability
+
+    mean, half, n = ci95([0.2, 0.4, 0.6])
+    assert n == 3 and mean == pytest.approx(0.4)
+    assert half == pytest.approx(4.303 * 0.2 / 3**0.5, rel=1e-3)
+    assert ci95([0.5])[1] != ci95([0.5])[1]  # NaN half-width for one seed
+    rel = reliability([0.05, 0.95, 0.95, 0.05], [0, 1, 1, 0])
+    assert rel["ece"] == pytest.approx(0.05) and rel["auroc"] == pytest.approx(1.0)
