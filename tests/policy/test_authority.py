@@ -162,3 +162,18 @@ def test_requested_arms_is_a_pure_query() -> None:
     assert arb.requested_arms(joy(0.0, DEADMAN), 0.0) == (True, True)
     assert arb.requested_arms(joy(0.0, DEADMAN, RIGHT), 0.0) == (False, True)
     assert arb.modes == (Mode.POLICY, Mode.POLICY)  # nothing changed
+
+
+def test_a_mark_button_held_across_an_episode_reset_fires_once() -> None:
+    arb = AuthorityArbiter(CFG)
+    first = arb.step(0.0, joy=joy(0.0, FAIL), teleop=None, policy_row=row(1.0), estop=False)
+    assert first.mark == "failure"
+    arb.reset(hold_position=np.zeros(4))  # the next episode starts while FAIL is still held
+    marks = [
+        arb.step(t, joy=joy(t, FAIL), teleop=None, policy_row=row(1.0), estop=False).mark
+        for t in (0.02, 0.04)
+    ]
+    assert marks == ["", ""]
+    arb.step(0.06, joy=joy(0.06), teleop=None, policy_row=row(1.0), estop=False)
+    again = arb.step(0.08, joy=joy(0.08, FAIL), teleop=None, policy_row=row(1.0), estop=False)
+    assert again.mark == "failure"  # a new press in the new episode does count

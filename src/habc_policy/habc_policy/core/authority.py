@@ -176,7 +176,8 @@ class AuthorityArbiter:
         self._handback_k = [0] * n
         self._handback_from = [None] * n
         self._last_action = None if hold_position is None else self._checked(hold_position)
-        self._prev_buttons = ()
+        # Button state is physical: a mark button still held from the previous episode must
+        # not fire again as a fresh press in this one.
 
     def _checked(self, action: np.ndarray) -> np.ndarray:
         a = np.asarray(action, dtype=np.float32).reshape(-1)

@@ -388,6 +388,9 @@ class ArbiterNode(Node):
             self._mark(decision.mark, msg.header.stamp)
 
     def _mark(self, mark: str, stamp: Any) -> None:
+        if not self._episode_id:
+            self.get_logger().info(f"operator marked {mark} with no episode running: ignored")
+            return
         outcome = (
             EpisodeEvent.OUTCOME_SUCCESS if mark == "success" else EpisodeEvent.OUTCOME_FAILURE
         )
