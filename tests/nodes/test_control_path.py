@@ -74,6 +74,13 @@ class Stack:
         self.estop_state = c.record(Bool, "/arx_x5_driver/estop_latched", latched)
         self.estop_pub = c.node.create_publisher(Bool, "/estop", 10)  # matched long before use
         self.procs: dict[str, NodeProcess] = {}
+        try:
+            self._start(env, c)
+        except BaseException:
+            self.close()  # never leave half a stack running in this test run's ROS domain
+            raise
+
+    def _start(self, env: dict[str, str], c: RosClient) -> None:
         self.procs["driver"] = NodeProcess(
             "driver_node",
             env,

@@ -380,6 +380,14 @@ class DriverNode(LifecycleNode):
                 log.info(f"backend stopped stepping: {exc}")
             except ValueError as exc:  # never expected after the safety layer: hold
                 log.error(f"backend refused target: {exc}")
+            else:
+                status = self._backend.status()
+                if status.done:
+                    # Say so at once (not at the next periodic diagnostics): the operator marks
+                    # the outcome from it, and every tick until then is recorded for nothing.
+                    self._episode_over = status.failure or ("success" if status.success else "done")
+                    log.info(f"episode over after {status.step} steps: {self._episode_over}")
+                    self._publish_diagnostics(force=True)
         self._tick += 1
         self._publish_state(self._backend.observe_state(), now, verdict, msg)
 

@@ -20,6 +20,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Float32MultiArray
 
@@ -101,6 +102,17 @@ class RecorderNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _writer_for(self, topic: str, msgtype: str) -> Callable[[bytes], None]:
+        if topic == bf.TOPIC_EXECUTED_COMMAND:
+
+            def write_command(cdr: bytes) -> None:
+                # Only the running episode's ticks: the arbiter learns of a new episode from
+                # its start event, a few ticks after the recording began.
+                running = self.recorder.episode_id
+                if running and deserialize_message(cdr, ExecutedCommand).episode_id == running:
+                    self.recorder.write(topic, msgtype, self._now_ns(), cdr)
+
+            return write_command
+
         def write(cdr: bytes) -> None:
             self.recorder.write(topic, msgtype, self._now_ns(), cdr)
 
