@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -76,7 +77,8 @@ def test_learner_node_trains_and_announces(ros_env: dict[str, str], tmp_path: Pa
         first = announced[0]
         manifest = json.loads((Path(first.path) / "manifest.json").read_text())
         assert first.learner_step == 3 == manifest["learner_step"]
-        assert first.sha256 == manifest["content_sha256"]
+        model = Path(first.path) / "model.safetensors"
+        assert first.sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
         assert first.checkpoint_id == manifest["checkpoint_id"]
         # One new rollout is not enough for a round (min 2), nor is a new demonstration.
         _bag(bags, "autonomous_failure", 2)

@@ -83,7 +83,7 @@ class LearnerNode(Node):
         request = AnnounceCheckpoint.Request(
             checkpoint_id=manifest["checkpoint_id"],
             path=str(checkpoint.resolve()),
-            sha256=manifest["content_sha256"],
+            sha256=manifest["files"]["model.safetensors"],  # the service's contract
             learner_step=int(manifest["learner_step"]),
         )
         if not self.announce.wait_for_service(timeout_sec=5.0):
