@@ -25,6 +25,7 @@ setup(
             "episode_recorder = habc_learner.nodes.recorder_node:main",
             "learner = habc_learner.nodes.learner_node:main",
             "habc-launch = habc_learner.launcher:main",
+            "habc-bringup-job = habc_learner.bringup_job:main",
             "habc-protocol = habc_learner.protocol:main",
             # NODE_ENTRY_POINTS
         ],

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from habc_policy.core.chunking import ROW_TOLERANCE
 from tests.nodes.conftest import NodeProcess, RosClient, make_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
@@ -389,7 +390,8 @@ def test_killed_policy_server_holds_within_one_tick(stack: Stack) -> None:
     t_kill = c.now_s()
     c.spin_for(EXECUTE_ROWS * PERIOD + 0.4)
     last_chunk = max((m for _, m in stack.chunks), key=stamp_s)
-    expiry = stamp_s(last_chunk) + (EXECUTE_ROWS - 0.5) * PERIOD  # row 25 is never run
+    # Row 24 (the last executable one) runs up to 25 + ROW_TOLERANCE periods after the stamp.
+    expiry = stamp_s(last_chunk) + (EXECUTE_ROWS + ROW_TOLERANCE) * PERIOD
     after = [m for _, m in stack.commands if stamp_s(m) > expiry]
     assert len(after) > 10
     # the first tick past the chunk's last executable row already holds, and so do all later

@@ -52,6 +52,7 @@ class ScriptedOperatorNode(Node):
         d = declare
         self._task = d(self, "task", "transfer_cube", "transfer_cube | insertion")
         self._seed = int(d(self, "seed", 0, "seed of the takeover draw and expert noise"))
+        self._episodes = 0
         config = OperatorConfig(
             intervention_rate=float(d(self, "intervention_rate", 0.5, "P(intervene)")),
             stall_steps=int(d(self, "stall_steps", 60, "steps without progress = stall")),
@@ -174,7 +175,10 @@ class ScriptedOperatorNode(Node):
             step=max(self._step, 0),
         )
         if self._step < 0:
-            self._operator.reset(obs, seed=self._seed)
+            # A fresh draw per episode: the takeover decision and the expert's noise vary
+            # from episode to episode (one seed for all would decide every episode alike).
+            self._episodes += 1
+            self._operator.reset(obs, seed=self._seed * 100_003 + self._episodes)
             self._step = 0
         if self._step == self._force_step and not self._operator.in_control:
             self._operator.take_over_now(obs, reason="forced")

@@ -1,10 +1,15 @@
 """Action-chunk scheduling: which row of which chunk runs at a control tick.
 
-A chunk computed from the observation stamped ``t_obs`` holds rows meant for the times
-``t_obs + h * period``, ``h = 0 … H-1``. By the time the chunk reaches the arbiter, inference
-latency has passed, so the rows already overdue are skipped (latency compensation):
+A chunk computed from the observation stamped ``t_obs`` holds one row per control tick after
+that observation: row 0 for the first tick after it, row ``h`` for the tick after ``h`` full
+periods have passed (exactly how the policy was trained: row 0 is the action taken on the
+observation itself). By the time the chunk reaches the arbiter, inference latency has passed,
+so rows already overdue are skipped (latency compensation):
 
-    h(t) = round((t - t_obs) / period)
+    h(t) = max(0, ceil((t - t_obs) / period - tolerance) - 1)
+
+with a tolerance (a quarter period) for tick jitter, so a tick that comes a little late does
+not drop a row.
 
 Only the first ``execute_rows`` rows of a chunk are ever executed (25 of 50 by default); a
 tick whose ``h`` lies past them finds the chunk *stale*, and the arm holds until a newer chunk
@@ -76,9 +81,14 @@ class Chunk:
         return int(self.actions.shape[1])
 
 
+#: Fraction of a period a tick may come late without skipping a row.
+ROW_TOLERANCE = 0.25
+
+
 def row_at(stamp_s: float, period_s: float, now_s: float) -> int:
-    """``h(t) = round((t - t_obs) / period)``, never below 0 (a chunk cannot run early)."""
-    return max(0, round((now_s - stamp_s) / period_s))
+    """``h(t) = max(0, ceil((t - t_obs) / period - tolerance) - 1)``: the row of the tick at
+    ``t`` (row 0 for the first tick after the observation; never below 0)."""
+    return max(0, math.ceil((now_s - stamp_s) / period_s - ROW_TOLERANCE) - 1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,425 @@
+"""The main job through the real node graph: the sim bringup, end to end.
+
+    habc-bringup-job --out runs/bringup          # what `bash scripts/main.sh` runs
+
+1. Scripted demonstrations on the simulated robot → episode bags (``<out>/bags/demos``).
+2. The bags → an SFT checkpoint (``<out>/sft``).
+3. The bringup graph of ``config/graph.yaml`` starts under ``habc-launch``, as separate
+   processes talking over DDS: driver (sim), policy server (serving the SFT checkpoint),
+   intervention arbiter, scripted operator (acting only through ``/joy`` and the teleop topic),
+   episode recorder, learner (starting from the SFT checkpoint).
+4. K online rounds: each round runs E episodes through the graph — the driver resets the
+   scene, the recorder records, the operator takes over in part of the episodes heading for
+   failure and marks every outcome — then the learner, triggered by the E new bags, runs a
+   HABC round and announces the checkpoint, and the policy server hot-swaps it.
+5. Every round's checkpoint is also evaluated in-process on held-out object poses without
+   takeovers. ``<out>/report.md`` and ``<out>/report.png`` (success per round; p_v and g_t
+   along one recorded episode) stay behind with the bags, checkpoints and logs.
+
+Parameters for the graph are written to ``<out>/config`` (a copy of ``config/`` with this
+job's values), so the graph itself is the one users launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from habc_learner.bringup import default_config_dir
+from habc_learner.core.bag_reader import read_episode, read_episodes
+from habc_learner.core.episode import HUMAN
+from habc_learner.core.replay import ReplayStore
+from habc_learner.core.trainer import TrainerConfig
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    checkpoint_id: str  # the checkpoint that drove this round's episodes
+    learner_step: int
+    episodes: int
+    success: int  # episodes that ended in success
+    autonomous_success: int  # ... without any takeover
+    takeovers: int
+    aborted: int
+    eval_success_rate: float  # this checkpoint, in-process, held-out poses, no takeover
+    eval_mean_length: float
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="habc-bringup-job", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bringup"))
+    p.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
+    p.add_argument("--demos", type=int, default=20)
+    p.add_argument("--demo-noise", type=float, default=0.0, help="expert waypoint noise σ (m)")
+    p.add_argument("--sft-steps", type=int, default=1500)
+    p.add_argument("--rounds", type=int, default=3, help="online rounds K")
+    p.add_argument("--episodes", type=int, default=8, help="episodes per round E")
+    p.add_argument("--round-steps", type=int, default=400, help="learner steps per round")
+    p.add_argument("--method", default="habc")
+    p.add_argument("--intervention-rate", type=float, default=0.5)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the learner's checkpoint after a round",
+    )
+    args = p.parse_args(argv)
+    if min(args.demos, args.sft_steps, args.rounds, args.episodes, args.round_steps) < 1:
+        p.error("--demos, --sft-steps, --rounds, --episodes, --round-steps must be >= 1")
+    args.backend = "sim"  # the graph's scripted operator and sim driver
+    return args
+
+
+def write_job_config(args: argparse.Namespace) -> Path:
+    """``<out>/config``: the repository's parameter files with this job's values."""
+    src, dst = default_config_dir(), args.out / "config"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+    def edit(name: str, node: str, values: dict) -> None:
+        path = dst / name
+        doc = yaml.safe_load(path.read_text())
+        doc[node]["ros__parameters"].update(values)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    edit(
+        "learner.yaml",
+        "learner",
+        {
+            "method": args.method,
+            "steps_per_round": args.round_steps,
+            "min_new_episodes": args.episodes,
+            "batch_size": args.batch_size,
+            "torch_threads": 1,
+            "poll_period_s": 1.0,
+            "count_demos": False,
+        },
+    )
+    edit(
+        "scripted_operator.yaml",
+        "scripted_operator",
+        {
+            "intervention_rate": args.intervention_rate,
+            "seed": args.seed,
+            "mark_outcome": True,
+        },
+    )
+    edit("driver.yaml", "arx_x5_driver", {"seed": args.seed * 10_000 + 5000, "cameras": ""})
+    edit("recorder.yaml", "episode_recorder", {"cameras": ""})
+    edit("policy_server.yaml", "policy_server", {"torch_threads": 1})
+    return dst
+
+
+class Graph:
+    """The bringup under ``habc-launch``, its output in ``<out>/launch.log``."""
+
+    def __init__(self, args: argparse.Namespace, config_dir: Path, sft: Path) -> None:
+        self.log = (args.out / "launch.log").open("a")
+        cmd = [
+            sys.executable,
+            "-m",
+            "habc_learner.launcher",
+            "--config-dir",
+            str(config_dir),
+            f"run_dir:={args.out.resolve()}",
+            f"task:={args.task}",
+            "learner:=true",
+            "operator:=scripted",
+            f"policy_checkpoint:={sft.resolve()}",
+            f"init_checkpoint:={sft.resolve()}",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"the node graph stopped (code {self.proc.returncode}); see {self.log.name}"
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _took_over(bag: Path) -> bool:
+    try:
+        return bool((read_episode(bag).authority == HUMAN).any())
+    except Exception:  # an aborted bag is skipped by the reader
+        return False
+
+
+def _checkpoint_for(root: Path, checkpoint_id: str) -> Path | None:
+    for manifest in root.rglob("manifest.json"):
+        if json.loads(manifest.read_text()).get("checkpoint_id") == checkpoint_id:
+            return manifest.parent
+    return None
+
+
+def plot_report(
+    args: argparse.Namespace, rounds: list[RoundResult], trace: dict | None, path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    x = np.arange(1, len(rounds) + 1)
+    ax.plot(
+        x, [100 * r.eval_success_rate for r in rounds], "o-", label="held-out eval, no takeover"
+    )
+    ax.plot(
+        x,
+        [100 * r.autonomous_success / r.episodes for r in rounds],
+        "s--",
+        label="graph episodes, no takeover",
+    )
+    ax.plot(
+        x,
+        [100 * r.success / r.episodes for r in rounds],
+        "^:",
+        label="graph episodes, incl. operator",
+    )
+    ax.set_xticks(x, [f"r{r.round}\n{r.checkpoint_id[:6]}" for r in rounds])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success (%)")
+    ax.set_title("success per round (checkpoint driving it)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax = axes[1]
+    if trace:
+        t = np.asarray(trace["anchor"])
+        ax.plot(t, trace["p_v"], label="p_v (viability)")
+        ax.plot(t, trace["g"], label="g_t (gate)")
+        ax.set_ylim(0, 2)
+        if trace.get("takeover") is not None:
+            ax.axvline(trace["takeover"], color="k", ls="--", lw=1, label="takeover")
+        ax.set_xlabel("control step")
+        ax.set_title(f"critic along {trace['episode_id']} ({trace['outcome']})")
+        ax.legend(fontsize=8)
+    else:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) -> dict | None:
+    """p_v and g_t along one recorded rollout, under the learner's latest checkpoint."""
+    from habc_learner.main_job import _trainer
+    from habc_learner.protocol import critic_outputs
+    from habc_policy.core.checkpoint import latest_checkpoint
+
+    ckpt_root = args.out / "learner" / "checkpoints"
+    if latest_checkpoint(ckpt_root) is None:
+        return None
+    demos, _ = read_episodes(args.out / "bags" / "demos")
+    rollouts, _ = read_episodes(args.out / "bags" / "rollouts")
+    if not rollouts:
+        return None
+    store = ReplayStore(TrainerConfig(method=args.method).replay_config())
+    store.add_episodes([e for e in demos if e.outcome.value == "success"] + rollouts)
+    pick = next((e for e in rollouts if (e.authority == HUMAN).any()), rollouts[-1])
+    index = next(i for i, e in enumerate(store.episodes) if e.episode_id == pick.episode_id)
+    rows = np.flatnonzero(store.table.episode_index == index)
+    trainer = _trainer(args, args.method, store, proprio_dim, action_dim, "report", 1)
+    trainer.load_checkpoint(latest_checkpoint(ckpt_root))
+    out = critic_outputs(trainer, store, rows)
+    trainer.close()
+    if "p_v" not in out:
+        return None
+    human = np.flatnonzero((pick.authority == HUMAN).any(axis=1))
+    return {
+        "episode_id": pick.episode_id,
+        "outcome": pick.outcome.value,
+        "anchor": out["anchor"].tolist(),
+        "p_v": out["p_v"].tolist(),
+        "g": out["g"].tolist(),
+        "takeover": int(human[0]) if human.size else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from habc_learner.graph_job import EpisodeRunner
+    from habc_learner.main_job import _trainer, evaluate, record_episodes
+    from habc_policy.core.checkpoint import load_policy
+
+    t0 = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        print(f"[habc-bringup-job {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    say(f"{args.demos} scripted demonstrations -> {out}/bags/demos")
+    seeds = [args.seed * 10_000 + i for i in range(args.demos)]
+    record_episodes(
+        args,
+        out / "bags" / "demos",
+        seeds,
+        source="demo",
+        desc="demonstrations",
+        expert_noise=args.demo_noise,
+    )
+    demos, _report = read_episodes(out / "bags" / "demos")
+    demos = [e for e in demos if e.outcome.value == "success"]
+    if not demos:
+        say("no successful demonstration: nothing to learn from")
+        return 1
+    say(f"SFT: {args.sft_steps} steps on {len(demos)} demonstrations")
+    store = ReplayStore(TrainerConfig(method="sft").replay_config())
+    store.add_episodes(demos)
+    proprio_dim, action_dim = demos[0].proprio_dim, demos[0].action_dim
+    with _trainer(args, "sft", store, proprio_dim, action_dim, "sft", args.sft_steps) as sft:
+        if sft.learner_step < args.sft_steps:
+            say(sft.run_round(args.sft_steps - sft.learner_step).line())
+        sft_ckpt = sft.save_checkpoint()
+
+    config_dir = write_job_config(args)
+    say(f"starting the node graph (config {config_dir}, log {out / 'launch.log'})")
+    graph = Graph(args, config_dir, sft_ckpt)
+    rounds: list[RoundResult] = []
+    runner = None
+    try:
+        runner = EpisodeRunner(timeout_s=60.0)
+        runner.wait_ready(timeout_s=180.0)
+        serving = runner.serving
+        say(f"graph up; policy server serves {serving} (SFT)")
+        for k in range(1, args.rounds + 1):
+            outcomes = []
+            for i in range(args.episodes):
+                graph.check()
+                o = runner.run_episode(args.task)
+                took = _took_over(out / "bags" / "rollouts" / o.episode_id)
+                outcomes.append((o, took))
+                say(
+                    f"round {k} episode {i + 1}/{args.episodes}: {o.outcome}"
+                    f"{' after a takeover' if took else ''} ({o.seconds:.1f} s)"
+                )
+            say(
+                f"round {k}: waiting for the learner's checkpoint (round of "
+                f"{args.round_steps} steps)"
+            )
+            new = runner.wait_serving(serving, timeout_s=args.round_timeout)
+            ckpt = _checkpoint_for(out, serving)
+            policy = load_policy(ckpt) if ckpt else None
+            ev = evaluate(args, ckpt, f"r{k}") if ckpt else None
+            rounds.append(
+                RoundResult(
+                    round=k,
+                    checkpoint_id=serving,
+                    learner_step=policy.learner_step if policy else -1,
+                    episodes=len(outcomes),
+                    success=sum(o.outcome == "success" for o, _ in outcomes),
+                    autonomous_success=sum(o.outcome == "success" and not t for o, t in outcomes),
+                    takeovers=sum(t for _, t in outcomes),
+                    aborted=sum(o.outcome == "aborted" for o, _ in outcomes),
+                    eval_success_rate=ev.success_rate if ev else float("nan"),
+                    eval_mean_length=ev.mean_success_length if ev else float("nan"),
+                )
+            )
+            r = rounds[-1]
+            say(
+                f"round {k} ({r.checkpoint_id}, step {r.learner_step}): {r.success}/{r.episodes} "
+                f"successes, {r.autonomous_success} without takeover, {r.takeovers} takeovers; "
+                f"held-out eval {100 * r.eval_success_rate:.0f}%; now serving {new}"
+            )
+            serving = new
+    finally:
+        if runner is not None:
+            runner.close()
+        graph.stop()
+
+    final = _checkpoint_for(out / "learner", serving)
+    if final is not None:
+        ev = evaluate(args, final, "final")
+        say(f"final checkpoint {serving}: held-out eval {100 * ev.success_rate:.0f}%")
+        rounds.append(
+            RoundResult(
+                args.rounds + 1,
+                serving,
+                load_policy(final).learner_step,
+                0,
+                0,
+                0,
+                0,
+                0,
+                ev.success_rate,
+                ev.mean_success_length,
+            )
+        )
+    trace = critic_trace(args, proprio_dim, action_dim)
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "rounds": [asdict(r) for r in rounds],
+                "trace": trace,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=1,
+        )
+    )
+    plot_report(args, [r for r in rounds if r.episodes], trace, out / "report.png")
+    lines = [
+        f"# habc bringup job: {args.task}, {args.method}",
+        "",
+        f"{args.demos} demonstrations, SFT {args.sft_steps} steps; {args.rounds} rounds of "
+        f"{args.episodes} episodes through the node graph, {args.round_steps} learner steps "
+        f"per round; intervention rate {args.intervention_rate}. Wall time "
+        f"{time.monotonic() - t0:.0f} s.",
+        "",
+        "| round | checkpoint | learner step | graph success | no takeover | takeovers "
+        "| held-out eval | mean successful length |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        graph_cols = (
+            f"{r.success}/{r.episodes} | {r.autonomous_success}/{r.episodes} | {r.takeovers}"
+            if r.episodes
+            else "— | — | —"
+        )
+        name = f"r{r.round}" if r.episodes else "final"
+        lines.append(
+            f"| {name} | {r.checkpoint_id} | {r.learner_step} | {graph_cols} | "
+            f"{100 * r.eval_success_rate:.0f}% | {r.eval_mean_length:.0f} |"
+        )
+    lines += [
+        "",
+        "![success per round and critic trace](report.png)",
+        "",
+        f"Bags: `{out}/bags`, checkpoints: `{out}/checkpoints/sft`, `{out}/learner/checkpoints`, "
+        f"graph log: `{out}/launch.log`, TensorBoard: `{out}/learner/tensorboard`.",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    say(f"report: {out / 'report.md'}, {out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
