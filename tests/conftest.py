@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+from habc_learner.core.critic import CriticConfig
+from habc_policy.core.configuration_flow import FlowPolicyConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +77,30 @@ def ros_env() -> Iterator[dict[str, str]]:
             pytest.fail(f"ROS 2 workspace required but not importable: {why}")
         pytest.skip(f"ROS 2 workspace not importable: {why}")
     yield dict(os.environ)
+
+
+# -- tiny models for the learner and iRe-VLA tests ---------------------------------------------
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_policy_config() -> FlowPolicyConfig:
+    """A small actor for 14-dim bimanual chunks of H = 50 (fast on CPU)."""
+    return FlowPolicyConfig(
+        horizon=50,
+        action_dim=14,
+        proprio_dim=15,
+        feature_dim=32,
+        hidden_dim=64,
+        num_blocks=2,
+        time_embed_dim=16,
+        prompt_dim=8,
+        prompt_buckets=64,
+    )
+
+
+@pytest.fixture
+def tiny_critic_config() -> CriticConfig:
+    return CriticConfig(hidden_dim=32, num_layers=1)
