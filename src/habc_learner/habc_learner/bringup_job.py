@@ -3,7 +3,7 @@
     habc-bringup-job --out runs/bringup          # what `bash scripts/main.sh` runs
 
 1. Scripted demonstrations on the simulated robot → episode bags (``<out>/bags/demos``).
-2. The bags → an SFT checkpoint (``<out>/sft``).
+2. The bags → an SFT checkpoint (``<out>/checkpoints/sft``).
 3. The bringup graph of ``config/graph.yaml`` starts under ``habc-launch``, as separate
    processes talking over DDS: driver (sim), policy server (serving the SFT checkpoint),
    intervention arbiter, scripted operator (acting only through ``/joy`` and the teleop topic),
