@@ -20,8 +20,7 @@ import numpy.typing as npt
 
 from arx_x5_driver.core.config import MetaWorldConfig, did_you_mean, metaworld_task_names
 from arx_x5_driver.core.robot import (
-    ArmBackend,
-    EpisodeStatus,
+    EpisodicBackend,
     Observation,
     RobotSpec,
     check_action,
@@ -35,7 +34,7 @@ ARM_JOINTS = ("right_j0", "right_j1", "right_j2", "right_j3", "right_j4", "right
 FINGER_JOINTS = ("r_close", "l_close")
 
 
-class MetaWorldBackend(ArmBackend):
+class MetaWorldBackend(EpisodicBackend):
     """One Meta-World MT1 task (see module docstring)."""
 
     name: ClassVar[str] = "metaworld"
@@ -58,7 +57,7 @@ class MetaWorldBackend(ArmBackend):
             control_hz=80.0,  # frame_skip 5 × 2.5 ms
         )
         self._rng = np.random.default_rng()
-        self._clear_status(started=False)
+        self._reset_status(started=False)
 
     @property
     def spec(self) -> RobotSpec:
@@ -107,7 +106,7 @@ class MetaWorldBackend(ArmBackend):
         if self._env is not None:
             self._env.close()
         self._env = None
-        self._clear_status(started=False)
+        self._reset_status(started=False)
 
     def _benchmark(self, mt1_seed: int) -> Any:
         bench = self._benchmarks.get(mt1_seed)
@@ -131,7 +130,7 @@ class MetaWorldBackend(ArmBackend):
         self._env.set_task(bench.train_tasks[self.seed % TASKS_PER_SEED])
         obs, _ = self._env.reset()
         self._obs = np.asarray(obs, dtype=np.float64)
-        self._clear_status(started=True)
+        self._reset_status(started=True)
         return self.observe()
 
     def observe(self) -> Observation:
@@ -152,35 +151,12 @@ class MetaWorldBackend(ArmBackend):
 
     def command(self, action: npt.ArrayLike) -> None:
         self._require_connected()
-        if not self._started:
-            raise RuntimeError("no episode: call reset() before command()")
-        if self._done:
-            raise RuntimeError(f"episode is over after {self._step} steps; call reset()")
+        self._check_can_step()
         a = check_action(action, self.spec, self.config.out_of_limits, LOG)
         obs, reward, _, truncated, info = self._env.step(a.astype(np.float32))
         self._obs = np.asarray(obs, dtype=np.float64)
-        self._step += 1
-        self._reward = float(reward)
-        if bool(info.get("success", False)):
-            self._success, self._done, self._success_step = True, True, self._step - 1
-        elif self._step >= self.config.max_steps or truncated:
-            self._done, self._failure = True, "timeout"
-
-    def status(self) -> EpisodeStatus:
-        return EpisodeStatus(
-            step=self._step,
-            reward=self._reward if self._started else None,
-            success=self._success,
-            done=self._done,
-            failure=self._failure,
-            success_step=self._success_step,
+        self._record_step(
+            float(reward),
+            success=bool(info.get("success", False)),
+            time_up=self._step + 1 >= self.config.max_steps or bool(truncated),
         )
-
-    def _clear_status(self, started: bool) -> None:
-        self._started = started
-        self._step = 0
-        self._reward = 0.0
-        self._done = False
-        self._success = False
-        self._failure: str | None = None
-        self._success_step: int | None = None

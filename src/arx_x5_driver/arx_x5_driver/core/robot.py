@@ -239,6 +239,56 @@ class ArmBackend(ABC):
             raise RuntimeError(f"{type(self).__name__} is not connected; call connect() first")
 
 
+class EpisodicBackend(ArmBackend):
+    """A backend whose episodes end by themselves (simulators): step, reward, success, time
+    limit. Subclasses call :meth:`_reset_status` on connect/reset, :meth:`_check_can_step`
+    before stepping and :meth:`_record_step` after."""
+
+    def _reset_status(self, started: bool) -> None:
+        self._started = started
+        self._step = 0
+        self._reward = 0.0
+        self._done = False
+        self._success = False
+        self._failure: str | None = None
+        self._success_step: int | None = None
+
+    def _outcome_text(self) -> str:
+        return "success" if self._success else (self._failure or "done")
+
+    def _check_can_step(self) -> None:
+        if not self._started:
+            raise RuntimeError("no episode: call reset() before command()")
+        if self._done:
+            raise RuntimeError(
+                f"episode is over ({self._outcome_text()}) after {self._step} steps; call reset()"
+            )
+
+    def _record_step(self, reward: float, success: bool, time_up: bool) -> None:
+        """Count one executed command; success ends the episode before the time limit does."""
+        self._step += 1
+        self._reward = float(reward)
+        if success:
+            self._success, self._done, self._success_step = True, True, self._step - 1
+        elif time_up:
+            self._done, self._failure = True, "timeout"
+
+    def _record_failure(self, reason: str) -> None:
+        """Count one command that ended the episode as a failure (e.g. physics diverged)."""
+        self._step += 1
+        self._done, self._failure, self._reward = True, reason, 0.0
+
+    def status(self) -> EpisodeStatus:
+        return EpisodeStatus(
+            step=self._step,
+            reward=self._reward if self._started else None,
+            success=self._success,
+            done=self._done,
+            failure=self._failure,
+            success_step=self._success_step,
+        )
+
+
 def check_action(
     action: npt.ArrayLike,
     spec: RobotSpec,

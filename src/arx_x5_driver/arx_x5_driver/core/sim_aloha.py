@@ -24,8 +24,7 @@ import numpy.typing as npt
 
 from arx_x5_driver.core.config import SimAlohaConfig
 from arx_x5_driver.core.robot import (
-    ArmBackend,
-    EpisodeStatus,
+    EpisodicBackend,
     FloatArray,
     Observation,
     RobotSpec,
@@ -123,7 +122,7 @@ def _lean_task(base: type) -> type:
     return LeanTask
 
 
-class SimAlohaBackend(ArmBackend):
+class SimAlohaBackend(EpisodicBackend):
     """gym-aloha's bimanual ViperX scene as an :class:`ArmBackend` (see module docstring)."""
 
     name: ClassVar[str] = "sim"
@@ -220,12 +219,7 @@ class SimAlohaBackend(ArmBackend):
 
     def command(self, action: npt.ArrayLike) -> None:
         self._require_connected()
-        if not self._started:
-            raise RuntimeError("no episode: call reset() before command()")
-        if self._done:
-            raise RuntimeError(
-                f"episode is over ({self._outcome_text()}) after {self._step} steps; call reset()"
-            )
+        self._check_can_step()
         a = check_action(action, self.spec, self.config.out_of_limits, LOG)
         from dm_control.rl.control import PhysicsError
 
@@ -233,24 +227,13 @@ class SimAlohaBackend(ArmBackend):
             timestep = self._env.step(a)
         except PhysicsError as exc:
             LOG.warning("physics diverged at step %d: %s", self._step, exc)
-            self._step += 1
-            self._done, self._failure, self._reward = True, "physics_error", 0.0
+            self._record_failure("physics_error")
             return
-        self._step += 1
-        self._reward = float(timestep.reward or 0.0)
-        if self._reward >= self._env.task.max_reward:
-            self._success, self._done, self._success_step = True, True, self._step - 1
-        elif self._step >= self.config.max_steps:
-            self._done, self._failure = True, "timeout"
-
-    def status(self) -> EpisodeStatus:
-        return EpisodeStatus(
-            step=self._step,
-            reward=self._reward if self._started else None,
-            success=self._success,
-            done=self._done,
-            failure=self._failure,
-            success_step=self._success_step,
+        reward = float(timestep.reward or 0.0)
+        self._record_step(
+            reward,
+            success=reward >= self._env.task.max_reward,
+            time_up=self._step + 1 >= self.config.max_steps,
         )
 
     def observe_state(self) -> Observation:
@@ -345,15 +328,3 @@ class SimAlohaBackend(ArmBackend):
             cameras=self.config.cameras,
             control_hz=CONTROL_HZ,
         )
-
-    def _reset_status(self, started: bool) -> None:
-        self._started = started
-        self._step = 0
-        self._reward = 0.0
-        self._done = False
-        self._success = False
-        self._failure: str | None = None
-        self._success_step: int | None = None
-
-    def _outcome_text(self) -> str:
-        return "success" if self._success else (self._failure or "done")

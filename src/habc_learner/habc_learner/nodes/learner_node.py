@@ -14,11 +14,10 @@ import sys
 import threading
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from habc_learner.learn import LearnerJob, LearnerJobConfig
+from habc_learner.nodes import run_node
 from habc_msgs.srv import AnnounceCheckpoint
 
 
@@ -115,23 +114,7 @@ class LearnerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = LearnerNode()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"learner: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("learner", LearnerNode, (ValueError, FileNotFoundError), args, threads=2)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
@@ -26,6 +24,7 @@ from std_msgs.msg import Float32MultiArray
 
 from habc_learner.core import bag_format as bf
 from habc_learner.core.recorder import EpisodeRecorder, RecorderConfig, RecorderError
+from habc_learner.nodes import run_node
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode, StartEpisode
 
@@ -198,21 +197,7 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = RecorderNode()
-    except (RecorderError, ValueError) as exc:
-        print(f"episode_recorder: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("episode_recorder", RecorderNode, (RecorderError, ValueError), args)
 
 
 if __name__ == "__main__":
