@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig
+from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig, SceneState, scene_recoverable
 from arx_x5_driver.core.operator import (
     OperatorConfig,
     RolloutMonitor,
@@ -119,6 +119,53 @@ def test_takeover_model_reacts_after_delay_and_holds() -> None:
     assert model.reason == "drop"
     model.reset()
     assert model.state == "watching"
+
+
+def test_takeover_model_declines_a_scene_it_cannot_recover() -> None:
+    model = TakeoverModel(OperatorConfig(intervention_rate=1.0, reaction_steps=2))
+    model.reset(seed=0)
+    lost = Signals(False, True, False, 0.0, recoverable=False, unrecoverable_why="cube is gone")
+    assert [model.update(lost).takeover for _ in range(4)] == [False] * 4
+    assert model.state == "declined"
+    assert model.reason == "unrecoverable: cube is gone"
+    # recoverable again later: a declined episode stays declined
+    assert not model.update(_signals(stall=True)).takeover
+    # lost only while the operator is still reacting: it takes over once it is recoverable
+    model.reset(seed=0)
+    model.update(lost)
+    assert [model.update(_signals()).takeover for _ in range(3)] == [False, True, True]
+
+
+def _scene(cube: tuple[float, float, float]) -> SceneState:
+    arm = {"left": np.zeros(3), "right": np.zeros(3)}
+    return SceneState(
+        q={"left": np.zeros(6), "right": np.zeros(6)},
+        grip={"left": 1.0, "right": 1.0},
+        site_pos=arm,
+        site_rot={"left": np.eye(3), "right": np.eye(3)},
+        objects={"cube": (np.array(cube), np.eye(3))},
+    )
+
+
+def test_scene_recoverable_checks_table_and_workspace() -> None:
+    assert scene_recoverable(_scene((0.1, 0.5, 0.0125))) == (True, "")
+    ok, why = scene_recoverable(_scene((-0.5, 0.5, 0.0125)))
+    assert not ok and why == "cube is out of reach at (x, y) = (-0.50, 0.50) m"
+    ok, why = scene_recoverable(_scene((0.1, 0.5, -0.3)))
+    assert not ok and "off the table" in why
+    ok, _ = scene_recoverable(_scene((0.0, 0.9, 0.0125)))
+    assert not ok
+
+
+@pytest.mark.sim
+def test_expert_ik_caps_the_waist() -> None:
+    expert = AlohaExpert("transfer_cube")
+    ik = expert.ik["left"]
+    # a point behind the left arm's base (x = -0.469): reaching it needs the waist near ±π
+    sol = ik.solve(np.zeros(6), np.array([-0.8, 0.45, 0.1]), np.eye(3))
+    assert abs(sol.q[0]) <= expert.config.waist_cap + 1e-9
+    with pytest.raises(ValueError, match="waist_cap"):
+        ExpertConfig(waist_cap=4.0)
 
 
 def test_takeover_model_declines_at_rate_zero_and_rate_is_a_fraction() -> None:

@@ -64,6 +64,9 @@ class ExpertConfig:
         max_angular_speed: reference rotation speed (rad/s).
         ik_iterations / ik_damping / ik_rotation_weight: DLS IK settings.
         wrist_cap: |forearm_roll|, |wrist_rotate| cap (rad) against the ±π two-mode solution.
+        waist_cap: |waist| cap (rad). Demonstrations keep the waist within ±0.5 rad; without a
+            cap, a replan toward an object out of reach spun the waist to ±π (reaching behind
+            the robot), and those steps were imitated as intervention data.
         integral_gain: per-step gain of the tracking-error integrator (0 disables).
         control_hz: control rate (steps per second).
     """
@@ -76,6 +79,7 @@ class ExpertConfig:
     ik_damping: float = 0.05
     ik_rotation_weight: float = 0.5
     wrist_cap: float = 1.2
+    waist_cap: float = 1.0
     integral_gain: float = 0.05
     control_hz: float = 50.0
 
@@ -87,8 +91,9 @@ class ExpertConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.integral_gain < 1.0:
             raise ValueError(f"integral_gain must be in [0, 1), got {self.integral_gain}")
-        if not 0.1 <= self.wrist_cap <= np.pi:
-            raise ValueError(f"wrist_cap must be in [0.1, π] rad, got {self.wrist_cap}")
+        for name in ("wrist_cap", "waist_cap"):
+            if not 0.1 <= getattr(self, name) <= np.pi:
+                raise ValueError(f"{name} must be in [0.1, π] rad, got {getattr(self, name)}")
 
 
 # Geometry helpers -----------------------------------------------------------------------------
@@ -228,9 +233,27 @@ MEET = np.array([0.0, 0.5, 0.22])
 LEFT_WAIT = MEET + np.array([-0.14, 0.0, 0.0])
 RIGHT_IDLE = np.array([0.2, 0.5, 0.25])
 LEFT_PICK_X = -0.08  # a cube left of this is picked by the left arm
+#: Where the plans are made for: the objects' spawn region (x ∈ [−0.2, 0.2], y ∈ [0.4, 0.6])
+#: plus a margin. An object outside it (pushed away, or off the table) is unrecoverable.
+WORKSPACE_X = (-0.32, 0.32)
+WORKSPACE_Y = (0.28, 0.72)
+FELL_OFF_Z = -0.02
 # Handover: the right holds the cube's upper half from above; the left comes from -x,
 # horizontal, and closes across y on the lower half (below the right fingertips).
 LEFT_HANDOVER_ROT = _frame(np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+
+
+def scene_recoverable(s: SceneState) -> tuple[bool, str]:
+    """``(ok, why not)``: not ok when an object is off the table or outside
+    :data:`WORKSPACE_X` × :data:`WORKSPACE_Y` (a human operator would not reach there either).
+    """
+    for name, (pos, _) in s.objects.items():
+        x, y, z = (float(v) for v in pos)
+        if z < FELL_OFF_Z:
+            return False, f"{name} is off the table (z = {z:.2f} m)"
+        if not (WORKSPACE_X[0] <= x <= WORKSPACE_X[1] and WORKSPACE_Y[0] <= y <= WORKSPACE_Y[1]):
+            return False, f"{name} is out of reach at (x, y) = ({x:.2f}, {y:.2f}) m"
+    return True, ""
 
 
 def _lifted(obj_pos: FloatArray, rest_z: float, margin: float = 0.015) -> bool:
@@ -548,6 +571,7 @@ class AlohaExpert:
         self.config = config or ExpertConfig()
         self.model = mujoco.MjModel.from_xml_path(task_xml_path(task))
         caps = {
+            "waist": (-self.config.waist_cap, self.config.waist_cap),
             "forearm_roll": (-self.config.wrist_cap, self.config.wrist_cap),
             "wrist_rotate": (-self.config.wrist_cap, self.config.wrist_cap),
         }
@@ -624,6 +648,10 @@ class AlohaExpert:
             objects=objects,
         )
 
+    def recoverable(self, obs: Observation) -> tuple[bool, str]:
+        """Can this expert still finish the task from ``obs``? See :func:`scene_recoverable`."""
+        return scene_recoverable(self.scene(obs))
+
     def act(self, obs: Observation) -> FloatArray:
         """Joint-space action ``[14]`` for this step."""
         if not self._arms:
@@ -686,6 +714,10 @@ class MetaWorldExpert:
 
     def replan(self, obs: Observation) -> None:
         """Stateless policy: nothing to replan."""
+
+    def recoverable(self, obs: Observation) -> tuple[bool, str]:
+        """Meta-World keeps its objects within the expert's reach: always ``(True, "")``."""
+        return True, ""
 
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:

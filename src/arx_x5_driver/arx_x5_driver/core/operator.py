@@ -12,7 +12,10 @@ Three pieces, each usable alone:
   it draws once per episode whether this "operator" will intervene (probability
   ``intervention_rate``, so about that fraction of the episodes heading for failure get a
   takeover), waits ``reaction_steps`` after the first failure signal (human reaction time), then
-  holds the takeover until the episode ends. A ROS node drives the same object: ``takeover``
+  holds the takeover until the episode ends. Like a human, it does not take over a scene it
+  cannot recover (an object off the table or out of the arms' reach, as the expert's
+  ``recoverable`` says): the episode then stays a plain failure instead of becoming a
+  "demonstration" of flailing. A ROS node drives the same object: ``takeover``
   maps to the joystick deadman being held, ``mask`` to the arms whose teleop command is
   published, ``action`` to the teleop command itself.
 - :class:`ScriptedOperator` composes the two with an expert that replans from the current scene
@@ -41,6 +44,7 @@ from arx_x5_driver.core.expert import (
     ExpertConfig,
     MetaWorldExpert,
     SceneState,
+    scene_recoverable,
 )
 from arx_x5_driver.core.robot import FloatArray, Observation
 
@@ -64,6 +68,7 @@ class OperatorConfig:
         collision_distance: palm-to-palm distance that counts as "about to collide" (m).
         lookahead_s: extrapolation horizon of the collision check (s).
         signals: which signals are watched (subset of ``("stall", "drop", "collision")``).
+        decline_unrecoverable: do not take over when the expert says the scene is lost.
         control_hz: control rate.
     """
 
@@ -76,6 +81,7 @@ class OperatorConfig:
     collision_distance: float = 0.03
     lookahead_s: float = 0.2
     signals: tuple[str, ...] = SIGNALS
+    decline_unrecoverable: bool = True
     control_hz: float = 50.0
 
     def __post_init__(self) -> None:
@@ -174,6 +180,8 @@ class Signals(NamedTuple):
     drop: bool
     collision: bool
     progress: float
+    recoverable: bool = True
+    unrecoverable_why: str = ""
 
 
 class RolloutMonitor:
@@ -239,11 +247,16 @@ class RolloutMonitor:
         stall = self._steps - self._best_step >= cfg.stall_steps
         if self._steps <= cfg.grace_steps:
             stall = drop = collision = False
+        recoverable, why = True, ""
+        if cfg.decline_unrecoverable and isinstance(self.expert, AlohaExpert):
+            recoverable, why = scene_recoverable(s)
         return Signals(
             stall=stall and "stall" in cfg.signals,
             drop=drop and "drop" in cfg.signals,
             collision=collision and "collision" in cfg.signals,
             progress=progress,
+            recoverable=recoverable,
+            unrecoverable_why=why,
         )
 
 
@@ -258,7 +271,9 @@ class TakeoverModel:
 
     States: ``watching`` → (first failure signal) → ``reacting`` for ``reaction_steps`` →
     ``in_control`` until :meth:`reset`; or ``watching`` → ``declined`` when this episode's draw
-    says the operator lets this failure happen (it then keeps watching but never intervenes).
+    says the operator lets this failure happen (it then keeps watching but never intervenes);
+    or ``reacting`` → ``declined`` (reason ``"unrecoverable: …"``) when the scene is lost at the
+    moment the operator would take over.
     """
 
     def __init__(self, config: OperatorConfig) -> None:
@@ -290,6 +305,11 @@ class TakeoverModel:
                 self.state = "declined"
                 LOG.info("operator saw %s at step %d and lets it run", fired[0], self._step)
         if self.state == "reacting":
+            if self._countdown <= 0 and not signals.recoverable:
+                self.state = "declined"
+                self.reason = f"unrecoverable: {signals.unrecoverable_why}"
+                LOG.info("operator declines at step %d (%s)", self._step, self.reason)
+                return Decision(False, self.reason)
             if self._countdown <= 0:
                 self.state = "in_control"
                 LOG.info("operator takes over at step %d (%s)", self._step, self.reason)
