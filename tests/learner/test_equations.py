@@ -157,10 +157,20 @@ def test_d_succ_includes_success_interventions_only() -> None:
     assert C.d_succ_mask(src, ok).tolist() == [True, True, False, False, False]
 
 
-def test_weighted_actor_loss_is_batch_mean_of_weighted_losses() -> None:
-    loss, info = W.weighted_actor_loss(T([2.0, 4.0, 10.0]), T([0.5, 1.5, 0.0]))
-    assert loss.item() == pytest.approx((1.0 + 6.0 + 0.0) / 3)
+def test_weighted_actor_loss_reductions() -> None:
+    losses, w = T([2.0, 4.0, 10.0]), T([0.5, 1.5, 0.0])
+    # default: Σ w ℓ / Σ w = (1 + 6 + 0) / 2 — the zero-weight sample does not dilute it
+    loss, info = W.weighted_actor_loss(losses, w)
+    assert loss.item() == pytest.approx(7.0 / 2.0)
     assert info["loss/flow_valid"] == pytest.approx(3.0)
+    # HABC_METHOD.md's mean over the batch: (1 + 6 + 0) / 3
+    loss, _ = W.weighted_actor_loss(losses, w, "batch_mean")
+    assert loss.item() == pytest.approx(7.0 / 3.0)
+    # no valid sample: a zero, finite loss
+    loss, _ = W.weighted_actor_loss(losses, torch.zeros(3))
+    assert loss.item() == 0.0
+    with pytest.raises(ValueError, match="reduction 'sum'"):
+        W.weighted_actor_loss(losses, w, "sum")
 
 
 def test_weights_carry_no_gradient() -> None:

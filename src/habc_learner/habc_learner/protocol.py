@@ -158,7 +158,7 @@ class ProtocolConfig:
     step2_from: str = "habc"
     batch_size: int = 256
     warmup_steps: int | None = None
-    efficiency_target: str = "td"
+    efficiency_target: str = "mc"
     trace_episodes: int = 3
     work: str = "runs/protocol"
     out: str = "docs/results"
@@ -264,6 +264,8 @@ def eval_seed(seed: int, i: int) -> int:
 #: (records, checkpoints and rollouts are kept under the variant's own name).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mc": ("critic", {"efficiency_target": "mc"}),  # V_e regressed on −(T_s − t)
+    "td": ("critic", {"efficiency_target": "td"}),  # Eq. 3 TD, Polyak bootstrap (the paper's)
+    "batchmean": ("method", {"actor_reduction": "batch_mean"}),  # Eq. 1 as mean over the batch
     "online": ("critic", {"td_bootstrap": "online"}),  # TD bootstrap from the online head
 }
 
@@ -289,6 +291,10 @@ def method_config(cfg: ProtocolConfig, name: str, ir_from_round: int | None = No
 
     method = get_method(split_variant(name)[0])
     changes: dict[str, Any] = {}
+    for v in split_variant(name)[1]:
+        part, overrides = VARIANTS[v]
+        if part == "method":
+            changes.update(overrides)
     if cfg.warmup_steps is not None and hasattr(method, "warmup_steps"):
         changes["warmup_steps"] = cfg.warmup_steps
     if ir_from_round is not None and getattr(method, "intervention_reweighting", False):
@@ -1655,8 +1661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--efficiency-target",
         choices=("td", "mc"),
-        default="td",
-        help="V_e target: TD of Eq. 3 (the paper) or the Monte-Carlo −(T_s − t)",
+        default="mc",
+        help="V_e target: the Monte-Carlo −(T_s − t) (default; see docs/results/README.md) "
+        "or TD of Eq. 3 with a Polyak bootstrap (the paper's; also as the variant habc+td)",
     )
     p.add_argument("--trace-episodes", type=int, default=3)
     p.add_argument("--work", default="runs/protocol", help="bags, checkpoints, round records")

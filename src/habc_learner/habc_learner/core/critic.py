@@ -35,7 +35,12 @@ class CriticConfig:
         ``"separate_encoder"``.
     hidden_dim, num_layers: head MLPs.
     huber_delta: δ of the efficiency Huber loss (1).
-    efficiency_target: ``"td"`` (Eq. 3, choice) or ``"mc"`` (−(T_s − t)).
+    efficiency_target: ``"mc"`` (−(T_s − t), default) or ``"td"`` (Eq. 3, the paper's).
+        Measured here (docs/results/README.md): with γ = 1 and a Polyak bootstrap, TD
+        propagates the step cost about one step per 1/τ learner steps, so over a few thousand
+        steps V_e stays flat, A_e ≈ −1 everywhere and the gate on successful autonomous
+        windows sits near 1 + tanh(−1) ≈ 0.24 (paper: 0.68–0.86). The Monte-Carlo target is
+        exact for the successful windows V_e is trained on and gives a mean gate ≈ 0.96.
     td_bootstrap: ``"polyak"`` (choice) or ``"online"`` network for sg[V_e(s_{t+1})].
     polyak_tau: θ' ← (1 − τ)θ' + τθ after every step.
     efficiency_scale: V_e = scale · raw head output (the head stays O(1) for targets in
@@ -48,7 +53,7 @@ class CriticConfig:
     hidden_dim: int = 256
     num_layers: int = 2
     huber_delta: float = 1.0
-    efficiency_target: str = "td"
+    efficiency_target: str = "mc"
     td_bootstrap: str = "polyak"
     polyak_tau: float = 0.005
     efficiency_scale: float = 100.0

@@ -69,6 +69,9 @@ class MethodConfig:
             lets through (the paper saw 0.19–0.27).
         train_split: ``"train"`` keeps the held-out episodes out of the actor's batches.
         normalization_eps: ε of Eq. 8.
+        actor_reduction: how Eq. 1 is reduced over the batch, ``"weight_sum"`` (Σ w ℓ / Σ w,
+            default) or ``"batch_mean"`` (mean over the batch, zero weights included); see
+            :func:`habc_learner.core.weights.weighted_actor_loss`.
         ire_vla: iRe-VLA's stage schedule and RL settings; when set, the trainer alternates RL
             rounds (action head only) and SL rounds (whole model on demos + successes) and
             ``mixing`` only documents the SL stage's sources.
@@ -90,6 +93,7 @@ class MethodConfig:
     recap_target_pass_rate: float = 0.25
     train_split: str = "all"
     normalization_eps: float = 1e-6
+    actor_reduction: str = "weight_sum"
     ire_vla: IreVlaConfig | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +119,10 @@ class MethodConfig:
             )
         if self.habc_v_gate not in W.HABC_V_GATES:
             raise ValueError(f"habc_v_gate {self.habc_v_gate!r} is not one of {W.HABC_V_GATES}")
+        if self.actor_reduction not in W.ACTOR_REDUCTIONS:
+            raise ValueError(
+                f"actor_reduction {self.actor_reduction!r} is not one of {W.ACTOR_REDUCTIONS}"
+            )
         if self.train_split not in SPLIT_CHOICES:
             raise ValueError(f"train_split {self.train_split!r} is not one of {SPLIT_CHOICES}")
         if self.warmup_steps < 0 or self.ir_from_round < 0:

@@ -423,7 +423,7 @@ class Trainer:
 
         w_tilde, gate = compute_w_tilde(method, WeightInputs(**inputs))
         w = W.normalize_weights(w_tilde, method.normalization_eps)
-        actor_loss, a_info = W.weighted_actor_loss(per_sample, w)
+        actor_loss, a_info = W.weighted_actor_loss(per_sample, w, method.actor_reduction)
         info.update(a_info)
 
         self.actor_optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from habc_learner.core.labeling import Source
 PROB_EPS = 1e-6
 LOGIT_LIMIT = math.log((1.0 - PROB_EPS) / PROB_EPS)  # ≈ 13.8155
 HABC_V_GATES = ("viability_weighted", "plain")
+ACTOR_REDUCTIONS = ("weight_sum", "batch_mean")
 
 
 @torch.no_grad()
@@ -156,15 +157,29 @@ def recap_weights(source: Tensor, residual: Tensor, threshold: float) -> Tensor:
 
 
 def weighted_actor_loss(
-    per_sample_loss: Tensor, weights: Tensor
+    per_sample_loss: Tensor, weights: Tensor, reduction: str = "weight_sum"
 ) -> tuple[Tensor, dict[str, float]]:
-    """Eq. 1: L_actor = mean_i w_i · ℓ_i (weights detached; the mean runs over the batch)."""
+    """Eq. 1, reduced over the batch (weights detached):
+
+    - ``"weight_sum"`` (default): L_actor = Σ_i w_i · ℓ_i / max(Σ_i w_i, ε). With Eq. 8's unit
+      mean over the valid samples this is the mean over the *valid* samples, so zero-weight
+      windows (failed episodes, kept in the batch for the critic) do not shrink the actor's
+      gradient (STYLE.md's ``(per_sample * w).sum() / w.sum()``).
+    - ``"batch_mean"``: L_actor = mean_i w_i · ℓ_i over the whole batch, as
+      ``HABC_METHOD.md`` writes Eq. 1; the gradient is then scaled by the valid fraction.
+    """
     if per_sample_loss.shape != weights.shape:
         raise ValueError(
             f"per_sample_loss {tuple(per_sample_loss.shape)} and "
             f"weights {tuple(weights.shape)} differ"
         )
-    loss = (weights.detach() * per_sample_loss).mean()
+    w = weights.detach()
+    if reduction == "weight_sum":
+        loss = (w * per_sample_loss).sum() / w.sum().clamp_min(1e-6)
+    elif reduction == "batch_mean":
+        loss = (w * per_sample_loss).mean()
+    else:
+        raise ValueError(f"reduction {reduction!r} is not one of {ACTOR_REDUCTIONS}")
     valid = weights > 0
     info = {
         "loss/actor": float(loss.detach()),
