@@ -628,9 +628,13 @@ class SeedRun:
             newest = producers[-1]
             folder = self.rollout_folder(newest)
             seeds = [rollout_seed(self.seed, k, i) for i in range(cfg.rollouts)]
-            self.record(folder, seeds, policy=load_policy(prev_ckpt), source="rollout")
+            recorded = self.record(folder, seeds, policy=load_policy(prev_ckpt), source="rollout")
             rollout_stats = _rollout_stats(self.read(folder))
             rollout_stats["producer"] = newest
+            # (counted over the episodes recorded by this invocation; a resumed round misses some)
+            rollout_stats["declined_unrecoverable"] = sum(
+                (r.operator_reason or "").startswith("unrecoverable") for r in recorded
+            )
         wall["rollouts"] = time.monotonic() - t0
 
         t1 = time.monotonic()
@@ -1623,7 +1627,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_METHODS),
         help="step-1 methods: learner registry names (sft, habc, ire_vla, ...), optionally with "
-        "a variant suffix: habc+mc (Monte-Carlo V_e target), habc+online (TD from the online head)",
+        "a variant suffix: habc+td (the paper's TD V_e target), habc+mc (Monte-Carlo V_e "
+        "target), habc+online (TD from the online head), habc+batchmean (Eq. 1 averaged over "
+        "the whole batch)",
     )
     p.add_argument(
         "--demos",

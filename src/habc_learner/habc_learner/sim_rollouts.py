@@ -32,6 +32,7 @@ class RolloutResult:
     takeover_step: int | None  # first step under operator control, None if never
     failure: str | None
     bag: Path | None
+    operator_reason: str | None = None  # why the operator acted or declined ("unrecoverable: …")
 
 
 def _proprio(obs: Any, use_env_state: bool) -> np.ndarray:
@@ -186,6 +187,7 @@ def run_rollout(
         takeover_step=takeover_step,
         failure=failure,
         bag=None if bag_path is None else Path(bag_path),
+        operator_reason=None if operator is None else operator.reason,
     )
 
 
