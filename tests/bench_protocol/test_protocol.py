@@ -142,6 +142,10 @@ def test_method_variants() -> None:
     assert critic_overrides("habc") == {}
     method = method_config(cfg, "habc+mc")
     assert method.name == "habc" and method.warmup_steps == 7
+    assert critic_overrides("habc+td") == {"efficiency_target": "td"}
+    assert method.actor_reduction == "weight_sum"
+    batch_mean = method_config(cfg, "habc+batchmean")
+    assert batch_mean.actor_reduction == "batch_mean" and batch_mean.warmup_steps == 7
     with pytest.raises(ValueError, match="unknown variant"):
         ProtocolConfig(methods=("habc+xx",))
 
