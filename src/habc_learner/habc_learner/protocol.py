@@ -1250,7 +1250,14 @@ def render_analysis(cfg, recs) -> list[str]:
     for r in recs:
         ro = r.get("rollouts") or {}
         if ro:
-            seen[(r["seed"], ro["producer"])] = ro
+            # a producer's rollouts are recorded once and reused; only the recording
+            # invocation saw the operator's declines
+            key = (r["seed"], ro["producer"])
+            declined = max(
+                ro.get("declined_unrecoverable", 0),
+                seen.get(key, {}).get("declined_unrecoverable", 0),
+            )
+            seen[key] = {**ro, "declined_unrecoverable": declined}
     by_prod: dict[str, list[dict]] = defaultdict(list)
     for (_, prod), ro in seen.items():
         by_prod[prod].append(ro)
