@@ -135,7 +135,7 @@ def test_methods_come_from_the_learner_registry() -> None:
 
 
 def test_method_variants() -> None:
-    from habc_learner.protocol import ProtocolConfig, critic_overrides, method_config
+    from habc_learner.protocol import ProtocolConfig, SeedRun, critic_overrides, method_config
 
     cfg = ProtocolConfig(methods=("habc", "habc+mc"), warmup_steps=7)
     assert critic_overrides("habc+mc") == {"efficiency_target": "mc"}
@@ -146,6 +146,10 @@ def test_method_variants() -> None:
     assert method.actor_reduction == "weight_sum"
     batch_mean = method_config(cfg, "habc+batchmean")
     assert batch_mean.actor_reduction == "batch_mean" and batch_mean.warmup_steps == 7
+    run = SeedRun(ProtocolConfig(methods=("habc+stride10",)), seed=0)
+    run.dims = (20, 14)
+    tcfg = run.trainer_config(method_config(cfg, "habc+stride10"), "habc+stride10", 10)
+    assert tcfg.window.stride == 10 and tcfg.critic.efficiency_target == "mc"
     with pytest.raises(ValueError, match="unknown variant"):
         ProtocolConfig(methods=("habc+xx",))
 

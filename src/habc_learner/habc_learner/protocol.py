@@ -279,6 +279,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mc": ("critic", {"efficiency_target": "mc"}),  # V_e regressed on −(T_s − t)
     "td": ("critic", {"efficiency_target": "td"}),  # Eq. 3 TD, Polyak bootstrap (the paper's)
     "batchmean": ("method", {"actor_reduction": "batch_mean"}),  # Eq. 1 as mean over the batch
+    "stride10": ("window", {"stride": 10}),  # one-step terms over Δ = 10 control steps, cost 10
     "online": ("critic", {"td_bootstrap": "online"}),  # TD bootstrap from the online head
 }
 
@@ -289,13 +290,18 @@ def split_variant(name: str) -> tuple[str, tuple[str, ...]]:
     return base, tuple(variants)
 
 
-def critic_overrides(name: str) -> dict[str, Any]:
+def variant_overrides(name: str, part: str) -> dict[str, Any]:
+    """The variants' changes to one config part (``"critic"``, ``"method"``, ``"window"``)."""
     out: dict[str, Any] = {}
     for v in split_variant(name)[1]:
-        part, changes = VARIANTS[v]
-        if part == "critic":
+        v_part, changes = VARIANTS[v]
+        if v_part == part:
             out.update(changes)
     return out
+
+
+def critic_overrides(name: str) -> dict[str, Any]:
+    return variant_overrides(name, "critic")
 
 
 def method_config(cfg: ProtocolConfig, name: str, ir_from_round: int | None = None):
@@ -303,11 +309,7 @@ def method_config(cfg: ProtocolConfig, name: str, ir_from_round: int | None = No
     from habc_learner.core.methods import get_method
 
     method = get_method(split_variant(name)[0])
-    changes: dict[str, Any] = {}
-    for v in split_variant(name)[1]:
-        part, overrides = VARIANTS[v]
-        if part == "method":
-            changes.update(overrides)
+    changes: dict[str, Any] = variant_overrides(name, "method")
     if cfg.warmup_steps is not None and hasattr(method, "warmup_steps"):
         changes["warmup_steps"] = cfg.warmup_steps
     if ir_from_round is not None and getattr(method, "intervention_reweighting", False):
@@ -427,6 +429,7 @@ class SeedRun:
     def trainer_config(self, method, name: str, steps: int):
         from habc_learner.core.critic import CriticConfig
         from habc_learner.core.trainer import TrainerConfig
+        from habc_learner.core.windows import WindowConfig
         from habc_policy.core.configuration_flow import FlowPolicyConfig
 
         proprio_dim, action_dim = self.dims
@@ -436,6 +439,7 @@ class SeedRun:
             critic=CriticConfig(
                 **{"efficiency_target": self.cfg.efficiency_target, **critic_overrides(name)}
             ),
+            window=WindowConfig(**variant_overrides(name, "window")),
             batch_size=self.cfg.batch_size,
             steps_per_round=steps,
             seed=self.seed,
@@ -1650,7 +1654,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="step-1 methods: learner registry names (sft, habc, ire_vla, ...), optionally with "
         "a variant suffix: habc+td (the paper's TD V_e target), habc+mc (Monte-Carlo V_e "
         "target), habc+online (TD from the online head), habc+batchmean (Eq. 1 averaged over "
-        "the whole batch)",
+        "the whole batch), habc+stride10 (one-step terms over 10 control steps)",
     )
     p.add_argument(
         "--demos",
