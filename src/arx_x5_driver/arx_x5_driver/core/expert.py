@@ -648,10 +648,6 @@ class AlohaExpert:
             objects=objects,
         )
 
-    def recoverable(self, obs: Observation) -> tuple[bool, str]:
-        """Can this expert still finish the task from ``obs``? See :func:`scene_recoverable`."""
-        return scene_recoverable(self.scene(obs))
-
     def act(self, obs: Observation) -> FloatArray:
         """Joint-space action ``[14]`` for this step."""
         if not self._arms:
@@ -714,10 +710,6 @@ class MetaWorldExpert:
 
     def replan(self, obs: Observation) -> None:
         """Stateless policy: nothing to replan."""
-
-    def recoverable(self, obs: Observation) -> tuple[bool, str]:
-        """Meta-World keeps its objects within the expert's reach: always ``(True, "")``."""
-        return True, ""
 
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:

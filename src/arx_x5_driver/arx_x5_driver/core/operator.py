@@ -14,7 +14,7 @@ Three pieces, each usable alone:
   takeover), waits ``reaction_steps`` after the first failure signal (human reaction time), then
   holds the takeover until the episode ends. Like a human, it does not take over a scene it
   cannot recover (an object off the table or out of the arms' reach, as the expert's
-  ``recoverable`` says): the episode then stays a plain failure instead of becoming a
+  ``scene_recoverable`` says): the episode then stays a plain failure instead of becoming a
   "demonstration" of flailing. A ROS node drives the same object: ``takeover``
   maps to the joystick deadman being held, ``mask`` to the arms whose teleop command is
   published, ``action`` to the teleop command itself.
