@@ -281,6 +281,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "batchmean": ("method", {"actor_reduction": "batch_mean"}),  # Eq. 1 as mean over the batch
     "stride10": ("window", {"stride": 10}),  # one-step terms over Δ = 10 control steps, cost 10
     "online": ("critic", {"td_bootstrap": "online"}),  # TD bootstrap from the online head
+    # leave out the intervention windows of episodes that failed after the takeover
+    "nofailcorr": ("method", {"drop_failed_corrections": True}),
+    # a window's flow loss averaged over all H·d entries (Eq. 1 as written), not its targets
+    "allentries": ("method", {"entry_mean": "all_entries"}),
 }
 
 
@@ -753,18 +757,44 @@ def _rows_of_folder(store, folder: Path) -> np.ndarray:
 
 
 def _rollout_stats(episodes: list) -> dict[str, Any]:
+    """Outcomes and the shape of the takeovers of a round's rollouts (from the bags).
+
+    A takeover episode *has a suffix* when the policy drove at least one step after the last
+    takeover and its hand-back ramp; ``suffix_windows`` counts the outcome-labeled windows
+    anchored in those suffixes (the windows HABC's credit rule gives the outcome to).
+    """
     from habc_learner.core.episode import HUMAN
+    from habc_learner.core.labeling import LabelingConfig, label_episode, segment_controllers
 
     took = [bool((e.authority == HUMAN).any()) for e in episodes]
     ok = [e.outcome.value == "success" for e in episodes]
+    suffix_len, suffix_windows, handbacks, one_arm = [], 0, 0, 0
+    for e, t in zip(episodes, took):
+        if not t:
+            continue
+        labels = label_episode(e, LabelingConfig())
+        suffix = e.authority[labels.suffix_start :]
+        suffix_len.append(int((suffix != HUMAN).all(axis=1).sum()) if len(suffix) else 0)
+        suffix_windows += int(labels.is_labeled[labels.suffix_start :].sum())
+        segments = segment_controllers(e.authority)
+        handbacks += sum(seg.controller == 3 for seg in segments)
+        one_arm += int(
+            ((e.authority == HUMAN).any(axis=1) & ~(e.authority == HUMAN).all(axis=1)).any()
+        )
+    n_took = int(sum(took))
     return {
         "episodes": len(episodes),
         "successes": int(sum(ok)),
-        "takeovers": int(sum(took)),
+        "takeovers": n_took,
         "autonomous_successes": int(sum(o and not t for o, t in zip(ok, took))),
         "takeover_successes": int(sum(o and t for o, t in zip(ok, took))),
         "failures_without_takeover": int(sum(not o and not t for o, t in zip(ok, took))),
         "mean_length": _mean([e.length for e in episodes]),
+        "episodes_with_suffix": int(sum(n > 0 for n in suffix_len)),
+        "episodes_with_suffix_50": int(sum(n >= 50 for n in suffix_len)),
+        "suffix_windows": suffix_windows,
+        "handbacks": handbacks,
+        "one_arm_takeover_episodes": one_arm,
     }
 
 
@@ -916,6 +946,8 @@ def analyse(
         groups = {
             "success_autonomous": (src == Source.ROLLOUT_SUCCESS) & ~took[ep],
             "success_post_intervention": (src == Source.ROLLOUT_SUCCESS) & took[ep],
+            "post_intervention": ((src == Source.ROLLOUT_SUCCESS) | (src == Source.ROLLOUT_FAILURE))
+            & took[ep],
             "intervention": src == Source.INTERVENTION,
             "intervention_successful_episode": (src == Source.INTERVENTION)
             & out["episode_success"].astype(bool),
@@ -1240,6 +1272,47 @@ def _cell(recs, method: str, k: int, seed: int) -> str:
     return "–"
 
 
+def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
+    """Takeovers and their post-takeover policy suffix, per producer (sum over seeds); the mean
+    g on the suffix windows comes from the critic of each method that trained on them."""
+
+    def pct(num: int, den: int) -> str:
+        return f"{100 * num / den:.0f} %" if den else "–"
+
+    g_suffix: dict[str, list[float]] = defaultdict(list)
+    for r in recs:
+        prod = (r.get("rollouts") or {}).get("producer")
+        gate = r.get("analysis", {}).get("store", {}).get("gate", {}).get("post_intervention")
+        if prod and gate and gate.get("n"):
+            g_suffix[prod].append(gate["mean"])
+    lines = [
+        "### Takeovers and the post-takeover suffix (sum over seeds)",
+        "",
+        "A suffix is the policy's own steps after the last takeover and its hand-back ramp; "
+        "suffix windows are the outcome-labeled windows anchored there (HABC's credit rule).",
+        "",
+        "| producer | takeover episodes | takeover success | with a suffix | with a suffix "
+        "≥ 50 steps | suffix windows | hand-backs | one-arm takeover episodes | mean g on "
+        "suffix windows |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for prod, ros in sorted(by_prod.items()):
+
+        def tot(key: str, ros=ros) -> int:
+            return int(sum(x.get(key, 0) for x in ros))
+
+        n = tot("takeovers")
+        g = f"{_mean(g_suffix[prod]):.2f}" if g_suffix.get(prod) else "–"
+        lines.append(
+            f"| `{prod}` | {n} | {pct(tot('takeover_successes'), n)} "
+            f"| {pct(tot('episodes_with_suffix'), n)} | {pct(tot('episodes_with_suffix_50'), n)} "
+            f"| {tot('suffix_windows')} | {tot('handbacks')} "
+            f"| {tot('one_arm_takeover_episodes')} | {g} |"
+        )
+    lines.append("")
+    return lines
+
+
 def render_analysis(cfg, recs) -> list[str]:
     lines = ["## Analysis", ""]
     # Rollout composition
@@ -1279,6 +1352,7 @@ def render_analysis(cfg, recs) -> list[str]:
             f"| `{prod}` | " + " | ".join(str(sum(x.get(k, 0) for x in ros)) for k in keys) + " |"
         )
     lines.append("")
+    lines += render_suffix_table(recs, by_prod)
     # Critic calibration
     cal_rows = []
     for r in recs:

@@ -9,7 +9,9 @@ cube handed over) and runs :class:`~arx_x5_driver.core.operator.ScriptedOperator
 
 - each observation: the monitor + takeover model decide; under takeover the deadman is held
   (plus the takeover button of each taken arm unless all arms are taken) and the expert's
-  action is published as the teleop command;
+  action is published as the teleop command; once the scene is back on track the operator
+  releases the deadman and the arbiter ramps control back to the policy (the same
+  :class:`~arx_x5_driver.core.operator.TakeoverModel` as in-process rollouts);
 - ``/joy`` is published at ``joy_hz`` whatever happens (a joystick keeps reporting), and at
   once on every button change;
 - ``force_takeover_step`` / ``release_after_steps`` script a takeover and a hand-back at known
@@ -58,16 +60,22 @@ class ScriptedOperatorNode(Node):
             stall_steps=int(d(self, "stall_steps", 60, "steps without progress = stall")),
             grace_steps=int(d(self, "grace_steps", 20, "no signal in the first steps")),
             reaction_steps=int(d(self, "reaction_steps", 5, "steps from signal to takeover")),
+            release=bool(d(self, "release", True, "hand back once back on track")),
+            min_suffix_steps=int(d(self, "min_suffix_steps", 50, "keep control near the end")),
+            max_takeovers=int(d(self, "max_takeovers", 3, "takeovers per episode")),
+            one_arm=bool(d(self, "one_arm", True, "take only the arm at fault")),
         )
+        self._horizon = int(d(self, "episode_steps", 400, "the sim episode's step limit"))
         expert = ExpertConfig(noise_std=float(d(self, "noise_std", 0.0, "expert noise (m)")))
         self._force_step = int(d(self, "force_takeover_step", -1, "take over here (-1: never)"))
         self._release_after = int(
             d(self, "release_after_steps", -1, "release the deadman after (-1: never)")
         )
-        arms = d(self, "takeover_arms", "all", "all | left | right")
-        if arms not in ("all", *ARMS):
-            raise ValueError(f"takeover_arms must be all, left or right, got {arms!r}")
-        self._arms = tuple(arms in ("all", a) for a in ARMS)
+        arms = d(self, "takeover_arms", "auto", "auto | all | left | right")
+        if arms not in ("auto", "all", *ARMS):
+            raise ValueError(f"takeover_arms must be auto, all, left or right, got {arms!r}")
+        self._auto_arms = arms == "auto"
+        self._arms = tuple(arms in ("auto", "all", a) for a in ARMS)
         self._deadman = int(d(self, "joy.deadman", 4, "deadman button"))
         self._takeover_buttons = [int(b) for b in d(self, "joy.takeover_buttons", [6, 7], "")]
         self._mark_success = int(d(self, "joy.mark_success", 0, "mark success button"))
@@ -178,7 +186,9 @@ class ScriptedOperatorNode(Node):
             # A fresh draw per episode: the takeover decision and the expert's noise vary
             # from episode to episode (one seed for all would decide every episode alike).
             self._episodes += 1
-            self._operator.reset(obs, seed=self._seed * 100_003 + self._episodes)
+            self._operator.reset(
+                obs, seed=self._seed * 100_003 + self._episodes, horizon=self._horizon
+            )
             self._step = 0
         if self._step == self._force_step and not self._operator.in_control:
             self._operator.take_over_now(obs, reason="forced")
@@ -191,6 +201,8 @@ class ScriptedOperatorNode(Node):
                 self._released = True
                 acting = False
                 self.get_logger().info(f"releasing the deadman at step {self._step}")
+        if acting and self._auto_arms:
+            self._arms = tuple(command.mask)
         if acting:
             teleop = JointState(name=self._action_names)
             teleop.header.stamp = msg.header.stamp

@@ -102,8 +102,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         method = get_method(self.method)
         object.__setattr__(self, "method", method)
+        failed = "drop" if method.drop_failed_corrections else self.window.failed_corrections
         object.__setattr__(
-            self, "window", dataclasses.replace(self.window, labeling=method.labeling)
+            self,
+            "window",
+            dataclasses.replace(self.window, labeling=method.labeling, failed_corrections=failed),
         )
         if self.window.horizon != self.policy.horizon:
             raise ValueError(
@@ -394,7 +397,9 @@ class Trainer:
         self.policy.train()
         features = self.policy.encode(q, batch.prompt_tokens, images)
         noise, tau = self.policy.draw_noise_and_tau(len(batch), self.generator, self.device)
-        per_sample = self.policy.per_sample_loss(features, actions, batch.action_mask, noise, tau)
+        per_sample = self.policy.per_sample_loss(
+            features, actions, batch.action_mask, noise, tau, entry_mean=method.entry_mean
+        )
 
         info: dict[str, float] = {}
         critic_total = features.new_zeros(())
