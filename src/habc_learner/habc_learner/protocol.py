@@ -728,6 +728,8 @@ class SeedRun:
             f"(len {ev['mean_success_length']:.0f}) at step {learner_step} "
             f"[{wall['rollouts']:.0f}+{wall['train']:.0f}+{wall['eval']:.0f}s]"
         )
+        for note in record["train"].get("notes", []):
+            self.say(f"NOTE {note}")
         return ckpt
 
 
@@ -809,6 +811,7 @@ def _train_stats(summary) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in summary.means.items() if not k.startswith("batch/")}
     out["ece"] = summary.ece
     out["steps"] = summary.steps
+    out["notes"] = list(getattr(summary, "notes", ()))
     out["batch_fractions"] = {
         k.split("/")[-1]: v for k, v in summary.means.items() if k.startswith("batch/frac_")
     }
