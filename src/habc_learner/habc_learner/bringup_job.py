@@ -31,13 +31,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from habc_learner.bringup import default_config_dir
 from habc_learner.core.bag_reader import read_episode, read_episodes
-from habc_learner.core.episode import HUMAN
+from habc_learner.core.episode import AUTHORITY_NAMES, HANDBACK, HUMAN, POLICY
+from habc_learner.core.labeling import segment_controllers
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import TrainerConfig
 
@@ -214,11 +216,19 @@ def plot_report(
         ax.plot(t, trace["p_v"], label="p_v (viability)")
         ax.plot(t, trace["g"], label="g_t (gate)")
         ax.set_ylim(0, 2)
-        if trace.get("takeover") is not None:
-            ax.axvline(trace["takeover"], color="k", ls="--", lw=1, label="takeover")
+        from matplotlib.patches import Patch
+
+        seen = []
+        for name, a, b in trace.get("segments", []):
+            ax.axvspan(a, b, ymin=0.0, ymax=0.06, color=AUTHORITY_COLORS.get(name, "k"), lw=0)
+            if name not in seen:
+                seen.append(name)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Patch(color=AUTHORITY_COLORS.get(n, "k")) for n in seen]
+        labels += [f"authority: {n}" for n in seen]
         ax.set_xlabel("control step")
         ax.set_title(f"critic along {trace['episode_id']} ({trace['outcome']})")
-        ax.legend(fontsize=8)
+        ax.legend(handles, labels, fontsize=7, loc="upper left")
     else:
         ax.set_axis_off()
     fig.tight_layout()
@@ -241,7 +251,7 @@ def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) ->
         return None
     store = ReplayStore(TrainerConfig(method=args.method).replay_config())
     store.add_episodes([e for e in demos if e.outcome.value == "success"] + rollouts)
-    pick = next((e for e in rollouts if (e.authority == HUMAN).any()), rollouts[-1])
+    pick = pick_trace_episode(rollouts)
     index = next(i for i, e in enumerate(store.episodes) if e.episode_id == pick.episode_id)
     rows = np.flatnonzero(store.table.episode_index == index)
     trainer = _trainer(args, args.method, store, proprio_dim, action_dim, "report", 1)
@@ -258,7 +268,39 @@ def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) ->
         "p_v": out["p_v"].tolist(),
         "g": out["g"].tolist(),
         "takeover": int(human[0]) if human.size else None,
+        "segments": [
+            (AUTHORITY_NAMES[seg.controller], seg.start, seg.stop)
+            for seg in segment_controllers(pick.authority)
+        ],
     }
+
+
+def pick_trace_episode(rollouts: list) -> Any:
+    """The episode to draw: one whose policy took over again after a hand-back (policy,
+    takeover, ramp, suffix), else one with a takeover, else the last one."""
+
+    def kinds(e: Any) -> list[int]:
+        return [seg.controller for seg in segment_controllers(e.authority)]
+
+    for e in rollouts:
+        k = kinds(e)
+        if HANDBACK in k and k.index(HANDBACK) < len(k) - 1 and k[-1] == POLICY:
+            return e
+    return next((e for e in rollouts if (e.authority == HUMAN).any()), rollouts[-1])
+
+
+#: Colour of each authority tag in the timelines.
+AUTHORITY_COLORS = {
+    "policy": "tab:blue",
+    "human": "tab:red",
+    "handback": "tab:orange",
+    "none": "0.6",
+}
+
+
+def segments_text(segments: list) -> str:
+    """``policy 0–119, human 120–184, …`` (inclusive step ranges)."""
+    return ", ".join(f"{name} {a}–{b - 1}" for name, a, b in segments)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,6 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "![success per round and critic trace](report.png)",
         "",
+        *(
+            [
+                f"Authority along `{trace['episode_id']}` ({trace['outcome']}): "
+                f"{segments_text(trace['segments'])}.",
+                "",
+            ]
+            if trace and trace.get("segments")
+            else []
+        ),
         f"Bags: `{out}/bags`, checkpoints: `{out}/checkpoints/sft`, `{out}/learner/checkpoints`, "
         f"graph log: `{out}/launch.log`, TensorBoard: `{out}/learner/tensorboard`.",
     ]

@@ -106,6 +106,7 @@ def run_rollout(
     sample_seed: int | None = None,
     base_time_ns: int = BASE_TIME_NS,
     handback_ticks: int = 25,
+    safety: Any | None = None,
 ) -> RolloutResult:
     """Run one episode on a connected ``backend`` until it is done.
 
@@ -119,6 +120,10 @@ def run_rollout(
         sample_seed: base seed of the policy's sampling noise (deterministic rollouts).
         base_time_ns: stamp of step 0 in the bag (nanoseconds).
         handback_ticks: the arbiter's hand-back ramp (``config/arbiter.yaml``).
+        safety: the driver's safety layer (``arx_x5_driver.core.safety.SafetyLayer``) to run
+            every command through, as the driver node does; the bag then also holds the
+            driver's applied command of each step (``None``: no safety layer, the benchmark's
+            default).
     """
     if policy is None and operator is None:
         raise ValueError("a rollout needs a policy, an operator, or both")
@@ -139,6 +144,8 @@ def run_rollout(
         if operator_from_start:
             operator.take_over_now(obs, reason="demonstration")
     arbiter = arbiter_for(arm_slices, handback_ticks)
+    if safety is not None:
+        safety.start(obs.joint_positions, 0.0)
 
     writer = None
     if bag_path is not None:
@@ -204,7 +211,13 @@ def run_rollout(
                     chunk_row=decision.chunk_row,
                     learner_step=learner_step if decision.checkpoint_id else -1,
                 )
-            backend.command(action)
+            if safety is None:
+                backend.command(action)
+            else:
+                verdict = safety.command(action, now_s)  # a refused command: the arm holds
+                backend.command(verdict.target)
+                if writer is not None:
+                    _write_applied(writer, t_ns, step, controller, verdict, backend.status())
             obs = backend.observe()
             step += 1
         status = backend.status()
@@ -236,6 +249,32 @@ def run_rollout(
         takeovers=0 if operator is None else operator.takeovers,
         handbacks=0 if operator is None else len(operator.release_steps),
         suffix_steps=suffix_steps(tags),
+    )
+
+
+def _write_applied(
+    writer: bf.EpisodeBagWriter,
+    t_ns: int,
+    step: int,
+    controller: list[int],
+    verdict: Any,
+    status: Any,
+) -> None:
+    """The driver's ``applied_command`` of ``step`` (what :meth:`DriverNode._publish_state`
+    publishes): the target sent, refused / clamped, and the simulator's success flag."""
+    from arx_x5_driver.core.safety import REASON_VELOCITY
+
+    clamped = verdict.accepted and verdict.reason == REASON_VELOCITY
+    writer.write_command(
+        t_ns + 1,
+        step_index=step,
+        controller=[bf.CONTROLLER_NONE] * len(controller) if verdict.hold else controller,
+        action=verdict.target,
+        hold_reason=verdict.reason if verdict.hold else "",
+        applied=True,
+        hold=verdict.hold,
+        clamped=clamped,
+        task_success=bool(status.done and status.success),
     )
 
 

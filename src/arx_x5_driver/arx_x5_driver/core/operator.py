@@ -122,6 +122,7 @@ class OperatorConfig:
     min_suffix_steps: int = 50
     max_takeovers: int = 3
     one_arm: bool = True
+    script: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.intervention_rate <= 1.0:
@@ -148,6 +149,12 @@ class OperatorConfig:
                 raise ValueError(f"signal must be one of {SIGNALS}, got {sig!r}")
         if self.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        object.__setattr__(self, "script", tuple((int(a), int(b)) for a, b in self.script))
+        for start, steps in self.script:
+            if start < 0 or steps == 0 or steps < -1:
+                raise ValueError(
+                    f"script entries are (step >= 0, steps >= 1 or -1), got {(start, steps)}"
+                )
         if not isinstance(self.max_takeovers, int) or self.max_takeovers < 1:
             raise ValueError(f"max_takeovers must be an int >= 1, got {self.max_takeovers!r}")
 
@@ -499,12 +506,19 @@ class TakeoverModel:
         self._track_steps = 0
         self._start_level = 0 if signals.milestone is None else signals.milestone.level
 
-    def take_over_now(self, reason: str) -> None:
-        """Take every arm at once and keep it to the end (demonstrations, tests)."""
+    def take_over_now(self, reason: str, to_end: bool = True) -> None:
+        """Take every arm at once (demonstrations, scripted takeovers); ``to_end``: keep
+        them until the episode ends, else until :meth:`release_now`."""
         self.state, self.reason = "in_control", reason
-        self.takeovers = self.config.max_takeovers
+        self.takeovers = self.config.max_takeovers if to_end else self.takeovers + 1
         self.mask = (True,) * self.n_arms
         self._control_steps = 0
+
+    def release_now(self) -> None:
+        """Release the deadman (a scripted hand-back); the operator watches again."""
+        if self.state == "in_control":
+            self.state = "watching"
+            self.releases += 1
 
 
 # The operator ---------------------------------------------------------------------------------
@@ -538,6 +552,7 @@ class ScriptedOperator:
         self.takeover_steps: list[int] = []
         self.release_steps: list[int] = []
         self._step = 0
+        self._script_release: int | None = None
 
     @classmethod
     def for_backend(
@@ -577,20 +592,33 @@ class ScriptedOperator:
         self.takeover_steps = []
         self.release_steps = []
         self._step = 0
+        self._script_release: int | None = None
 
     def step(self, obs: Observation) -> OperatorCommand:
         """Watch ``obs``; when in control, return the expert's action for it."""
+        k = self._step  # this observation's episode step
+        for start, steps in self.config.script:
+            if k == start and not self.in_control:
+                self.take_over_now(obs, "scripted", to_end=steps < 0)
+                self._script_release = None if steps < 0 else k + steps
         self._step += 1
         was_in_control = self.in_control
         signals = self.monitor.update(obs)
-        decision = self.model.update(signals)
+        if self._script_release is not None and k >= self._script_release:
+            self._script_release = None
+            self.model.release_now()
+            decision = Decision(False, self.model.reason)
+        elif self._script_release is not None:
+            decision = Decision(True, self.model.reason)  # a scripted takeover runs on
+        else:
+            decision = self.model.update(signals)
         if not decision.takeover:
             if was_in_control:
-                self.release_steps.append(self._step - 1)
+                self.release_steps.append(k)
                 self.monitor.restart_watch()
             return OperatorCommand(False, tuple(False for _ in self.arm_names), None)
         if not was_in_control:
-            self._record_takeover(self._step - 1)
+            self._record_takeover(k)
             self.expert.replan(obs)
         action = np.asarray(self.expert.act(obs), dtype=np.float64)
         return OperatorCommand(True, self.model.mask, action)
@@ -600,10 +628,11 @@ class ScriptedOperator:
             self.takeover_step = step
         self.takeover_steps.append(step)
 
-    def take_over_now(self, obs: Observation, reason: str = "forced") -> None:
-        """Take every arm immediately and keep them to the end (demonstrations, tests)."""
+    def take_over_now(self, obs: Observation, reason: str = "forced", to_end: bool = True) -> None:
+        """Take every arm immediately (demonstrations, tests); ``to_end``: keep them until the
+        episode ends."""
         if not self.in_control:
-            self.model.take_over_now(reason)
+            self.model.take_over_now(reason, to_end)
             self._record_takeover(self._step)
             self.expert.replan(obs)
 

@@ -200,6 +200,9 @@ def read_episode(
         )
     by_step = {int(m.step_index): m for m in applied}
     over = [step for step, m in by_step.items() if m.hold_reason == bf.HOLD_EPISODE_OVER]
+    # The simulator's success ends the episode too (the driver's record of a later tick may
+    # miss the bag when the recorder closes at the operator's mark).
+    over += [step + 1 for step, m in by_step.items() if m.task_success]
     if over:
         # Commands the driver received after the episode had ended were never executed: they
         # are not steps of the episode (the arbiter keeps ticking until the outcome is marked).
