@@ -296,7 +296,7 @@ def test_milestones_of_the_aloha_tasks() -> None:
     # Cube on the table at x = 0.1: the right arm picks, the left only waits.
     cube = {"cube": (np.array([0.1, 0.5, 0.02]), np.eye(3))}
     assert aloha_milestone("transfer_cube", _hold_scene(cube, open_, far)) == Milestone(
-        0, (True, False)
+        0, (True, False), 2
     )
     # Held by the right gripper 6 cm above rest (0.02 + 0.06 > 0.02 + 0.05): milestone 1.
     lifted = {"cube": (np.array([0.1, 0.5, 0.08]), np.eye(3))}
@@ -306,10 +306,16 @@ def test_milestones_of_the_aloha_tasks() -> None:
     # 4 cm above rest is not clear of the table yet.
     low = {"cube": (np.array([0.1, 0.5, 0.06]), np.eye(3))}
     assert aloha_milestone("transfer_cube", _hold_scene(low, grip_r, at_right)).level == 0
-    # The left gripper closed on the lifted cube: milestone 2.
-    both = {"left": np.array([0.12, 0.5, 0.08]), "right": np.array([0.1, 0.5, 0.09])}
+    # Held by the right at the meeting point (0, 0.5, 0.22), 3 cm off: milestone 2, where a
+    # full takeover hands back.
+    met = {"cube": (np.array([0.03, 0.5, 0.22]), np.eye(3))}
+    at_meet = {**far, "right": np.array([0.03, 0.5, 0.23])}
+    m = aloha_milestone("transfer_cube", _hold_scene(met, grip_r, at_meet))
+    assert m.level == 2 and m.handback_level == 2
+    # The left gripper closed on the cube: milestone 3.
+    both = {"left": np.array([0.05, 0.5, 0.22]), "right": np.array([0.03, 0.5, 0.23])}
     grip_both = {"left": 0.4, "right": 0.3}
-    assert aloha_milestone("transfer_cube", _hold_scene(lifted, grip_both, both)).level == 2
+    assert aloha_milestone("transfer_cube", _hold_scene(met, grip_both, both)).level == 3
     # Insertion: each arm's part is its own object held 3 cm clear.
     objs = {
         "peg": (np.array([0.1, 0.5, 0.06]), np.eye(3)),

@@ -30,8 +30,11 @@ Three pieces, each usable alone:
 ============  ======================================================  ========================
 task          milestone 1                                             milestone 2
 ============  ======================================================  ========================
-transfer      the picking gripper holds the cube lifted 5 cm clear    the receiving gripper
-cube          of the table                                            has closed on the cube
+transfer      the picking gripper holds the cube lifted 5 cm clear    2: the right gripper
+cube          of the table                                            holds it at the meeting
+                                                                      point (the hand-back
+                                                                      level); 3: the receiving
+                                                                      gripper has closed on it
 insertion     both grippers hold their object lifted 3 cm clear       the peg tip is within
                                                                       3 cm of the socket mouth
 Meta-World    the gripper holds the object lifted 2 cm clear          —
@@ -63,6 +66,7 @@ import numpy.typing as npt
 from arx_x5_driver.core.expert import (
     CUBE_HALF,
     LEFT_PICK_X,
+    MEET,
     PEG_HALF,
     SOCKET_HALF,
     AlohaExpert,
@@ -218,19 +222,24 @@ METAWORLD_CLEAR = 0.02
 
 
 class Milestone(NamedTuple):
-    """How far a scene is along its task: ``level`` (0, 1, 2, …) and, per arm, whether the arm
-    has done its part of milestone 1 (the "back on track" condition of a one-arm takeover)."""
+    """How far a scene is along its task: ``level`` (0, 1, 2, …); per arm, whether the arm
+    has done its part of milestone 1 (the "back on track" condition of a one-arm takeover);
+    and ``handback_level``, the least level at which a full takeover hands back."""
 
     level: int
     arm_done: tuple[bool, ...]
+    handback_level: int = 1
 
 
 def aloha_milestone(task: str, s: SceneState) -> Milestone:
     """Back-on-track milestones of the ALOHA tasks (arms in order left, right).
 
-    transfer_cube: 1 = a gripper holds the cube lifted 5 cm clear of the table; 2 = the
-    receiving (left) gripper has closed on the lifted cube. Before 1 only the picking arm has
-    a part (the arm nearer the cube; the other waits), so it alone can be at fault.
+    transfer_cube: 1 = a gripper holds the cube lifted 5 cm clear of the table; 2 = the right
+    gripper holds it at the meeting point (within 4 cm); 3 = the receiving (left) gripper has
+    closed on it. A full takeover hands back from 2 on: measured with a 30 % SFT policy, a
+    hand-back at 1 left the policy the carry and the handover, which it failed in most
+    episodes. Before 1 only the picking arm has a part (the arm nearer the cube; the other
+    waits), so it alone can be at fault.
     insertion: 1 = both grippers hold their object (left: socket, right: peg) lifted 3 cm
     clear; 2 = the peg tip is within 3 cm of the socket mouth. Each arm's part of 1 is its own
     grasp-and-lift.
@@ -242,12 +251,14 @@ def aloha_milestone(task: str, s: SceneState) -> Milestone:
         level = 0
         if lifted:
             level = 1
+            if held["right"] and float(np.linalg.norm(cube - MEET)) < 0.04:
+                level = 2
             left_at = float(np.linalg.norm(cube - s.site_pos["left"])) < 0.06
             if held["right"] and left_at and s.grip["left"] < 0.8:
-                level = 2
+                level = 3
         picker = "left" if float(cube[0]) < LEFT_PICK_X else "right"
         done = {arm: lifted or arm != picker for arm in ("left", "right")}
-        return Milestone(level, (done["left"], done["right"]))
+        return Milestone(level, (done["left"], done["right"]), handback_level=2)
     peg_ok = _holds(s, "right", "peg", float(PEG_HALF[2]), INSERTION_CLEAR)
     socket_ok = _holds(s, "left", "socket", float(SOCKET_HALF[2]), INSERTION_CLEAR)
     level = 0
@@ -449,7 +460,7 @@ class TakeoverModel:
         if not cfg.release or m is None or self.takeovers >= cfg.max_takeovers:
             return False
         if all(self.mask):
-            on_track = m.level > self._start_level
+            on_track = m.level > self._start_level and m.level >= m.handback_level
         else:
             on_track = all(done for done, mine in zip(m.arm_done, self.mask) if mine)
         self._track_steps = self._track_steps + 1 if on_track else 0
