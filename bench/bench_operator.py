@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-arm", choices=("on", "off"), default="on")
     p.add_argument("--baseline", action="store_true", help="also run without the operator")
     p.add_argument("--max-steps", type=int, default=None, help="episode limit (task default)")
+    p.add_argument("--list", action="store_true", help="one line per takeover episode")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     operator = ScriptedOperator.for_backend(backend, args.task, config)
     seeds = [SEED_BASE + i for i in range(args.episodes)]
     t0 = time.monotonic()
-    results, baseline = [], []
+    results, baseline, timelines = [], [], []
     limits = {} if args.max_steps is None else {"max_steps": args.max_steps}
     with make_backend(backend, task=args.task, **limits) as robot:
         use_env = True
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                     use_env_state=use_env,
                 )
             )
+            timelines.append((list(operator.takeover_steps), list(operator.release_steps)))
             if args.baseline:
                 baseline.append(
                     run_rollout(
@@ -97,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - t0
 
     took = [r for r in results if r.takeovers > 0]
+    if args.list:
+        for r, (ts, rs) in zip(results, timelines):
+            if r.takeovers:
+                print(
+                    f"{r.episode_id}: {'success' if r.success else 'failure'} at {r.steps}, "
+                    f"takeovers {ts}, hand-backs {rs}, suffix {r.suffix_steps}, "
+                    f"{r.operator_reason}"
+                )
     declined = sum((r.operator_reason or "").startswith("unrecoverable") for r in results)
     n = len(took)
 

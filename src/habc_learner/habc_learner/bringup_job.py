@@ -42,6 +42,7 @@ from habc_learner.core.episode import AUTHORITY_NAMES, HANDBACK, HUMAN, POLICY
 from habc_learner.core.labeling import segment_controllers
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import TrainerConfig
+from habc_learner.protocol import fmt_rate
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--round-steps", type=int, default=400, help="learner steps per round")
     p.add_argument("--method", default="habc")
     p.add_argument("--intervention-rate", type=float, default=0.5)
-    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument(
+        "--eval-episodes", type=int, default=50, help="held-out poses per checkpoint (in-process)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
@@ -163,6 +166,10 @@ class Graph:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _eval_text(r: RoundResult, n: int) -> str:
+    return fmt_rate(round(r.eval_success_rate * n), n)
 
 
 def _took_over(bag: Path) -> bool:
@@ -390,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 f"round {k} ({r.checkpoint_id}, step {r.learner_step}): {r.success}/{r.episodes} "
                 f"successes, {r.autonomous_success} without takeover, {r.takeovers} takeovers; "
-                f"held-out eval {100 * r.eval_success_rate:.0f}%; now serving {new}"
+                f"held-out eval {_eval_text(r, args.eval_episodes)} (95 % interval); "
+                f"now serving {new}"
             )
             serving = new
     finally:
@@ -401,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     final = _checkpoint_for(out / "learner", serving)
     if final is not None:
         ev = evaluate(args, final, "final")
-        say(f"final checkpoint {serving}: held-out eval {100 * ev.success_rate:.0f}%")
+        say(
+            f"final checkpoint {serving}: held-out eval "
+            f"{fmt_rate(round(ev.success_rate * args.eval_episodes), args.eval_episodes)}"
+        )
         rounds.append(
             RoundResult(
                 args.rounds + 1,
@@ -437,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - t0:.0f} s.",
         "",
         "| round | checkpoint | learner step | graph success | no takeover | takeovers "
-        "| held-out eval | mean successful length |",
+        "| held-out eval (95 % interval) | mean successful length |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
@@ -449,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"r{r.round}" if r.episodes else "final"
         lines.append(
             f"| {name} | {r.checkpoint_id} | {r.learner_step} | {graph_cols} | "
-            f"{100 * r.eval_success_rate:.0f}% | {r.eval_mean_length:.0f} |"
+            f"{_eval_text(r, args.eval_episodes)} | {r.eval_mean_length:.0f} |"
         )
     lines += [
         "",

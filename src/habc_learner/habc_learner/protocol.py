@@ -1064,6 +1064,26 @@ def ci95(values: Sequence[float]) -> tuple[float, float, int]:
     return float(v.mean()), half, n
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate ``successes / n``:
+    ``(p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)``; ``(nan, nan)`` for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fmt_rate(successes: int, n: int) -> str:
+    """``"62 % [48, 74]"``: the rate with its 95 % Wilson interval, in percent."""
+    lo, hi = wilson_interval(successes, n)
+    return f"{100 * successes / n:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]" if n else "–"
+
+
 def fmt_ci(values: Sequence[float], scale: float = 100.0, digits: int = 0) -> str:
     m, h, n = ci95(values)
     if n == 0:
