@@ -147,6 +147,9 @@ class ProtocolConfig:
         demos, demo_noise, sft_steps: SFT start (quality knob: expert noise σ).
         rounds, rollouts, round_steps: online rounds, rollout episodes per round, gradient
             steps per round. takeover_fraction: the operator's intervention rate.
+            rollout_steps: step limit of the rollout episodes (``None``: the task's evaluation
+            limit, 400 on ALOHA, 500 on Meta-World); a longer one gives the operator time to
+            correct and hand back (evaluation always uses the task's limit).
         eval_episodes: fresh evaluation episodes per checkpoint (no takeovers).
         batch_size: learner batch. warmup_steps: override of every method's g ≡ 1 warmup
             (``None``: the method's own, 500). trace_episodes: episodes per critic trace.
@@ -165,6 +168,7 @@ class ProtocolConfig:
     rollouts: int = 100
     round_steps: int = 6000
     takeover_fraction: float = 0.5
+    rollout_steps: int | None = None
     eval_episodes: int = 50
     step2_rounds: int = 0
     step2_methods: tuple[str, ...] = DEFAULT_STEP2
@@ -217,6 +221,8 @@ class ProtocolConfig:
             raise ValueError("step 2 needs at least one step-1 round")
         if not 0.0 <= self.takeover_fraction <= 1.0:
             raise ValueError(f"takeover_fraction must be in [0, 1], got {self.takeover_fraction}")
+        if self.rollout_steps is not None and self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps must be >= 1 (or None), got {self.rollout_steps}")
         if self.demo_noise < 0:
             raise ValueError(f"demo_noise must be >= 0, got {self.demo_noise}")
         if self.batch_size < 1 or self.threads < 1 or self.jobs < 1:
@@ -243,6 +249,7 @@ class ProtocolConfig:
         "rollouts",
         "round_steps",
         "takeover_fraction",
+        "rollout_steps",
         "eval_episodes",
         "batch_size",
         "warmup_steps",
@@ -402,6 +409,7 @@ class SeedRun:
             seeds,
             policy=policy,
             takeover_fraction=self.cfg.takeover_fraction if policy is not None else 0.0,
+            max_steps=self.cfg.rollout_steps if policy is not None else None,
             source=source,
             desc=f"seed {self.seed} {folder.name}",
             expert_noise=noise,
@@ -1775,6 +1783,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of failing rollouts the scripted operator takes over",
     )
+    p.add_argument(
+        "--rollout-steps",
+        type=int,
+        default=None,
+        help="step limit of rollout episodes (default: the task's evaluation limit)",
+    )
     p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes")
     p.add_argument("--step2-rounds", type=int, default=0, help="step-2 rounds (0: none)")
     p.add_argument("--step2-methods", nargs="+", default=list(DEFAULT_STEP2))
@@ -1820,6 +1834,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
         rollouts=args.rollouts,
         round_steps=args.round_steps,
         takeover_fraction=args.takeover_fraction,
+        rollout_steps=args.rollout_steps,
         eval_episodes=args.eval_episodes,
         step2_rounds=args.step2_rounds,
         step2_methods=tuple(args.step2_methods),

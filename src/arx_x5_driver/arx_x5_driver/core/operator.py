@@ -126,6 +126,7 @@ class OperatorConfig:
     min_suffix_steps: int = 50
     max_takeovers: int = 3
     one_arm: bool = True
+    handback_level: int | None = None
     script: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -460,7 +461,8 @@ class TakeoverModel:
         if not cfg.release or m is None or self.takeovers >= cfg.max_takeovers:
             return False
         if all(self.mask):
-            on_track = m.level > self._start_level and m.level >= m.handback_level
+            least = m.handback_level if cfg.handback_level is None else cfg.handback_level
+            on_track = m.level > self._start_level and m.level >= least
         else:
             on_track = all(done for done, mine in zip(m.arm_done, self.mask) if mine)
         self._track_steps = self._track_steps + 1 if on_track else 0
