@@ -1327,6 +1327,7 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
         "suffix windows |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    weak: list[str] = []
     for prod, ros in sorted(by_prod.items()):
 
         def tot(key: str, ros=ros) -> int:
@@ -1334,6 +1335,8 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
 
         n = tot("takeovers")
         g = f"{_mean(g_suffix[prod]):.2f}" if g_suffix.get(prod) else "–"
+        if n and tot("takeover_successes") < 0.9 * n:
+            weak.append(f"`{prod}` ({pct(tot('takeover_successes'), n)})")
         lines.append(
             f"| `{prod}` | {n} | {pct(tot('takeover_successes'), n)} "
             f"| {pct(tot('episodes_with_suffix'), n)} | {pct(tot('episodes_with_suffix_50'), n)} "
@@ -1341,6 +1344,14 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
             f"| {tot('one_arm_takeover_episodes')} | {g} |"
         )
     lines.append("")
+    if weak:
+        lines += [
+            "**The scripted operator is not a competent operator here**: fewer than 90 % of its "
+            f"takeovers end in success for {', '.join(weak)}. Its failed corrections are "
+            "imitated like any other intervention under the paper's rule (the `+nofailcorr` "
+            "variant leaves them out), so read the intervention-based methods with that in mind.",
+            "",
+        ]
     return lines
 
 
