@@ -728,7 +728,7 @@ class MetaWorldExpert:
         held = False
         if env is not None and self._start_obj_z is not None:
             hand, obj = np.asarray(env[0:3]), np.asarray(env[4:7])
-            held = float(np.linalg.norm(hand - obj)) < 0.04 and obj[2] > self._start_obj_z + 0.02
+            held = float(np.linalg.norm(hand - obj)) < 0.06 and obj[2] > self._start_obj_z + 0.02
         self._retreat_left = 0 if held else self.retreat_steps
 
     def act(self, obs: Observation) -> FloatArray:

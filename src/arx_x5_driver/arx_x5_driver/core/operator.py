@@ -274,11 +274,12 @@ def aloha_milestone(task: str, s: SceneState) -> Milestone:
 
 
 def metaworld_milestone(env_state: FloatArray, init_obj_z: float) -> Milestone:
-    """Meta-World (one arm): 1 = the gripper (hand within 4 cm) holds the object lifted 2 cm
-    above where it started. Tasks whose object is never lifted (pushing, pressing) never reach
-    it, so their takeovers run to the end (the report says so)."""
+    """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
+    started (hand within 6 cm of the object position Meta-World reports, which sits off the
+    grasp point: 4.6–4.9 cm on assembly-v3). Tasks whose object is never lifted (pushing,
+    pressing) never reach it, so their takeovers run to the end (the report says so)."""
     hand, obj = env_state[0:3], env_state[4:7]
-    held = float(np.linalg.norm(hand - obj)) < 0.04 and float(obj[2]) > init_obj_z + METAWORLD_CLEAR
+    held = float(np.linalg.norm(hand - obj)) < 0.06 and float(obj[2]) > init_obj_z + METAWORLD_CLEAR
     return Milestone(1 if held else 0, (held,))
 
 
