@@ -9,8 +9,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from habc_learner.core import bag_format as bf
+from habc_learner.core.bag_reader import write_episode
+from habc_learner.core.episode import scenario_episode
 from tests.conftest import REPO_ROOT
 from tests.nodes.conftest import make_checkpoint
 
@@ -19,6 +23,14 @@ LEROBOT_PYTHON = (
     Path(os.environ.get("HABC_LEROBOT_VENV", str(REPO_ROOT / ".venv-lerobot"))) / "bin" / "python"
 )
 CAMERAS = ("top", "left_wrist", "right_wrist")
+BAG_CAMERAS = ("top", "left_wrist")
+SCENARIOS = (
+    "demo",
+    "autonomous_success",
+    "takeover_failure",
+    "autonomous_failure",
+    "takeover_success",
+)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +58,28 @@ def openpi_client() -> Iterator[object]:
         yield openpi_client
     finally:
         sys.path.remove(str(OPENPI_DIR))
+
+
+@pytest.fixture(scope="session")
+def bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five recorded episodes (demo, rollouts with and without takeovers, both outcomes) and
+    one bag whose recorder died mid-episode."""
+    folder = tmp_path_factory.mktemp("bags")
+    for i, scenario in enumerate(SCENARIOS):
+        ep = scenario_episode(
+            scenario,
+            seed=i,
+            length=60,
+            cameras=BAG_CAMERAS,
+            image_size=(32, 32),
+            episode_id=f"ep{i}-{scenario}",
+        )
+        images = {c: ep.load_images(c, np.arange(ep.length)) for c in BAG_CAMERAS}
+        write_episode(folder / ep.episode_id, ep, images=images)
+    meta = bf.EpisodeMeta("broken", "t", "p", "rollout", (("left", 0, 7), ("right", 7, 14)))
+    with bf.EpisodeBagWriter(folder / "zz-broken", meta) as w:
+        w.write_command(0, step_index=0, controller=[1, 1], action=np.zeros(14))
+    return folder
 
 
 def lerobot_python() -> Path:

@@ -16,55 +16,24 @@ import pytest
 from habc_bridge import lerobot_cli
 from habc_bridge.core import dataset_schema as S
 from habc_bridge.core import frame_labels as FL
-from habc_learner.core import bag_format as bf
-from habc_learner.core.bag_reader import read_episodes, write_episode
+from habc_learner.core.bag_reader import read_episodes
 from habc_learner.core.critic import CriticConfig
-from habc_learner.core.episode import scenario_episode
 from habc_learner.core.labeling import LabelingConfig, Source
 from habc_learner.core.methods import get_method
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import Trainer, TrainerConfig
 from habc_policy.core.configuration_flow import FlowPolicyConfig
+from tests.bridge.conftest import BAG_CAMERAS as CAMS
 from tests.bridge.conftest import lerobot_python
 
 pytestmark = [pytest.mark.timeout(900)]
 
 SCRIPTS = Path(__file__).parent / "lerobot_env"
-SCENARIOS = (
-    "demo",
-    "autonomous_success",
-    "takeover_failure",
-    "autonomous_failure",
-    "takeover_success",
-)
-CAMS = ("top", "left_wrist")
 
 
 @pytest.fixture(scope="module")
 def lerobot_env() -> Path:
     return lerobot_python()
-
-
-@pytest.fixture(scope="module")
-def bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Five recorded episodes (demo, rollouts with and without takeovers, both outcomes) and
-    one bag whose recorder died mid-episode."""
-    folder = tmp_path_factory.mktemp("bags")
-    for i, scenario in enumerate(SCENARIOS):
-        ep = scenario_episode(
-            scenario,
-            seed=i,
-            length=60,
-            cameras=CAMS,
-            image_size=(32, 32),
-            episode_id=f"ep{i}-{scenario}",
-        )
-        images = {c: ep.load_images(c, np.arange(ep.length)) for c in CAMS}
-        write_episode(folder / ep.episode_id, ep, images=images)
-    meta = bf.EpisodeMeta("broken", "t", "p", "rollout", (("left", 0, 7), ("right", 7, 14)))
-    with bf.EpisodeBagWriter(folder / "zz-broken", meta) as w:
-        w.write_command(0, step_index=0, controller=[1, 1], action=np.zeros(14))
-    return folder
 
 
 def read_back(python: Path, dataset: Path, tmp: Path) -> tuple[dict[str, np.ndarray], dict]:

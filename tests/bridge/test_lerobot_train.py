@@ -1,0 +1,116 @@
+"""habc-lerobot-train on a tiny exported dataset, in the LeRobot environment: tiny SmolVLA and
+PI0 train a few HABC-weighted steps, zero-weight samples give no gradient, padded steps stay
+out of the loss, the checkpoint reloads, a chunk comes out, and the remote backend's client
+drives the checkpoint served over openpi's protocol."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from habc_bridge import lerobot_cli
+from habc_bridge.core.remote_policy import RemotePolicy, RemotePolicyClient, RemotePolicyConfig
+from tests.bridge.conftest import BAG_CAMERAS, lerobot_python
+
+pytestmark = [pytest.mark.timeout(900)]
+SCRIPTS = Path(__file__).parent / "lerobot_env"
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(bags: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lerobot_python()
+    out = tmp_path_factory.mktemp("train") / "ds"
+    assert lerobot_cli.export_main(["--bags", str(bags), "--out", str(out), "--no-video"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def facts(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    python = lerobot_python()
+    out: dict[str, dict] = {}
+    for kind in ("smolvla", "pi0"):
+        run = tmp_path_factory.mktemp(f"run_{kind}")
+        proc = subprocess.run(
+            [str(python), str(SCRIPTS / "check_train.py"), str(tiny_dataset), str(run), kind],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FACTS ")]
+        assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out[kind] = json.loads(lines[-1][len("FACTS ") :])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["smolvla", "pi0"])
+def test_weighted_training_facts(facts: dict[str, dict], kind: str) -> None:
+    f = facts[kind]
+    assert f["trained"]
+    assert f["reload_max_diff"] == 0.0  # the checkpoint loads back bit for bit
+    # Σ w·ℓ / Σ w with w = (1, 0): changing the zero-weight sample changes no gradient ...
+    assert f["zero_weight_grad_diff"] == 0.0
+    # ... while with w = (1, 1) it does (the comparison can see a difference).
+    assert f["weighted_grad_diff"] > 1e-3
+    assert f["no_pad_match"] == 0.0  # our ℓ_i is LeRobot's when nothing is padded
+    assert f["pad_steps"] == 7
+    assert f["chunk_shape"] == [10, 14] and f["chunk_finite"]
+
+
+def test_padding_pitfall(facts: dict[str, dict]) -> None:
+    # SmolVLA masks action_is_pad itself; PI0 ignores it: its own per-sample loss moves with
+    # the padded steps' targets, ours does not count them (they still enter the action
+    # expert's input, as LeRobot pads by repeating the last action, like habc).
+    assert facts["smolvla"]["pad_masked_diff"] == 0.0
+    assert facts["pi0"]["pad_forward_diff"] > 1.0
+    assert facts["pi0"]["pad_masked_diff"] < 0.01 * facts["pi0"]["pad_forward_diff"]
+
+
+def test_trained_checkpoint_served_to_the_remote_backend(facts: dict[str, dict]) -> None:
+    python = lerobot_python()
+    checkpoint = facts["smolvla"]["checkpoint"]
+    proc = subprocess.Popen(
+        [str(python), "-m", "habc_bridge.lerobot.serve", "--checkpoint", checkpoint, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(ln) for ln in proc.stdout],
+        daemon=True,  # type: ignore[union-attr]
+    ).start()
+    try:
+        uri = None
+        while uri is None:
+            line = lines.get(timeout=300)
+            if m := re.search(r"serving on (ws://127\.0\.0\.1:\d+) \(localhost only", line):
+                uri = m.group(1)
+        policy = RemotePolicy(
+            RemotePolicyClient(uri, request_timeout_s=60.0, connect_timeout_s=30.0),
+            RemotePolicyConfig(
+                proprio_dim=15,
+                horizon=10,
+                camera_names=BAG_CAMERAS,
+                image_size=(32, 32),
+                min_rows=5,
+            ),
+        )
+        rng = np.random.default_rng(0)
+        images = {c: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for c in BAG_CAMERAS}
+        chunk = policy.sample_actions(np.zeros(15, np.float32), "reach the goal", images=images)
+        assert chunk.shape == (10, 14) and chunk.dtype == np.float32
+        assert np.all(np.isfinite(chunk))
+        assert policy.checkpoint_id.startswith("lerobot-")
+        assert policy.client.metadata["policy_type"] == "smolvla"
+        policy.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
