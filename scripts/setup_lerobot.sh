@@ -56,8 +56,9 @@ touch "$VENV/COLCON_IGNORE"
 PY="$VENV/bin/python"
 # The bridge's LeRobot-side modules (habc_bridge.lerobot) and the bag format/reader they share
 # with the learner (habc_learner.core: numpy + rosbags + yaml) import from the source tree.
-SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
-printf '%s\n' "$ROOT/src/habc_bridge" "$ROOT/src/habc_learner" > "$SITE/habc_workspace.pth"
+for SITE in "$VENV"/lib/python3.*/site-packages; do
+  printf '%s\n' "$ROOT/src/habc_bridge" "$ROOT/src/habc_learner" > "$SITE/habc_workspace.pth"
+done
 
 CONSTRAINTS=()
 [ -f requirements/lerobot-constraints.txt ] && CONSTRAINTS=(-c requirements/lerobot-constraints.txt)
