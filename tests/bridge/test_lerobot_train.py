@@ -114,3 +114,28 @@ def test_trained_checkpoint_served_to_the_remote_backend(facts: dict[str, dict])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_critic_on_the_vla_backbone(tiny_dataset: Path, tmp_path: Path) -> None:
+    """--weights backbone: habc's dual-head critic on the VLA's own features (the paper's
+    arrangement); its weights equal Eqs. 5-8 and the weight table worked by hand."""
+    proc = subprocess.run(
+        [
+            str(lerobot_python()),
+            str(SCRIPTS / "check_backbone.py"),
+            str(tiny_dataset),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FACTS ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    f = json.loads(lines[-1][len("FACTS ") :])
+    assert f["critic_saved"]
+    assert f["feature_dim"] == f["vlm_width"]  # φ is the VLM's hidden state, not habc's encoder
+    np.testing.assert_allclose(f["weights"], f["weights_by_hand"], rtol=1e-5, atol=1e-6)
+    assert f["weights"][1] == 0.0 and f["weights"][2] == 0.0  # failure, unlabeled
+    assert f["weights"][0] != f["weights"][3]  # the success window's gate is not the table's 1

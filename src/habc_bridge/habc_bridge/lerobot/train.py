@@ -16,9 +16,12 @@ PI0/PI05, and zero-weight windows kept out of the optimizer step. The loop is:
 3. ℓ_i: ``policy.forward(batch, reduction="none")`` for SmolVLA, which masks ``action_is_pad``
    itself; for PI0/PI05, which do not, the same flow-matching loss of LeRobot's model with
    padded steps zeroed (:func:`per_sample_loss`): mean_{h,d} m·‖u − v‖², habc's Eq. 1 form.
-4. L = Σ_i w_i·ℓ_i / Σ_i w_i with w the export's ``habc.weight`` (habc's
-   ``weighted_actor_loss``): failed autonomous windows and unlabeled pre-takeover windows have
-   w = 0 and give no gradient; a batch without weight takes no step.
+4. L = Σ_i w_i·ℓ_i / Σ_i w_i (habc's ``weighted_actor_loss``) with w the export's
+   ``habc.weight`` (``--weights export``: habc's critic on habc's encoder), or, with
+   ``--weights backbone``, habc's dual-head critic trained in this loop on the VLA's own
+   backbone features (the paper's arrangement, :mod:`.backbone_critic`). Failed autonomous
+   windows and unlabeled pre-takeover windows have w = 0 and give no gradient; a batch
+   without weight takes no step.
 
 Flow time: LeRobot's PI0/PI05 interpolate x_t = t·ε + (1 − t)·A with target u = ε − A (t = 1 is
 noise), habc's flow runs the other way (τ = 0 is noise). The weights do not depend on flow
@@ -52,6 +55,7 @@ from habc_learner.core.weights import weighted_actor_loss
 
 VIDEO_BACKEND = "pyav"
 SAMPLING = ("valid", "all")
+WEIGHTS = ("export", "backbone")
 
 
 def policy_class(kind: str) -> Any:
@@ -124,8 +128,11 @@ def features_for_policy(meta: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return inputs, outputs
 
 
-def atomic_save(policy: Any, pre: Any, post: Any, folder: Path, extra: dict[str, Any]) -> None:
-    """policy + processors + ``habc_train.json`` into ``folder``, atomically."""
+def atomic_save(
+    policy: Any, pre: Any, post: Any, folder: Path, extra: dict[str, Any], critic: Any = None
+) -> None:
+    """policy + processors + ``habc_train.json`` (+ the backbone critic) into ``folder``,
+    atomically."""
     staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
@@ -133,6 +140,10 @@ def atomic_save(policy: Any, pre: Any, post: Any, folder: Path, extra: dict[str,
         pre.save_pretrained(staging)
         post.save_pretrained(staging)
         (staging / "habc_train.json").write_text(json.dumps(extra, indent=1))
+        if critic is not None:
+            from habc_bridge.lerobot.backbone_critic import save_critic
+
+            save_critic(critic, staging)
         if extra.get("tiny"):
             tiny.mark_tiny(staging, extra["policy"], Path(extra["assets"]))
         if folder.exists():
@@ -173,6 +184,17 @@ def train(args: argparse.Namespace) -> tuple[Path, Any]:
     pre, post = make_pre_post_processors(cfg, dataset_stats=ds.meta.stats)
     weights = np.asarray(ds.hf_dataset[S.COL_WEIGHT], dtype=np.float32).reshape(-1)
     pool = np.flatnonzero(weights > 0) if args.sample == "valid" else np.arange(len(ds))
+    critic = table = critic_optimizer = None
+    if args.weights == "backbone":  # the paper's arrangement: habc's critic on the VLA
+        from habc_bridge.lerobot import backbone_critic as BC
+        from habc_learner.core.critic import CriticConfig, DualHeadCritic
+
+        table = BC.FrameTable.from_dataset(ds, args.dataset)
+        pool = table.useful() if args.sample == "valid" else pool
+        probe = pre(split_batch(torch.utils.data.default_collate([ds[int(pool[0])]]))[0])
+        feature_dim = int(BC.backbone_features(policy, probe).shape[-1])
+        critic = DualHeadCritic(feature_dim, CriticConfig(hidden_dim=args.critic_hidden))
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     if pool.size == 0:
         raise ValueError(f"{args.dataset}: every frame has weight 0: nothing to learn from")
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -187,8 +209,27 @@ def train(args: argparse.Namespace) -> tuple[Path, Any]:
         batch = torch.utils.data.default_collate([ds[int(i)] for i in idx])
         inputs_b, w = split_batch(batch)
         inputs_b = pre(inputs_b)
+        critic_info: dict[str, float] = {}
+        if critic is not None:
+            nxt = pre(
+                split_batch(
+                    torch.utils.data.default_collate([ds[int(i)] for i in table.next_index[idx]])
+                )[0]
+            )
+            critic_loss, w, critic_info = BC.backbone_weights(
+                critic,
+                BC.backbone_features(policy, inputs_b),
+                BC.backbone_features(policy, nxt),
+                table,
+                idx,
+                gate_on=step > args.gate_warmup,
+            )
+            critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            critic_optimizer.step()
         per = per_sample_loss(policy, inputs_b)
         loss, info = weighted_actor_loss(per, w.to(per.device))
+        info.update(critic_info)
         info["weights/sum"] = float(w.sum())
         if float(w.sum()) > 0:
             optimizer.zero_grad(set_to_none=True)
@@ -211,6 +252,7 @@ def train(args: argparse.Namespace) -> tuple[Path, Any]:
                 post,
                 last,
                 {
+                    "weights": args.weights,
                     "policy": args.policy,
                     "tiny": bool(args.tiny),
                     "assets": str(assets),
@@ -220,6 +262,7 @@ def train(args: argparse.Namespace) -> tuple[Path, Any]:
                     "loss": "sum_i w_i l_i / sum_i w_i (habc.weight)",
                     "log": log[-args.save_every :],
                 },
+                critic,
             )
     print(f"{args.steps} steps in {time.perf_counter() - t0:.1f} s; checkpoint {last}")
     assert last is not None
@@ -241,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-10)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--sample", choices=SAMPLING, default="valid", help="frames drawn")
+    p.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="export",
+        help="export: the exported habc.weight (habc's critic); backbone: habc's dual-head "
+        "critic trained here on the VLA's own backbone features (the paper's arrangement)",
+    )
+    p.add_argument("--gate-warmup", type=int, default=500, help="(backbone) steps with g = 1")
+    p.add_argument("--critic-lr", type=float, default=3e-4, help="(backbone) critic Adam lr")
+    p.add_argument("--critic-hidden", type=int, default=256, help="(backbone) head width")
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
