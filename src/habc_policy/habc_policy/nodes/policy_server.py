@@ -1,6 +1,8 @@
 """The policy server: observations in, action chunks out, checkpoints hot-swapped.
 
-Thin adapter around :class:`habc_policy.core.checkpoint.LoadedPolicy`. Node ``policy_server``:
+Thin adapter around :class:`habc_policy.core.checkpoint.LoadedPolicy` or, when ``checkpoint``
+is ``ws://HOST:PORT``, the remote backend :class:`habc_bridge.core.remote_policy.RemotePolicy`
+(openpi's websocket protocol; parameters ``remote.*``). Node ``policy_server``:
 
 =============================  ==================================  ============================
 name                           type                                what
