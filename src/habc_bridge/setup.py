@@ -24,6 +24,7 @@ setup(
             "habc-export-lerobot = habc_bridge.lerobot_cli:export_main",
             "habc-import-lerobot = habc_bridge.lerobot_cli:import_main",
             "habc-lerobot-train = habc_bridge.lerobot_cli:train_main",
+            "habc-serve-lerobot = habc_bridge.lerobot_cli:serve_main",
         ],
     },
 )

@@ -8,6 +8,8 @@
   environment.
 - ``habc-lerobot-train --dataset DATASET --out DIR [--policy smolvla|pi0|pi05] …``: in the
   LeRobot environment.
+- ``habc-serve-lerobot --checkpoint RUN/checkpoints/N/pretrained_model [--port 8000]``: a
+  LeRobot checkpoint over openpi's protocol, in the LeRobot environment.
 
 The LeRobot environment is ``$HABC_LEROBOT_VENV`` (default ``<repo>/.venv-lerobot``), made by
 ``scripts/setup_lerobot.sh`` when a Python 3.12 interpreter exists.
@@ -165,6 +167,10 @@ def import_main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     return _passthrough("habc_bridge.lerobot.train", "habc-lerobot-train", argv)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    return _passthrough("habc_bridge.lerobot.serve", "habc-serve-lerobot", argv)
 
 
 if __name__ == "__main__":
