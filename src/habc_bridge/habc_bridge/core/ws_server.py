@@ -96,13 +96,17 @@ class PolicyWebsocketServer:
         return None
 
     def _handler(self, ws: ServerConnection) -> None:
-        log.info("connection from %s opened", ws.remote_address)
+        try:  # read once: the socket may be gone by the time we log its closing
+            peer = ws.remote_address
+        except OSError:
+            peer = "?"
+        log.info("connection from %s opened", peer)
         ws.send(msgpack_numpy.packb(self.policy.metadata))
         while True:
             try:
                 frame = ws.recv()
             except ConnectionClosed:
-                log.info("connection from %s closed", ws.remote_address)
+                log.info("connection from %s closed", peer)
                 return
             try:
                 if isinstance(frame, str):
@@ -119,7 +123,7 @@ class PolicyWebsocketServer:
                 return
             except Exception:
                 error = traceback.format_exc()
-                log.warning("request from %s failed:\n%s", ws.remote_address, error)
+                log.warning("request from %s failed:\n%s", peer, error)
                 try:
                     ws.send(error)
                     ws.close(CloseCode.INTERNAL_ERROR, "internal server error; traceback sent")
