@@ -114,7 +114,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=50, help="H of the windows (no checkpoint)")
     p.add_argument("--min-human-steps", type=int, default=10)
     p.add_argument("--repo-id", default="local/habc")
-    p.add_argument("--fps", type=int, default=50)
+    p.add_argument("--fps", type=int, default=None, help="default: the bags' control rate")
     p.add_argument("--no-video", action="store_true", help="PNG frames instead of AV1 video")
     p.add_argument("--env-state", action="store_true", help="append /habc/env_state (sim)")
     p.add_argument("--camera-map", default="")
@@ -131,6 +131,7 @@ def export_main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             extra = ["--no-video"] if args.no_video else []
+            extra += ["--fps", str(args.fps)] if args.fps else []
             extra += ["--env-state"] if args.env_state else []
             return run_in_lerobot_env(
                 "habc_bridge.lerobot.export",
@@ -141,8 +142,6 @@ def export_main(argv: list[str] | None = None) -> int:
                     str(args.out),
                     "--repo-id",
                     args.repo_id,
-                    "--fps",
-                    str(args.fps),
                     "--camera-map",
                     args.camera_map,
                     *extra,

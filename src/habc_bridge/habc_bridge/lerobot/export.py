@@ -1,7 +1,7 @@
 """Episode bags + a labels sidecar -> a LeRobotDataset v3 (LeRobot environment).
 
     python -m habc_bridge.lerobot.export --labels DIR --out DATASET [--repo-id local/habc]
-        [--fps 50] [--no-video] [--env-state] [--camera-map top:cam_high,...]
+        [--fps HZ] [--no-video] [--env-state] [--camera-map top:cam_high,...]
 
 Usually run by ``habc-export-lerobot`` (main venv), which writes the sidecar first. The
 columns and ``meta/habc.json`` are described in :mod:`habc_bridge.core.dataset_schema`.
@@ -23,6 +23,13 @@ from habc_learner.core.bag_reader import BagSkipped, read_episode
 from habc_learner.core.episode import Episode
 
 VIDEO_BACKEND = "pyav"  # torchcodec needs Debian's FFmpeg 5.1 libraries; PyAV bundles its own
+
+
+def control_rate(timestamps: np.ndarray, default: int = 50) -> int:
+    """The episode's control rate in Hz (1 / median step), ``default`` when it has one step."""
+    steps = np.diff(np.asarray(timestamps, dtype=np.float64))
+    steps = steps[steps > 0]
+    return round(1.0 / float(np.median(steps))) if steps.size else default
 
 
 def features_of(ep: Episode, images: dict[str, np.ndarray], use_video: bool, cam_key: dict):
@@ -50,7 +57,7 @@ def export(
     labels_dir: Path,
     out: Path,
     repo_id: str = "local/habc",
-    fps: int = 50,
+    fps: int | None = None,
     use_video: bool = True,
     use_env_state: bool = False,
     camera_map: dict[str, str] | None = None,
@@ -87,6 +94,7 @@ def export(
             {c: v.shape[1:] for c, v in images.items()},
         )
         if dataset is None:
+            fps = fps or control_rate(ep.timestamps)
             cam_key = {c: S.IMAGE_PREFIX + openpi_camera(c, camera_map) for c in images}
             dataset = LeRobotDataset.create(
                 repo_id=repo_id,
@@ -140,6 +148,7 @@ def export(
     dataset.finalize()
     doc = {
         "format": S.FORMAT,
+        "fps": fps,
         "authority_codes": S.AUTHORITY_CODES,
         "outcome_codes": S.OUTCOME_CODES,
         "source_codes": S.SOURCE_CODES,
@@ -158,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, type=Path, help="labels sidecar folder")
     p.add_argument("--out", required=True, type=Path, help="new dataset folder")
     p.add_argument("--repo-id", default="local/habc")
-    p.add_argument("--fps", type=int, default=50, help="control rate (habc: 50 Hz)")
+    p.add_argument("--fps", type=int, default=None, help="default: the bags' control rate")
     p.add_argument("--no-video", action="store_true", help="PNG frames instead of AV1 video")
     p.add_argument("--env-state", action="store_true", help="append /habc/env_state (sim)")
     p.add_argument("--camera-map", default="", help="habc:openpi camera names")
