@@ -224,3 +224,30 @@ def test_foreign_dataset_mapping(lerobot_env: Path, tmp_path: Path, capfd: Any) 
         np.testing.assert_array_equal(
             ep.load_images("top", np.arange(6))[:, 0, 0, 0], 40 * e + 20 * np.arange(6)
         )
+    # usable as SFT demonstrations: habc's own trainer learns from them
+    config = TrainerConfig(
+        method="sft",
+        policy=FlowPolicyConfig(
+            horizon=50,
+            action_dim=14,
+            proprio_dim=14,
+            camera_names=("top",),
+            image_size=(24, 24),
+            cnn_channels=(8, 16),
+            feature_dim=32,
+            hidden_dim=32,
+            num_blocks=1,
+            time_embed_dim=16,
+            prompt_dim=8,
+            prompt_buckets=64,
+        ),
+        batch_size=4,
+        steps_per_round=2,
+        progress=False,
+        checkpoint_dir=str(tmp_path / "sft"),
+    )
+    store = ReplayStore(config.replay_config())
+    store.add_episodes(demos)
+    assert store.source_counts()["demo"] == 12
+    summary = Trainer(config, store).run_round()
+    assert summary.checkpoint is not None and np.isfinite(summary.means["loss/actor"])
