@@ -139,3 +139,90 @@ def test_critic_on_the_vla_backbone(tiny_dataset: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(f["weights"], f["weights_by_hand"], rtol=1e-5, atol=1e-6)
     assert f["weights"][1] == 0.0 and f["weights"][2] == 0.0  # failure, unlabeled
     assert f["weights"][0] != f["weights"][3]  # the success window's gate is not the table's 1
+
+
+@pytest.mark.ros
+def test_trained_checkpoint_drives_the_policy_server_node(
+    facts: dict[str, dict], ros_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The whole path: a HABC-weighted LeRobot checkpoint, served over openpi's protocol,
+    drives the real policy_server node (remote backend) over DDS."""
+    from sensor_msgs.msg import Image, JointState
+
+    from habc_msgs.msg import ActionChunk
+    from tests.nodes.conftest import NodeProcess, RosClient
+
+    proc = subprocess.Popen(
+        [
+            str(lerobot_python()),
+            "-m",
+            "habc_bridge.lerobot.serve",
+            "--port",
+            "0",
+            "--checkpoint",
+            facts["smolvla"]["checkpoint"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(ln) for ln in proc.stdout],
+        daemon=True,  # type: ignore[union-attr]
+    ).start()
+    client = node = None
+    try:
+        uri = None
+        while uri is None:
+            if m := re.search(r"serving on (ws://127\.0\.0\.1:\d+)", lines.get(timeout=300)):
+                uri = m.group(1)
+        client = RosClient("lerobot_remote_test")
+        chunks = client.record(ActionChunk, "/habc/action_chunk", 50)
+        joints = client.node.create_publisher(JointState, "/joint_states", 10)
+        cams = {
+            c: client.node.create_publisher(Image, f"/cameras/{c}/image_raw", 5)
+            for c in BAG_CAMERAS
+        }
+
+        def publish() -> None:
+            stamp = client.node.get_clock().now().to_msg()
+            js = JointState()
+            js.header.stamp = stamp
+            js.position = [0.0] * 15
+            joints.publish(js)
+            for pub in cams.values():
+                img = Image()
+                img.header.stamp = stamp
+                img.height = img.width = 32
+                img.encoding, img.step = "rgb8", 96
+                img.data = bytes(32 * 32 * 3)
+                pub.publish(img)
+
+        client.node.create_timer(0.05, publish)
+        node = NodeProcess(
+            "policy_server",
+            ros_env,
+            tmp_path,
+            checkpoint=uri,
+            execute_rows=5,
+            margin_rows=1,
+            remote__cameras=",".join(BAG_CAMERAS),
+            remote__image_size=[32, 32],
+            remote__proprio_dim=15,
+            remote__horizon=10,
+            remote__request_timeout_s=60.0,
+            remote__connect_timeout_s=30.0,
+        )
+        client.spin_until(lambda: len(chunks) >= 2, 240.0, lambda: f"chunks\n{node.log()}")
+        msg = chunks[-1][1]
+        assert msg.checkpoint_id.startswith("lerobot-")
+        assert (msg.horizon, msg.action_dim) == (10, 14)
+        assert np.all(np.isfinite(np.asarray(msg.actions)))
+    finally:
+        if node is not None:
+            node.stop()
+        if client is not None:
+            client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
