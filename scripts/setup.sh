@@ -139,7 +139,7 @@ SITE="lib/python${PYVER}/site-packages"
 export HABC_ROOT='$ROOT'
 export VIRTUAL_ENV='$VENV'
 case ":\$PATH:" in *":$VENV/bin:"*) ;; *) export PATH="$VENV/bin:\$PATH";; esac
-for _p in '$ROOT'/install/lib/habc_policy '$ROOT'/install/lib/habc_learner '$ROOT'/install/lib/arx_x5_driver; do
+for _p in '$ROOT'/install/lib/habc_policy '$ROOT'/install/lib/habc_learner '$ROOT'/install/lib/arx_x5_driver '$ROOT'/install/lib/habc_bridge; do
   case ":\$PATH:" in *":\$_p:"*) ;; *) export PATH="\$_p:\$PATH";; esac
 done
 unset _p
@@ -149,7 +149,7 @@ EOF
 export AMENT_PREFIX_PATH='$ROOT/install:$VENV'
 export CMAKE_PREFIX_PATH='$ROOT/install:$VENV'
 # build/<pkg> holds the symlinks of the ament_python packages (colcon's develop hook).
-export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver'\${PYTHONPATH:+:\$PYTHONPATH}
+export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver:$ROOT/build/habc_bridge'\${PYTHONPATH:+:\$PYTHONPATH}
 export LD_LIBRARY_PATH='$ROOT/install/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 export ROS_VERSION=2 ROS_PYTHON_VERSION=3 ROS_DISTRO=kilted
 export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
@@ -175,7 +175,8 @@ mv "$ROOT/env.sh.tmp" "$ROOT/env.sh"
 BUILD_STAMP="$(
   { find src launch config -type f 2>/dev/null ! -path '*/__pycache__/*' ! -name '*.pyc' \
       ! -path 'src/habc_policy/habc_policy/*' ! -path 'src/habc_learner/habc_learner/*' \
-      ! -path 'src/arx_x5_driver/arx_x5_driver/*' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum;
+      ! -path 'src/arx_x5_driver/arx_x5_driver/*' ! -path 'src/habc_bridge/habc_bridge/*' \
+      ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum;
     find launch config 2>/dev/null -type f -name '*.py' ! -path '*/__pycache__/*' | sort;
     echo "$PIP_STAMP"; } | sha256sum | cut -c1-16
 )"
@@ -203,5 +204,18 @@ if [ "$(cat "$STAMPS/build" 2>/dev/null)" != "$BUILD_STAMP" ] || [ ! -d "$ROOT/i
   echo "$BUILD_STAMP" > "$STAMPS/build"
   say "workspace built in $(elapsed "$t") s"
 fi
+
+# ---- 5. the bridge's extras: openpi-client for the protocol tests, the LeRobot environment ------
+# openpi-client 0.1.2 pins numpy<2, so it never enters the venv: its pure-Python files go to
+# .vendor/openpi-client (ignored by git), which only the bridge's tests put on sys.path.
+OPENPI_DIR="$ROOT/.vendor/openpi-client"
+if [ ! -f "$OPENPI_DIR/openpi_client/websocket_client_policy.py" ]; then
+  say "openpi-client 0.1.2 -> $OPENPI_DIR (--no-deps, test only)"
+  if ! _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 "$PY" -m pip install --disable-pip-version-check -q \
+      --no-deps --target "$OPENPI_DIR" openpi-client==0.1.2 > "$ROOT/log/setup_openpi.txt" 2>&1; then
+    say "WARNING: could not install openpi-client (log/setup_openpi.txt): its interop tests skip"
+  fi
+fi
+bash "$ROOT/scripts/setup_lerobot.sh"
 
 say "ready in $(elapsed "$T0") s — source env.sh to use the workspace"

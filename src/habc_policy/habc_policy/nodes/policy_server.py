@@ -1,6 +1,8 @@
 """The policy server: observations in, action chunks out, checkpoints hot-swapped.
 
-Thin adapter around :class:`habc_policy.core.checkpoint.LoadedPolicy`. Node ``policy_server``:
+Thin adapter around :class:`habc_policy.core.checkpoint.LoadedPolicy` or, when ``checkpoint``
+is ``ws://HOST:PORT``, the remote backend :class:`habc_bridge.core.remote_policy.RemotePolicy`
+(openpi's websocket protocol; parameters ``remote.*``). Node ``policy_server``:
 
 =============================  ==================================  ============================
 name                           type                                what
@@ -133,6 +135,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+REMOTE_SCHEMES = ("ws://", "wss://")
+
+
+def remote_backend(node: Node, p: ServerParams) -> Any:
+    """The ``remote`` backend: ``checkpoint`` is ``ws://HOST:PORT`` of an openpi-protocol policy
+    server (openpi's ``serve_policy.py``, ``habc-serve-policy``); parameters ``remote.*``.
+    Every failure there (timeout, lost or refused connection, bad answer) is an inference
+    failure here: no chunk is published, and the arbiter holds."""
+    from habc_bridge.core.remote_policy import RemotePolicyError, remote_policy_from_params
+
+    policy = remote_policy_from_params(
+        lambda name, default, what: declare(node, name, default, what), p.checkpoint, p.execute_rows
+    )
+    try:
+        policy.connect()
+    except RemotePolicyError as exc:
+        node.get_logger().warning(f"{exc}; holding until it answers")
+    return policy
+
+
 def image_to_array(msg: Image, size: tuple[int, int]) -> np.ndarray:
     """``sensor_msgs/Image`` (rgb8 / bgr8) -> uint8 ``[h, w, 3]`` RGB at ``size`` (h, w)."""
     if msg.encoding not in ("rgb8", "bgr8"):
@@ -172,8 +194,11 @@ class PolicyServer(Node):
         import torch
 
         torch.set_num_threads(p.torch_threads)
-        path = resolve_checkpoint(p.checkpoint)
-        policy = load_policy(path, p.device)
+        if p.checkpoint.startswith(REMOTE_SCHEMES):  # the remote backend (habc_bridge)
+            path, policy = p.checkpoint, remote_backend(self, p)
+        else:
+            path = resolve_checkpoint(p.checkpoint)
+            policy = load_policy(path, p.device)
         if why := check_compatible(policy, None, p.execute_rows):
             raise CheckpointError(f"{path}: {why}")
         self._policy = policy
@@ -295,7 +320,9 @@ class PolicyServer(Node):
             try:
                 chunk = policy.sample_actions(proprio, self.params.prompt, images=images, seed=seed)
             except Exception as exc:  # never kill the worker: log, hold, retry
-                self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}")
+                self.get_logger().error(
+                    f"inference failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
+                )
                 self._stop.wait(0.1)
                 continue
             self._latencies.append(time.perf_counter() - t0)
@@ -326,6 +353,10 @@ class PolicyServer(Node):
     ) -> AnnounceCheckpoint.Response:
         with self._lock:
             old = self._policy
+        if self.params.checkpoint.startswith(REMOTE_SCHEMES):
+            res.accepted, res.active_checkpoint_id = False, old.checkpoint_id
+            res.message = "remote backend: the remote server owns its weights; announce there"
+            return res
         try:
             new = self._verify(req, old)
         except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
