@@ -21,6 +21,7 @@ def test_code_tables_match_the_messages_and_the_learner() -> None:
         "none": bf.CONTROLLER_NONE,
         "policy": bf.CONTROLLER_POLICY,
         "human": bf.CONTROLLER_HUMAN,
+        "handback": bf.CONTROLLER_HANDBACK,
     }
     assert S.OUTCOME_CODES == bf.OUTCOME_CODES
     assert FL.source_names() == S.SOURCE_CODES

@@ -48,7 +48,7 @@ LABELS_NPZ = "labels.npz"
 LABELS_JSON = "labels.json"
 
 #: Controller codes of ``habc_msgs/ExecutedCommand`` (``CONTROLLER_*``): one line per code.
-AUTHORITY_CODES: dict[str, int] = {"none": 0, "policy": 1, "human": 2}
+AUTHORITY_CODES: dict[str, int] = {"none": 0, "policy": 1, "human": 2, "handback": 3}
 #: ``habc_msgs/EpisodeEvent`` outcome codes (``bag_format.OUTCOME_CODES``).
 OUTCOME_CODES: dict[str, int] = {"unknown": 0, "success": 1, "failure": 2, "aborted": 3}
 #: ``habc_learner.core.labeling.Source`` codes.
