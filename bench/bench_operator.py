@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="store_true", help="also run without the operator")
     p.add_argument("--max-steps", type=int, default=None, help="episode limit (task default)")
     p.add_argument("--list", action="store_true", help="one line per takeover episode")
+    p.add_argument("--handback-level", type=int, default=None, help="(default: the task's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         intervention_rate=args.intervention_rate,
         release=args.release == "on",
         one_arm=args.one_arm == "on",
+        handback_level=args.handback_level,
     )
     operator = ScriptedOperator.for_backend(backend, args.task, config)
     seeds = [SEED_BASE + i for i in range(args.episodes)]
@@ -68,34 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     results, baseline, timelines = [], [], []
     limits = {} if args.max_steps is None else {"max_steps": args.max_steps}
     with make_backend(backend, task=args.task, **limits) as robot:
-        use_env = True
         for seed in seeds:
-            results.append(
-                run_rollout(
+            # The same pose and sampling noise with the operator watching, and (--baseline)
+            # without it.
+            for watched in (True, False) if args.baseline else (True,):
+                r = run_rollout(
                     robot,
                     seed=seed,
                     policy=policy,
-                    operator=operator,
-                    episode_id=f"op-{seed}",
+                    operator=operator if watched else None,
+                    episode_id=f"{'op' if watched else 'base'}-{seed}",
                     task=args.task,
                     prompt=robot.prompt,
                     sample_seed=seed,
-                    use_env_state=use_env,
                 )
-            )
-            timelines.append((list(operator.takeover_steps), list(operator.release_steps)))
-            if args.baseline:
-                baseline.append(
-                    run_rollout(
-                        robot,
-                        seed=seed,
-                        policy=policy,
-                        episode_id=f"base-{seed}",
-                        task=args.task,
-                        prompt=robot.prompt,
-                        sample_seed=seed,
-                    ).success
-                )
+                if watched:
+                    results.append(r)
+                    timelines.append((list(operator.takeover_steps), list(operator.release_steps)))
+                else:
+                    baseline.append(r.success)
     wall = time.monotonic() - t0
 
     took = [r for r in results if r.takeovers > 0]

@@ -220,8 +220,8 @@ def plot_report(
     ax = axes[1]
     if trace:
         t = np.asarray(trace["anchor"])
-        ax.plot(t, trace["p_v"], label="p_v (viability)")
-        ax.plot(t, trace["g"], label="g_t (gate)")
+        ax.plot(t, trace["p_v"], color="k", label="p_v (viability)")
+        ax.plot(t, trace["g"], color="tab:orange", lw=0.8, label="g_t (gate)")
         ax.set_ylim(0, 2)
         from matplotlib.patches import Patch
 
@@ -300,7 +300,7 @@ def pick_trace_episode(rollouts: list) -> Any:
 AUTHORITY_COLORS = {
     "policy": "tab:blue",
     "human": "tab:red",
-    "handback": "tab:orange",
+    "handback": "tab:purple",
     "none": "0.6",
 }
 
