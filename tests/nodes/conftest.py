@@ -64,10 +64,21 @@ def _param(value: Any) -> str:
 class NodeProcess:
     """One node as an OS process (console script + params file + overrides)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, **overrides: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        extra_params_files: tuple[str, ...] = (),
+        log_name: str = "",
+        **overrides: Any,
+    ) -> None:
         self.name = name
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{log_name or name}.log"
         cmd = [executable(name), "--ros-args", "--params-file", str(CONFIG / PARAMS_FILE[name])]
+        for extra in extra_params_files:  # e.g. driver_arx.yaml after driver.yaml
+            cmd += ["--params-file", str(CONFIG / extra)]
         for key, value in overrides.items():
             cmd += ["-p", f"{key.replace('__', '.')}:={_param(value)}"]
         self.cmd = cmd
