@@ -28,11 +28,11 @@ PACKAGE_OF = {
     "policy_server": "habc_policy",
     "arbiter_node": "habc_policy",
 }
-PARAMS_FILE = {
-    "driver_node": "driver.yaml",
-    "scripted_operator_node": "scripted_operator.yaml",
-    "policy_server": "policy_server.yaml",
-    "arbiter_node": "arbiter.yaml",
+PARAMS_FILE = {  # the sim bringup's files, as graph.yaml gives them (backend:=sim)
+    "driver_node": ("driver.yaml", "driver_sim.yaml"),
+    "scripted_operator_node": ("scripted_operator.yaml",),
+    "policy_server": ("policy_server.yaml", "policy_server_sim.yaml"),
+    "arbiter_node": ("arbiter.yaml", "arbiter_sim.yaml"),
 }
 # Sim home pose (after reset): the tiny test policies act around it.
 SIM_HOME = np.array(
@@ -76,9 +76,9 @@ class NodeProcess:
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{log_name or name}.log"
-        cmd = [executable(name), "--ros-args", "--params-file", str(CONFIG / PARAMS_FILE[name])]
-        for extra in extra_params_files:  # e.g. driver_arx.yaml after driver.yaml
-            cmd += ["--params-file", str(CONFIG / extra)]
+        cmd = [executable(name), "--ros-args"]
+        for file in (*PARAMS_FILE[name], *extra_params_files):  # e.g. + driver_arx.yaml
+            cmd += ["--params-file", str(CONFIG / file)]
         for key, value in overrides.items():
             cmd += ["-p", f"{key.replace('__', '.')}:={_param(value)}"]
         self.cmd = cmd

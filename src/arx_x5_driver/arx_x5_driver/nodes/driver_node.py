@@ -457,8 +457,7 @@ class DriverNode(LifecycleNode):
             self._capture_thread.start()
         elif p.cameras:  # a simulator renders from its physics (and its GL context's thread)
             self._timers.append(self.create_timer(1.0 / p.camera_hz, self._on_camera_timer))
-        now = self._now_s()
-        self._publish_state(obs, now, Verdict(self._safety.target, False, "activated"))
+        self._publish_state(obs, self._now_s())
         self.get_logger().info("active: executing /habc/executed_command")
         return super().on_activate(state)
 
