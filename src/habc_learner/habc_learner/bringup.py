@@ -23,10 +23,15 @@ _SUBST = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class Argument:
+    """A launch argument. ``choices_when``: ``(condition, choices)`` pairs, choices that apply
+    only while the condition holds (``task`` is one of the sim's tasks when ``backend == sim``;
+    a real cell names its own tasks)."""
+
     name: str
     default: str
     choices: tuple[str, ...] = ()
     description: str = ""
+    choices_when: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,10 @@ def load_graph(config_dir: str | Path | None = None) -> Graph:
             default=str(spec.get("default", "")),
             choices=tuple(str(c) for c in spec.get("choices", ())),
             description=str(spec.get("description", "")),
+            choices_when=tuple(
+                (str(cond), tuple(str(c) for c in values))
+                for cond, values in (spec.get("choices_when") or {}).items()
+            ),
         )
     nodes = tuple(doc["nodes"])
     seen = set()
@@ -146,6 +155,12 @@ def resolve_arguments(graph: Graph, given: Mapping[str, str]) -> dict[str, str]:
         if choices and value not in choices:
             raise ValueError(f"{name}:={value!r} is not one of {list(choices)}")
         values[name] = value
+    for name, arg in graph.arguments.items():
+        for condition, choices in arg.choices_when:
+            if condition_holds(condition, values) and values[name] not in choices:
+                raise ValueError(
+                    f"{name}:={values[name]!r} is not one of {list(choices)} (when {condition})"
+                )
     return values
 
 
