@@ -27,12 +27,16 @@ PACKAGE_OF = {
     "scripted_operator_node": "arx_x5_driver",
     "policy_server": "habc_policy",
     "arbiter_node": "habc_policy",
+    "episode_recorder": "habc_learner",
+    "learner": "habc_learner",
 }
 PARAMS_FILE = {  # the sim bringup's files, as graph.yaml gives them (backend:=sim)
     "driver_node": ("driver.yaml", "driver_sim.yaml"),
     "scripted_operator_node": ("scripted_operator.yaml",),
     "policy_server": ("policy_server.yaml", "policy_server_sim.yaml"),
     "arbiter_node": ("arbiter.yaml", "arbiter_sim.yaml"),
+    "episode_recorder": ("recorder.yaml",),
+    "learner": ("learner.yaml",),
 }
 # Sim home pose (after reset): the tiny test policies act around it.
 SIM_HOME = np.array(
