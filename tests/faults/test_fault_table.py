@@ -391,12 +391,12 @@ def test_corrupt_checkpoint_announced(graph: Graph) -> None:
     n = len(graph.chunks)
     graph.client.spin_until(lambda: len(graph.chunks) > n + 2, 20.0, "chunks after the refusal")
     assert {m.checkpoint_id for _, m in graph.chunks[n:]} == {graph.manifest["checkpoint_id"]}
+    why = res.message[res.message.index("sha256") :]
     record(
         "corrupt checkpoint announced",
         "kept moving under the serving checkpoint (no swap)",
         "nothing: the serving checkpoint and every file on disk untouched",
-        f"announce answer and server WARN `rejected …: {res.message[res.message.index('sha256') :][:60]}"
-        "…; still serving …`",
+        f"announce answer and server WARN `rejected …: {why[:60]}…; still serving …`",
     )
 
 
