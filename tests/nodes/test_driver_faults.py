@@ -309,9 +309,12 @@ def test_estop_latch_survives_a_driver_restart(ros_env: dict[str, str], tmp_path
         first.proc.wait(timeout=10)
         state.clear()
         second = start("second")
-        c.spin_until(lambda: state, 60.0, lambda: f"second driver\n{second.log()[-2000:]}")
+        c.spin_until(
+            lambda: state and "still latched from before the restart" in second.log(),
+            60.0,
+            lambda: f"second driver\n{second.log()[-2000:]}",
+        )
         assert state[-1][1].data is True  # the restarted driver comes up latched
-        assert "still latched from before the restart" in second.log()
         c.spin_until(lambda: cmd_pub.get_subscription_count() > 0, 30.0, "command subscription")
         msg = ExecutedCommand(controller=[1, 1])
         msg.action = (SIM_HOME + 0.01).tolist()
