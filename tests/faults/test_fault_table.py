@@ -218,6 +218,7 @@ class Graph:
         raise AssertionError(f"{name} never answered\n{self.tail()}")
 
     def start_episode(self) -> str:
+        self.end_episode(3)  # an episode a failed row left running ends as aborted (no-op else)
         res = self._recorder_call(
             self.StartEpisode, "/habc/start_episode", self.StartEpisode.Request(task="t")
         )
@@ -405,54 +406,58 @@ def test_corrupt_checkpoint_announced(graph: Graph) -> None:
 
 
 def test_joystick_silent_in_human_authority(graph: Graph) -> None:
+    """The test is the person's pad here (the scripted operator paused): deadman held with a
+    teleop command for a second, then the pad goes silent mid-takeover."""
+    from sensor_msgs.msg import JointState, Joy
+
     from habc_msgs.msg import EpisodeEvent
 
     c = graph.client
-    graph.procs["operator"].stop()
-    graph.start("operator", force_takeover_step=20)  # takes over 20 steps into an episode
-    c.spin_for(3.0)
-    graph.start_episode()
-    c.spin_until(  # the operator holds the deadman right now (ten human ticks in a row)
-        lambda: all(list(m.controller) == [2, 2] for _, m in graph.commands[-10:]),
-        60.0,
-        lambda: f"the human in control\n{graph.tail()}",
-    )
+    joy_pub = c.node.create_publisher(Joy, "/joy", 10)
+    teleop_pub = c.node.create_publisher(JointState, "/habc/teleop_command", 10)
+    c.spin_until(lambda: teleop_pub.get_subscription_count() > 0, 10.0, "the arbiter")
+    episode = graph.start_episode()
     op = graph.procs["operator"]
     os.kill(op.pid, signal.SIGSTOP)
-    t_stop = c.now_s()
     try:
+        hold_at = graph.last_q().astype(np.float64)
+
+        def pad(deadman: bool, seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                buttons = [0] * 11
+                buttons[4] = int(deadman)
+                joy_pub.publish(Joy(axes=[0.0] * 8, buttons=buttons))
+                teleop = JointState(position=(hold_at + 0.02).tolist())
+                teleop_pub.publish(teleop)
+                c.spin_for(PERIOD)
+
+        pad(True, 1.0)
+        human = [m for _, m in graph.commands[-20:]]
+        assert all(list(m.controller) == [2, 2] for m in human), [m.hold_reason for m in human]
+        t_stop = c.now_s()  # the pad goes silent with the deadman held
         c.spin_for(1.0)
+        window = [m for _, m in graph.commands if t_stop < stamp_s(m) < t_stop + 0.9]
+        holds = [list(m.controller) == [0, 0] for m in window]
+        first = next(i for i in range(len(window)) if all(holds[i:]))  # holds from here on
+        # joy_timeout_s = 0.1 on the arbiter's receive clock, plus transport and scheduling
+        assert stamp_s(window[first]) - t_stop < 0.3, stamp_s(window[first]) - t_stop
+        after = window[first:]
+        assert len(after) > 20
+        assert {m.hold_reason for m in after} == {"joystick_silent"}
+        t1, t2 = stamp_s(after[0]), stamp_s(after[-1])
+        pad(False, 0.3)  # heard again, deadman released: back to the policy
     finally:
         os.kill(op.pid, signal.SIGCONT)
-    window = [m for _, m in graph.commands if t_stop < stamp_s(m) < t_stop + 0.9]
-    # joy_timeout_s = 0.1 on the arbiter's receive clock: allow transport + scheduling here
-    holds = [list(m.controller) == [0, 0] for m in window]
-    first = next(i for i in range(len(window)) if all(holds[i:]))  # holds from here on
-    assert all(list(m.controller) != [1, 1] for m in window), [  # never the policy's
-        (round(stamp_s(m) - t_stop, 3), list(m.controller), m.hold_reason) for m in window
-    ]
-    assert stamp_s(window[first]) - t_stop < 0.3, stamp_s(window[first]) - t_stop
-    after = window[first:]
-    assert len(after) > 20
-    assert all(list(m.controller) == [0, 0] for m in after), [
-        (round(stamp_s(m) - t_stop, 3), list(m.controller), m.hold_reason) for m in after
-    ]
-    assert {m.hold_reason for m in after} <= {"joystick_silent", "teleop_stale"}
-    t1, t2 = stamp_s(after[0]), stamp_s(after[-1])
+        c.node.destroy_publisher(joy_pub)
+        c.node.destroy_publisher(teleop_pub)
     res = graph.end_episode(EpisodeEvent.OUTCOME_FAILURE)
-    assert res.success, res.message
-    graph.procs["operator"].stop()  # back to an operator that leaves the policy in control
-    graph.start("operator")
-    c.spin_until(
-        lambda: graph._policy_ticks_since(c.now_s() - 0.5) > 10,
-        60.0,
-        lambda: f"the policy driving again\n{graph.tail()}",
-    )
+    assert res.success and res.episode_id == episode, res.message
     record(
         "joystick silent, human authority",
-        f"held within {stamp_s(after[0]) - t_stop:.2f} s: {graph.moved(t1, t2)}",
+        f"held {stamp_s(after[0]) - t_stop:.2f} s after the silence began: {graph.moved(t1, t2)}",
         "nothing (the episode was recorded and ended normally)",
-        "arbiter tags every tick `hold_reason: joystick_silent` (or `teleop_stale`)",
+        "arbiter tags every tick `hold_reason: joystick_silent`",
     )
 
 
@@ -584,6 +589,7 @@ def test_corrupt_and_truncated_bags(graph: Graph) -> None:
 
 def test_policy_server_killed(graph: Graph) -> None:
     c = graph.client
+    c.spin_until(lambda: graph._policy_ticks_since(c.now_s() - 1.0) > 10, 30.0, "the policy")
     n = len(graph.chunks)
     c.spin_until(lambda: len(graph.chunks) > n, 10.0, "a fresh chunk")
     graph.procs["policy"].signal(signal.SIGKILL)
@@ -617,9 +623,9 @@ def test_driver_restarted_with_the_estop_latched(graph: Graph) -> None:
     driver = graph.start("driver")
     c.spin_until(lambda: "active: executing" in driver.log(), 60.0, driver.log)
     assert "still latched from before the restart" in driver.log()
-    c.spin_for(1.5)
+    c.spin_for(2.0)
     applied = [m for _, m in graph.applied if stamp_s(m) > t_restart]
-    assert len(applied) > 20
+    assert len(applied) > 5
     assert all(m.hold for m in applied)
     t1, t2 = stamp_s(applied[0]), stamp_s(applied[-1])
     assert graph.target_change(t1, t2) == 0.0

@@ -33,6 +33,9 @@ DEADMAN = 4
 CAMERA = "top"
 IMAGE_SIZE = (48, 48)
 HUMAN_HOLDS = {"teleop_stale", "joystick_silent"}
+# The policy is not verifiably there: its chunk ran out, or its server's heartbeat is late (on a
+# loaded 2-core machine a live server's heartbeat can lag the 10-tick sim window).
+POLICY_HOLDS = {"policy_stale", "policy_heartbeat_lost"}
 HEARTBEAT_TICKS = 10  # config/arbiter_sim.yaml policy_heartbeat_ticks
 REACTION_S = 0.1  # the arbiter hears a joystick change within 5 ticks (transport + load)
 
@@ -171,7 +174,7 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
 
     def policy_or_stale(m: Any) -> bool:
         tags = list(m.controller)
-        return tags == [1, 1] or (tags == [0, 0] and m.hold_reason == "policy_stale")
+        return tags == [1, 1] or (tags == [0, 0] and m.hold_reason in POLICY_HOLDS)
 
     def human_or_hold(m: Any) -> bool:
         return from_teleop(m) or (list(m.controller) == [0, 0] and m.hold_reason in HUMAN_HOLDS)
@@ -202,7 +205,7 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
     tags = [list(m.controller) for m in after[k:]]
     first_policy = tags.index([1, 1])
     blend = after[k : k + first_policy]
-    assert all(list(m.controller) == [2, 2] or m.hold_reason == "policy_stale" for m in blend)
+    assert all(list(m.controller) == [2, 2] or m.hold_reason in POLICY_HOLDS for m in blend)
     assert sum(list(m.controller) == [2, 2] for m in blend) == HANDBACK, tags[:first_policy]
     assert not any(from_teleop(m) for m in blend)
     policy = 0
