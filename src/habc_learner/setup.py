@@ -27,6 +27,7 @@ setup(
             "habc-launch = habc_learner.launcher:main",
             "habc-bringup-job = habc_learner.bringup_job:main",
             "habc-protocol = habc_learner.protocol:main",
+            "habc-sros2 = habc_learner.sros2:main",
             # NODE_ENTRY_POINTS
         ],
     },

@@ -182,6 +182,7 @@ def test_launch_file_and_launcher_describe_the_same_graph(
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "find_executable", lambda spec: spec.executable)  # no install
     description = module.generate_launch_description()
     *declared, opaque = description.args[0]
     graph = load_graph(CONFIG)
@@ -214,3 +215,12 @@ def test_launch_file_and_launcher_describe_the_same_graph(
     ]
     assert from_launch == from_launcher
     assert len(from_launch) >= 4
+
+
+def test_sim_task_must_be_a_sim_task_but_a_real_cell_names_its_own() -> None:
+    graph = load_graph(CONFIG)
+    with pytest.raises(ValueError, match=r"task:='nonexistent' is not one of .*when backend"):
+        resolve(graph, {"task": "nonexistent"})
+    assert resolve(graph, {"task": "insertion"})
+    driver = next(s for s in resolve(graph, {"backend": "arx", "task": "fold_towel"}))
+    assert [p.name for p in driver.parameter_files] == ["driver.yaml", "driver_arx.yaml"]

@@ -109,3 +109,59 @@ def test_learner_killed_mid_round_resumes_from_its_last_checkpoint(tmp_path: Pat
     assert main(["--bags", str(bags), "--out", str(out), "--steps", "2", *ARGS]) == 0
     assert (out / "checkpoints" / "step_000000004").is_dir()
     assert _state(out)["rounds"] == 2 and len(_state(out)["consumed"]) == 3
+
+
+def test_a_diverged_round_writes_no_checkpoint_and_the_next_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Divergence injected as an inf weight from the round's second gradient step on (a real
+    round otherwise): no checkpoint of the diverged model is written (LATEST and every earlier
+    checkpoint stay), and the next round starts again from the last good checkpoint."""
+    import math
+
+    import torch
+
+    from habc_learner.core.trainer import Trainer
+    from habc_learner.learn import LearnerJob, LearnerJobConfig
+    from habc_policy.core.checkpoint import DivergedModelError, latest_checkpoint, load_policy
+
+    bags, out = tmp_path / "bags", tmp_path / "learner"
+    _bags(bags / "demos", ["demo", "demo"], 0)
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 0
+    ckpts = out / "checkpoints"
+    before = sorted(p.name for p in ckpts.iterdir())
+    assert latest_checkpoint(ckpts).name == "step_000000003"
+
+    real_step = Trainer.train_step
+
+    def diverging_step(self: Trainer) -> dict:
+        info = real_step(self)
+        if self.learner_step >= 5:
+            with torch.no_grad():
+                next(self.policy.parameters()).view(-1)[0] = math.inf
+        return info
+
+    monkeypatch.setattr(Trainer, "train_step", diverging_step)
+    _bags(bags / "round_01", ["autonomous_success"], 5)
+    config = LearnerJobConfig(
+        bag_dirs=(bags,),
+        out_dir=out,
+        method="habc",
+        steps_per_round=3,
+        min_new_episodes=1,
+        batch_size=16,
+    )
+    job = LearnerJob(config)
+    job.scan()
+    assert job.ready
+    with pytest.raises(DivergedModelError, match=r"non-finite values in model\.safetensors"):
+        job.run_round()
+    job.close()
+    assert sorted(p.name for p in ckpts.iterdir()) == before  # nothing new, nothing lost
+    assert latest_checkpoint(ckpts).name == "step_000000003"
+    load_policy(latest_checkpoint(ckpts))  # still loads and verifies
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    _bags(bags / "round_02", ["two_takeovers"], 20)
+    assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 0
+    assert latest_checkpoint(ckpts).name == "step_000000006"  # resumed from step 3

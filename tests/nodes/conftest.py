@@ -28,13 +28,15 @@ PACKAGE_OF = {
     "policy_server": "habc_policy",
     "arbiter_node": "habc_policy",
     "episode_recorder": "habc_learner",
+    "learner": "habc_learner",
 }
-PARAMS_FILE = {
-    "driver_node": "driver.yaml",
-    "scripted_operator_node": "scripted_operator.yaml",
-    "policy_server": "policy_server.yaml",
-    "arbiter_node": "arbiter.yaml",
-    "episode_recorder": "recorder.yaml",
+PARAMS_FILE = {  # the sim bringup's files, as graph.yaml gives them (backend:=sim)
+    "driver_node": ("driver.yaml", "driver_sim.yaml"),
+    "scripted_operator_node": ("scripted_operator.yaml",),
+    "policy_server": ("policy_server.yaml", "policy_server_sim.yaml"),
+    "arbiter_node": ("arbiter.yaml", "arbiter_sim.yaml"),
+    "episode_recorder": ("recorder.yaml",),
+    "learner": ("learner.yaml",),
 }
 # Sim home pose (after reset): the tiny test policies act around it.
 SIM_HOME = np.array(
@@ -66,10 +68,21 @@ def _param(value: Any) -> str:
 class NodeProcess:
     """One node as an OS process (console script + params file + overrides)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, **overrides: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        extra_params_files: tuple[str, ...] = (),
+        log_name: str = "",
+        **overrides: Any,
+    ) -> None:
         self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        cmd = [executable(name), "--ros-args", "--params-file", str(CONFIG / PARAMS_FILE[name])]
+        self.log_path = log_dir / f"{log_name or name}.log"
+        cmd = [executable(name), "--ros-args"]
+        for file in (*PARAMS_FILE[name], *extra_params_files):  # e.g. + driver_arx.yaml
+            cmd += ["--params-file", str(CONFIG / file)]
         for key, value in overrides.items():
             cmd += ["-p", f"{key.replace('__', '.')}:={_param(value)}"]
         self.cmd = cmd

@@ -16,9 +16,11 @@ from arx_x5_driver.core.safety import (
     REASON_NON_FINITE,
     REASON_VELOCITY,
     REASON_WORKSPACE,
+    PersistentLatch,
     SafetyConfig,
     SafetyLayer,
     WorkspaceBox,
+    per_joint_velocity,
     uniform_velocity,
 )
 
@@ -184,12 +186,18 @@ def test_estop_latches_until_reset() -> None:
     assert s.reset_estop() is False
 
 
-def test_start_rejects_non_finite_and_clips() -> None:
+def test_start_rejects_non_finite_and_holds_exactly_where_measured() -> None:
     s = make()
     with pytest.raises(ValueError, match="not finite"):
         s.start(np.array([0.0, math.nan, 0, 0, 0, 0]), 0.0)
-    s.start(np.array([2.0, 0.0, 0.5, 0.0, 0.0, -1.0]), 0.0)
-    np.testing.assert_allclose(s.target, [1.0, 0.0, 0.5, 0.0, 0.0, 0.0])
+    # Outside the limits: the hold target is still the measurement (clipping it would move
+    # the arm on activation), and the silent-tick hold sends exactly that.
+    measured = np.array([2.0, 0.0, 0.5, 0.0, 0.0, -1.0])
+    s.start(measured, 0.0)
+    np.testing.assert_array_equal(s.target, measured)
+    v = s.tick(2 * PERIOD)
+    assert v is not None and v.hold
+    np.testing.assert_array_equal(v.target, measured)
 
 
 def test_command_before_start_raises() -> None:
@@ -225,3 +233,53 @@ def test_workspace_box_validation() -> None:
     assert box.contains([0.5, 0.5, 0.5])
     assert not box.contains([0.5, 0.5, math.nan])
     assert not box.contains([0.5, 0.5])
+
+
+def test_per_joint_velocity_is_the_x5_layout() -> None:
+    from arx_x5_driver.core.config import X5_JOINT_VELOCITY_MAX
+
+    arms = (("left", 0, 7), ("right", 7, 14))
+    v = per_joint_velocity(arms, X5_JOINT_VELOCITY_MAX, 1.0)
+    assert v == (5.0, 5.0, 5.5, 5.5, 5.0, 5.0, 1.0) * 2
+    with pytest.raises(ValueError, match="6 joint velocity limits for arm 'left' with 5"):
+        per_joint_velocity((("left", 0, 6),), X5_JOINT_VELOCITY_MAX, 1.0)
+
+
+def test_x5_limits_reject_a_step_of_one_tick_at_5_5_rad_s() -> None:
+    """At 50 Hz the X5's limits allow 0.1 rad (0.11 on joints 3, 4) per tick; more holds."""
+    from arx_x5_driver.core.config import X5_JOINT_VELOCITY_MAX
+
+    arms = (("left", 0, 7),)
+    names = (*tuple(f"j{i}" for i in range(6)), "g")
+    config = SafetyConfig(
+        action_names=names,
+        arm_slices=arms,
+        low=(-3.0,) * 6 + (0.0,),
+        high=(3.0,) * 6 + (1.0,),
+        max_velocity=per_joint_velocity(arms, X5_JOINT_VELOCITY_MAX, 1.0),
+        control_period_s=0.02,
+        velocity_mode="reject",
+    )
+    s = SafetyLayer(config)
+    s.start(np.zeros(7), 0.0)
+    ok = np.array([0.1, -0.1, 0.11, -0.11, 0.1, 0.1, 0.02])
+    assert s.command(ok, 0.02).accepted
+    too_fast = ok.copy()
+    too_fast[0] += 0.1 + 1e-6
+    v = s.command(too_fast, 0.04)
+    assert v.hold and v.reason == REASON_VELOCITY and "j0" in v.detail
+    np.testing.assert_array_equal(v.target, ok)
+
+
+def test_persistent_latch_survives_a_new_instance(tmp_path) -> None:
+    path = tmp_path / "run" / "estop.latch"
+    latch = PersistentLatch(path)
+    assert latch.load() == ""
+    latch.set("estop topic")
+    assert PersistentLatch(path).load() == "estop topic"  # a restarted driver reads it
+    assert not list(path.parent.glob("*.tmp"))  # written atomically, nothing left behind
+    PersistentLatch(path).clear()
+    assert PersistentLatch(path).load() == "" and not path.exists()
+    path.write_text("")  # an empty (e.g. truncated) file still means latched
+    assert PersistentLatch(path).load()
+    assert PersistentLatch("").load() == ""  # memory only

@@ -179,3 +179,68 @@ def test_a_mark_button_held_across_an_episode_reset_fires_once() -> None:
     arb.step(0.06, joy=joy(0.06), teleop=None, policy_row=row(1.0), estop=False)
     again = arb.step(0.08, joy=joy(0.08, FAIL), teleop=None, policy_row=row(1.0), estop=False)
     assert again.mark == "failure"  # a new press in the new episode does count
+
+
+def test_heartbeat_alive_by_hand() -> None:
+    from habc_policy.core.authority import heartbeat_alive
+
+    assert heartbeat_alive(1.04, 1.0, 2, 0.02)  # 2 periods old: still alive
+    assert not heartbeat_alive(1.0401, 1.0, 2, 0.02)
+    assert not heartbeat_alive(1.0, None, 2, 0.02)  # never heard
+    assert heartbeat_alive(100.0, None, 0, 0.02)  # off
+
+
+def test_lost_heartbeat_holds_policy_arms_at_once_but_not_the_human() -> None:
+    from habc_policy.core.authority import HOLD_POLICY_HEARTBEAT
+
+    arb = AuthorityArbiter(CFG)
+    d = arb.step(0.0, joy=joy(0.0), teleop=None, policy_row=row(1.0), estop=False)
+    assert d.controllers == (P, P)
+    # The last chunk still has fresh rows, but its server is dead: hold the last action.
+    d = arb.step(
+        0.02, joy=joy(0.02), teleop=None, policy_row=row(2.0), estop=False, policy_alive=False
+    )
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_POLICY_HEARTBEAT
+    assert d.action.tolist() == [1.0] * 4 and d.checkpoint_id == ""
+    # The operator can still take over and move the arm.
+    d = arb.step(
+        0.04,
+        joy=joy(0.04, DEADMAN),
+        teleop=human(0.04, 5.0),
+        policy_row=row(2.0),
+        estop=False,
+        policy_alive=False,
+    )
+    assert d.controllers == (H, H) and d.action.tolist() == [5.0] * 4
+
+
+def test_pad_supervision_holds_even_under_policy_authority() -> None:
+    from habc_policy.core.authority import HOLD_PAD_SILENT
+
+    cfg = ArbiterConfig(arm_slices=((0, 2), (2, 4)), handback_ticks=4, pad_supervision_s=0.5)
+    arb = AuthorityArbiter(cfg)
+    # Never heard: autonomy does not start.
+    d = arb.step(
+        0.0,
+        joy=None,
+        teleop=None,
+        policy_row=row(1.0),
+        estop=False,
+        measured_position=np.zeros(4, np.float32),
+    )
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_PAD_SILENT
+    assert d.action.tolist() == [0.0] * 4
+    d = arb.step(0.02, joy=joy(0.02), teleop=None, policy_row=row(1.0), estop=False)
+    assert d.controllers == (P, P)
+    # The pad's last message is 0.5 s old: still supervised; older: every arm holds.
+    d = arb.step(0.52, joy=joy(0.02), teleop=None, policy_row=row(2.0), estop=False)
+    assert d.controllers == (P, P) and d.action.tolist() == [2.0] * 4
+    d = arb.step(0.54, joy=joy(0.02), teleop=None, policy_row=row(3.0), estop=False)
+    assert d.controllers == (N, N) and d.hold_reason == HOLD_PAD_SILENT
+    assert d.action.tolist() == [2.0] * 4
+    # Off by default: the same silence changes nothing.
+    plain = AuthorityArbiter(CFG)
+    d = plain.step(5.0, joy=joy(0.0), teleop=None, policy_row=row(3.0), estop=False)
+    assert d.controllers == (P, P)
+    with pytest.raises(ValueError, match="pad_supervision_s"):
+        ArbiterConfig(pad_supervision_s=-1.0)

@@ -251,3 +251,67 @@ def test_recorder_core_refusals(tmp_path: Path) -> None:
     with pytest.raises(RecorderError, match="already exists"):
         rec.start("t", "p", "ep-1", 4_000)
     assert recover_partial_bags(tmp_path) == []  # a closed (aborted) bag is complete
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB file system (tmpfs with a size limit): a disk that really fills (ENOSPC)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_mid_episode_closes_the_bag_and_keeps_earlier_episodes(
+    ros_env: dict[str, str], client: Client, small_disk: Path
+) -> None:
+    from habc_msgs.msg import EpisodeEvent
+
+    rec = Recorder(ros_env, small_disk, "-p", "min_free_gb:=0.0")
+    try:
+        rec.wait_ready()
+        client.wait_for_subscribers()
+        first = _run_episode(client, 15, range(0), EpisodeEvent.OUTCOME_SUCCESS)
+        res = client.call(client.start_cli, client.StartEpisode.Request(task="t"))
+        assert res.success, res.message
+        big = bytes(range(256)) * (96 * 128 * 3 // 256)  # 36 KiB per frame: fills 1 MiB fast
+
+        def lost() -> bool:
+            return any(
+                e.episode_id == res.episode_id and e.outcome == EpisodeEvent.OUTCOME_ABORTED
+                for e in client.events
+            )
+
+        for t in range(200):
+            client.image_pub.publish(
+                client.Image(height=96, width=128, encoding="rgb8", step=384, data=big)
+            )
+            client.publish_step(res.episode_id, t, [POLICY, POLICY])
+            if lost():
+                break
+        client.spin_until(lost, "the recorder's aborted end event")
+        assert rec.proc.poll() is None, rec.output  # the recorder lives on
+        end = client.call(
+            client.end_cli,
+            client.EndEpisode.Request(outcome=EpisodeEvent.OUTCOME_SUCCESS, reason="test"),
+        )
+        assert not end.success and "was lost: disk full" in end.message, end.message
+    finally:
+        out = rec.stop()
+    assert f"episode {res.episode_id} lost: disk full" in out
+    assert not (small_disk / res.episode_id).exists()
+    assert (small_disk / (res.episode_id + ".incomplete")).is_dir()
+    episodes, report = read_episodes(small_disk)
+    assert [e.episode_id for e in episodes] == [first]  # the earlier episode is intact
+    assert episodes[0].length == 15
+    assert [p.name for p, _ in report.skipped] == [res.episode_id + ".incomplete"]

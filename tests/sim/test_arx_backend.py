@@ -33,6 +33,7 @@ class FakeRobotConfig:
         self.joint_pos_max = X5_MAX.copy()
         self.joint_dof = 6
         self.gripper_width = 0.088
+        self.urdf_path = f"/opt/arx5/models/{model}.urdf"
 
 
 class FakeControllerConfig:
@@ -145,10 +146,40 @@ class FakeJointController(_FakeController):
 class FakeCartesianController(_FakeController):
     def set_eef_cmd(self, cmd: FakeEEFState) -> None:
         assert isinstance(cmd, FakeEEFState)
+        assert np.all(np.isfinite(cmd.pose_6d())), "NaN reached the SDK"
         self.commands.append(cmd)
 
     def get_eef_state(self) -> FakeEEFState:
         return FakeEEFState(np.zeros(6), 0.0)
+
+
+L1, L2 = 0.3, 0.25  # link lengths of the fake solver's arm (m)
+
+
+def fake_fk(q: np.ndarray) -> np.ndarray:
+    """The fake solver's forward kinematics, checkable by hand: a 2-link arm that yaws about
+    z by q0 and pitches by q1, q2 (planar in its yaw plane), wrist angles added to the pose.
+
+    ``r = L1·cos q1 + L2·cos(q1 + q2)``, ``z = L1·sin q1 + L2·sin(q1 + q2)``,
+    ``(x, y) = r·(cos q0, sin q0)``, ``(roll, pitch, yaw) = (q3 + q5, q1 + q2 + q4, q0)``.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    r = L1 * np.cos(q[1]) + L2 * np.cos(q[1] + q[2])
+    z = L1 * np.sin(q[1]) + L2 * np.sin(q[1] + q[2])
+    return np.array([r * np.cos(q[0]), r * np.sin(q[0]), z, q[3] + q[5], q[1] + q[2] + q[4], q[0]])
+
+
+class FakeArx5Solver:
+    """``Arx5Solver(urdf_path, joint_dof, joint_pos_min, joint_pos_max)`` with :func:`fake_fk`."""
+
+    def __init__(self, urdf_path: str, joint_dof: int, pos_min: Any, pos_max: Any) -> None:
+        assert urdf_path.endswith(".urdf") and joint_dof == 6
+        self.urdf_path = urdf_path
+
+    def forward_kinematics(self, joint_pos: Any) -> np.ndarray:
+        q = np.asarray(joint_pos, dtype=np.float64)
+        assert q.shape == (6,), q.shape
+        return fake_fk(q)
 
 
 def fake_arx5_module() -> types.ModuleType:
@@ -159,6 +190,7 @@ def fake_arx5_module() -> types.ModuleType:
     mod.Arx5CartesianController = FakeCartesianController  # type: ignore[attr-defined]
     mod.JointState = FakeJointState  # type: ignore[attr-defined]
     mod.EEFState = FakeEEFState  # type: ignore[attr-defined]
+    mod.Arx5Solver = FakeArx5Solver  # type: ignore[attr-defined]
     return mod
 
 
@@ -321,7 +353,7 @@ def test_clear_error_when_arm_or_camera_missing(fake_sdks: types.ModuleType) -> 
 
 
 def test_joint_commands_respect_limits_and_never_forward_nan(fake_sdks: types.ModuleType) -> None:
-    with _backend(max_joint_step=0.1) as robot:
+    with _backend() as robot:  # the X5's 5 rad/s at 50 Hz: 0.1 rad per command
         left, right = _FakeController.instances
         assert left.interface_name == "can0" and right.interface_name == "can1"
         assert left.controller_config.background_send_recv
@@ -376,6 +408,11 @@ def test_cartesian_mode_uses_eef_commands(fake_sdks: types.ModuleType) -> None:
         robot.command(a)
         cmd = _FakeController.instances[0].commands[-1]
         assert isinstance(cmd, FakeEEFState)
+        # clamped into the box, then rate limited from the measured pose (z = 0)
+        assert cmd.pose_6d()[2] == pytest.approx(0.3 / 50)
+        for _ in range(150):
+            robot.command(a)
+        cmd = _FakeController.instances[0].commands[-1]
         assert cmd.pose_6d()[2] == pytest.approx(0.6)
 
 
@@ -400,3 +437,102 @@ def test_arx_config_validates() -> None:
     with pytest.raises(ValueError, match="serial"):
         ArxConfig(camera_serials=(("top", ""),))
     importlib.import_module("arx_x5_driver.core.arx")
+
+
+def test_fake_fk_by_hand() -> None:
+    # q1 = 90°: link 1 straight up (z = L1); q2 = -90°: link 2 horizontal (r = L2).
+    pose = fake_fk(np.array([0.0, np.pi / 2, -np.pi / 2, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(pose, [L2, 0.0, L1, 0.0, 0.0, 0.0], atol=1e-12)
+    pose = fake_fk(np.array([np.pi / 2, 0.0, 0.0, 0.1, 0.2, 0.3]))
+    np.testing.assert_allclose(pose, [0.0, L1 + L2, 0.0, 0.4, 0.2, np.pi / 2], atol=1e-12)
+
+
+def test_cartesian_hold_is_the_measured_pose_and_activation_does_not_move(
+    fake_sdks: types.ModuleType,
+) -> None:
+    """The hold target in cartesian mode is FK of the measured joints, not the joints; the
+    driver's safety layer started from it and ticked silent sends exactly that pose."""
+    from arx_x5_driver.core.safety import SafetyConfig, SafetyLayer, per_joint_velocity
+
+    with _backend(controller="cartesian") as robot:
+        left, right = _FakeController.instances
+        q_left = np.array([0.2, 0.9, -0.6, 0.05, -0.1, 0.15])
+        q_right = np.array([-0.1, 1.1, -0.9, 0.0, 0.2, -0.05])
+        left.state = FakeJointState(q_left, np.zeros(6), np.zeros(6), 0.044)
+        right.state = FakeJointState(q_right, np.zeros(6), np.zeros(6), 0.0)
+        hold = robot.hold_position()
+        np.testing.assert_allclose(hold[:6], fake_fk(q_left))
+        np.testing.assert_allclose(hold[7:13], fake_fk(q_right))
+        assert hold[6] == pytest.approx(0.5) and hold[13] == pytest.approx(0.0)
+        assert not np.allclose(hold[:6], q_left)  # the joint angles are not a pose
+
+        spec = robot.spec
+        layer = SafetyLayer(
+            SafetyConfig(
+                action_names=spec.action_names,
+                arm_slices=spec.arm_slices,
+                low=spec.action_low,
+                high=spec.action_high,
+                max_velocity=per_joint_velocity(spec.arm_slices, [0.3] * 3 + [1.5] * 3, 1.0),
+                control_period_s=0.02,
+                velocity_mode="reject",
+            )
+        )
+        layer.start(robot.hold_position(), 0.0)
+        verdict = layer.tick(0.04)
+        assert verdict is not None and verdict.hold
+        robot.command(verdict.target)
+        np.testing.assert_allclose(left.commands[-1].pose_6d(), fake_fk(q_left), atol=1e-12)
+        np.testing.assert_allclose(right.commands[-1].pose_6d(), fake_fk(q_right), atol=1e-12)
+        assert left.commands[-1].gripper_pos == pytest.approx(0.044)
+
+
+def test_cartesian_commands_are_rate_limited(fake_sdks: types.ModuleType) -> None:
+    with _backend(controller="cartesian", max_linear_velocity=0.25, max_angular_velocity=1.0) as r:
+        left = _FakeController.instances[0]
+        q = np.array([0.0, np.pi / 2, -np.pi / 2, 0.0, 0.0, 0.0])
+        left.state = FakeJointState(q, np.zeros(6), np.zeros(6), 0.0)
+        start = r.hold_position()  # left at (L2, 0, L1), rpy 0
+        target = start.copy()
+        target[0] += 0.1  # 10 cm at once
+        target[5] = 3.0  # 3 rad of yaw at once
+        r.command(target)
+        sent = left.commands[-1].pose_6d()
+        assert sent[0] - start[0] == pytest.approx(0.25 / 50)  # 5 mm per command
+        assert sent[5] - start[5] == pytest.approx(1.0 / 50)  # 0.02 rad per command
+        # yaw across ±pi goes the short way round
+        wrap = r.hold_position()
+        wrap[5] = np.pi - 0.005
+        r._last_cmd = wrap.copy()
+        other = wrap.copy()
+        other[5] = -np.pi + 0.05  # 0.055 rad away through ±pi, not 6.23 rad back
+        r.command(other)
+        assert left.commands[-1].pose_6d()[5] == pytest.approx(np.pi - 0.005 + 0.02)
+
+
+def test_joint_rate_limit_is_per_joint_x5(fake_sdks: types.ModuleType) -> None:
+    with _backend() as robot:
+        left = _FakeController.instances[0]
+        robot.command(np.full(14, 0.5) * np.r_[np.ones(6), 0, np.ones(6), 0])
+        sent = left.commands[-1].pos()
+        np.testing.assert_allclose(sent, [0.1, 0.1, 0.11, 0.11, 0.1, 0.1])
+
+
+def test_control_path_reads_no_camera_and_capture_reports_frame_numbers(
+    fake_sdks: types.ModuleType,
+) -> None:
+    serials = (("top", "111"),)
+    with _backend(camera_serials=serials, image_size=(8, 8)) as robot:
+        pipe = fake_sdks.pipeline.started[-1]  # type: ignore[attr-defined]
+        polls = pipe.frames
+        state = robot.observe_state()
+        assert state.images == {} and pipe.frames == polls  # the 50 Hz path polls nothing
+        a = robot.capture()
+        b = robot.capture()
+        assert pipe.frames == polls + 2
+        assert b.frame_seq["top"] == a.frame_seq["top"] + 1
+        pipe.poll_for_frames = lambda: None  # frozen: no new frame arrives
+        c = robot.capture()
+        assert c.frame_seq["top"] == b.frame_seq["top"]
+        np.testing.assert_array_equal(c.images["top"], b.images["top"])
+        assert not robot.capture_shares_state

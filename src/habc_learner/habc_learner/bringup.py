@@ -23,10 +23,15 @@ _SUBST = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class Argument:
+    """A launch argument. ``choices_when``: ``(condition, choices)`` pairs, choices that apply
+    only while the condition holds (``task`` is one of the sim's tasks when ``backend == sim``;
+    a real cell names its own tasks)."""
+
     name: str
     default: str
     choices: tuple[str, ...] = ()
     description: str = ""
+    choices_when: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,10 @@ def load_graph(config_dir: str | Path | None = None) -> Graph:
             default=str(spec.get("default", "")),
             choices=tuple(str(c) for c in spec.get("choices", ())),
             description=str(spec.get("description", "")),
+            choices_when=tuple(
+                (str(cond), tuple(str(c) for c in values))
+                for cond, values in (spec.get("choices_when") or {}).items()
+            ),
         )
     nodes = tuple(doc["nodes"])
     seen = set()
@@ -115,9 +124,25 @@ def load_graph(config_dir: str | Path | None = None) -> Graph:
             raise ValueError(f"{path}: node name {node['name']!r} appears twice")
         seen.add(node["name"])
         for file in node.get("parameters", ()):
-            if not (config_dir / file).is_file():
-                raise ValueError(f"{path}: node {node['name']!r}: no parameter file {file}")
+            for variant in _file_variants(str(file), arguments, path):
+                if not (config_dir / variant).is_file():
+                    raise ValueError(f"{path}: node {node['name']!r}: no parameter file {variant}")
     return Graph(arguments, nodes, config_dir)
+
+
+def _file_variants(file: str, arguments: Mapping[str, Argument], path: Path) -> list[str]:
+    """Every name a parameter file can take: ``driver_{backend}.yaml`` for each choice of
+    ``backend`` (an argument used in a file name must have choices)."""
+    variants = [file]
+    for name in _SUBST.findall(file):
+        arg = arguments.get(name)
+        if arg is None or not arg.choices:
+            raise ValueError(
+                f"{path}: parameter file {file!r} uses {{{name}}}, which is not an argument "
+                "with choices"
+            )
+        variants = [v.replace(f"{{{name}}}", c) for v in variants for c in arg.choices]
+    return variants
 
 
 def resolve_arguments(graph: Graph, given: Mapping[str, str]) -> dict[str, str]:
@@ -130,6 +155,12 @@ def resolve_arguments(graph: Graph, given: Mapping[str, str]) -> dict[str, str]:
         if choices and value not in choices:
             raise ValueError(f"{name}:={value!r} is not one of {list(choices)}")
         values[name] = value
+    for name, arg in graph.arguments.items():
+        for condition, choices in arg.choices_when:
+            if condition_holds(condition, values) and values[name] not in choices:
+                raise ValueError(
+                    f"{name}:={values[name]!r} is not one of {list(choices)} (when {condition})"
+                )
     return values
 
 
@@ -169,7 +200,9 @@ def resolve(graph: Graph, given: Mapping[str, str] | None = None) -> list[NodeSp
                 name=node["name"],
                 package=node["package"],
                 executable=node["executable"],
-                parameter_files=tuple(graph.config_dir / f for f in node.get("parameters", ())),
+                parameter_files=tuple(
+                    graph.config_dir / _substitute(str(f), args) for f in node.get("parameters", ())
+                ),
                 overrides=_substitute(dict(node.get("overrides") or {}), args),
                 remappings=tuple(
                     (str(k), _substitute(str(v), args))

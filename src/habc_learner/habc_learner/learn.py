@@ -246,10 +246,22 @@ class LearnerJob:
         """Add the pending episodes, train one round, checkpoint, record the state."""
         if not self.pending:
             raise RuntimeError("no new episodes: scan() first")
+        from habc_policy.core.checkpoint import DivergedModelError
+
         self.store.add_episodes([ep for _, ep in self.pending])
         trainer = self._ensure_trainer()
-        summary = trainer.run_round(self.config.steps_per_round)
-        checkpoint = trainer.save_checkpoint()
+        try:
+            summary = trainer.run_round(self.config.steps_per_round)
+            checkpoint = trainer.save_checkpoint()
+        except DivergedModelError:
+            # No checkpoint from a diverged model; the next round starts again from the last
+            # good one (LATEST), with these episodes already in the store.
+            self.trainer = None
+            trainer.close()
+            self.consumed.update(p for p, _ in self.pending)
+            self.pending = []
+            self._save_state()
+            raise
         summary.checkpoint = checkpoint
         self.consumed.update(p for p, _ in self.pending)
         self.pending = []

@@ -22,8 +22,16 @@ SDK calls used (arx5-sdk ``python/arx5_interface.pyi``)::
 Action per arm: joint mode ``[6 joint angles (rad), gripper 0..1]``; cartesian mode
 ``[x, y, z, roll, pitch, yaw, gripper 0..1]``. The gripper is scaled by the model's
 ``gripper_width`` (m). Commands are checked (:func:`check_action`: NaN/inf always refused,
-out-of-limit clamped or refused per config), then rate limited to ``max_joint_step`` rad per
-command in joint mode, before anything reaches the SDK.
+out-of-limit clamped or refused per config), then rate limited before anything reaches the
+SDK: per joint ``joint_velocity_max / control_hz`` rad per command in joint mode (the X5's
+``[5, 5, 5.5, 5.5, 5, 5]`` rad/s), ``max_linear_velocity / control_hz`` m and
+``max_angular_velocity / control_hz`` rad per command in cartesian mode (angles wrapped).
+
+Cartesian mode reports where the arms are in the command's own space: :meth:`ArxBackend
+.hold_position` is the end-effector pose by forward kinematics of the measured joints
+(``Arx5Solver.forward_kinematics``), so the driver holds at the pose the arm is in and never
+at a joint vector read as a pose. Cameras are read by :meth:`ArxBackend.capture` (the driver's
+capture thread), never on the control path (:meth:`ArxBackend.observe_state`).
 """
 
 from __future__ import annotations
@@ -113,6 +121,13 @@ class _Camera:
             ) from exc
         self.image = self._convert(frames.get_color_frame())
 
+        self.seq = self._frame_number(frames.get_color_frame(), 0)
+
+    @staticmethod
+    def _frame_number(frame: Any, fallback: int) -> int:
+        number = getattr(frame, "get_frame_number", None)
+        return int(number()) if callable(number) else fallback
+
     def _convert(self, frame: Any) -> npt.NDArray[np.uint8]:
         img = np.asanyarray(frame.get_data()).copy()
         h, w = self._size
@@ -122,13 +137,16 @@ class _Camera:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(img, dtype=np.uint8)
 
-    def latest(self) -> npt.NDArray[np.uint8]:
+    def latest(self) -> tuple[npt.NDArray[np.uint8], int]:
+        """The newest image and its frame number; both unchanged when no new frame came (a
+        frozen camera's number stops advancing)."""
         frames = self.pipeline.poll_for_frames()
         if frames:
             color = frames.get_color_frame()
             if color:
                 self.image = self._convert(color)
-        return self.image
+                self.seq = self._frame_number(color, self.seq + 1)
+        return self.image, self.seq
 
     def stop(self) -> None:
         try:
@@ -141,6 +159,7 @@ class ArxBackend(ArmBackend):
     """Two ARX X5 arms (left, right) and up to three RealSense cameras."""
 
     name: ClassVar[str] = "arx"
+    capture_shares_state: ClassVar[bool] = False  # RealSense pipelines, not the CAN bus
 
     def __init__(self, config: ArxConfig | None = None) -> None:
         self.config = config or ArxConfig()
@@ -236,7 +255,8 @@ class ArxBackend(ArmBackend):
         self._step = 0
         return self.observe()
 
-    def observe(self) -> Observation:
+    def observe_state(self) -> Observation:
+        """Joint positions and velocities only: the control path never touches a camera."""
         self._require_connected()
         pos, vel = [], []
         for arm in self._arms:
@@ -245,21 +265,52 @@ class ArxBackend(ArmBackend):
             pos.append(float(js.gripper_pos) / arm.gripper_width)
             vel.extend(np.asarray(js.vel(), dtype=np.float64).tolist())
             vel.append(float(js.gripper_vel) / arm.gripper_width)
-        images = {cam.name: cam.latest() for cam in self._cameras}
         return Observation(
             joint_positions=np.asarray(pos),
             joint_velocities=np.asarray(vel),
-            images=images,
             env_state=None,
             timestamp=time.monotonic(),
             step=self._step,
         )
 
+    def capture(self) -> Observation:
+        """Joint state plus the newest image of every camera and its frame number."""
+        state = self.observe_state()
+        images, seqs = {}, {}
+        for cam in self._cameras:
+            images[cam.name], seqs[cam.name] = cam.latest()
+        return Observation(
+            joint_positions=state.joint_positions,
+            joint_velocities=state.joint_velocities,
+            images=images,
+            env_state=None,
+            timestamp=state.timestamp,
+            step=state.step,
+            frame_seq=seqs,
+        )
+
+    def observe(self) -> Observation:
+        return self.capture()
+
+    def hold_position(self) -> npt.NDArray[np.float64]:
+        """The measured position in the command space: joint mode, the joint positions;
+        cartesian mode, per arm ``[FK pose (x, y, z, roll, pitch, yaw), gripper]`` of the
+        measured joints by the SDK's solver."""
+        q = self.observe_state().joint_positions
+        if self.config.controller == "joint":
+            return q
+        out = q.copy()
+        for arm, (_, lo, hi) in zip(self._arms, ARM_SLICES):
+            pose = np.asarray(self._solver(arm).forward_kinematics(q[lo : hi - 1]), np.float64)
+            if pose.shape != (6,) or not np.all(np.isfinite(pose)):
+                raise RuntimeError(f"{arm.name} arm: forward kinematics gave {pose.tolist()}")
+            out[lo : hi - 1] = pose
+        return out
+
     def command(self, action: npt.ArrayLike) -> None:
         self._require_connected()
         a = check_action(action, self.spec, self.config.out_of_limits, LOG)
-        if self.config.controller == "joint":
-            a = self._rate_limit(a)
+        a = self._rate_limit(a)
         for arm, (_, lo, hi) in zip(self._arms, ARM_SLICES):
             part = a[lo:hi]
             gripper = float(part[6]) * arm.gripper_width
@@ -289,39 +340,56 @@ class ArxBackend(ArmBackend):
             if self.config.controller == "cartesian":
                 out[arm.name] = a[lo : lo + 3].copy()
                 continue
-            if arm.name not in self._solvers:
-                rc = arm.robot_config
-                try:
-                    self._solvers[arm.name] = self._sdk.Arx5Solver(
-                        str(rc.urdf_path),
-                        int(rc.joint_dof),
-                        np.asarray(rc.joint_pos_min, dtype=np.float64),
-                        np.asarray(rc.joint_pos_max, dtype=np.float64),
-                    )
-                except (AttributeError, RuntimeError, TypeError) as exc:
-                    raise NotImplementedError(
-                        f"{arm.name} arm: the SDK's kinematic solver is unavailable: {exc}"
-                    ) from exc
-            pose = np.asarray(self._solvers[arm.name].forward_kinematics(a[lo : lo + 6]))
+            pose = np.asarray(self._solver(arm).forward_kinematics(a[lo : lo + 6]))
             out[arm.name] = pose[:3].astype(np.float64)
         return out
 
+    def _solver(self, arm: _Arm) -> Any:
+        """The SDK's kinematic solver of ``arm``, built once."""
+        if arm.name not in self._solvers:
+            rc = arm.robot_config
+            try:
+                self._solvers[arm.name] = self._sdk.Arx5Solver(
+                    str(rc.urdf_path),
+                    int(rc.joint_dof),
+                    np.asarray(rc.joint_pos_min, dtype=np.float64),
+                    np.asarray(rc.joint_pos_max, dtype=np.float64),
+                )
+            except (AttributeError, RuntimeError, TypeError) as exc:
+                raise NotImplementedError(
+                    f"{arm.name} arm: the SDK's kinematic solver is unavailable: {exc}"
+                ) from exc
+        return self._solvers[arm.name]
+
     # Internals ----------------------------------------------------------------------------
+    def max_step(self) -> npt.NDArray[np.float64]:
+        """Largest change per command, per action dimension (grippers: unlimited here)."""
+        cfg = self.config
+        if cfg.controller == "joint":
+            per_arm = [v / cfg.control_hz for v in cfg.joint_velocity_max]
+        else:
+            lin = cfg.max_linear_velocity / cfg.control_hz
+            ang = cfg.max_angular_velocity / cfg.control_hz
+            per_arm = [lin, lin, lin, ang, ang, ang]
+        return np.asarray([*per_arm, np.inf, *per_arm, np.inf], dtype=np.float64)
+
     def _rate_limit(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Limit each joint's change per command to ``max_joint_step`` (grippers excluded)."""
+        """Limit each dimension's change per command to :meth:`max_step` (cartesian angles by
+        their wrapped difference)."""
         ref = self._last_cmd
         if ref is None:
-            ref = self.observe().joint_positions
-        joints = np.ones(14, dtype=bool)
-        joints[[6, 13]] = False
-        step = self.config.max_joint_step
+            ref = self.hold_position()
         delta = a - ref
-        too_far = joints & (np.abs(delta) > step)
+        if self.config.controller == "cartesian":
+            for lo in (0, 7):
+                rot = slice(lo + 3, lo + 6)
+                delta[rot] = (delta[rot] + np.pi) % (2 * np.pi) - np.pi
+        step = self.max_step()
+        too_far = np.abs(delta) > step
         if too_far.any():
             names = [self.spec.action_names[i] for i in np.flatnonzero(too_far)]
-            LOG.warning("rate limiting %s to %.3f rad per command", names, step)
-            a = a.copy()
-            a[too_far] = ref[too_far] + np.sign(delta[too_far]) * step
+            LOG.warning("rate limiting %s to %s per command", names, step[too_far].round(4))
+            a = ref + np.clip(delta, -step, step)
         return a
 
     def _check_serials(self, rs: Any) -> None:

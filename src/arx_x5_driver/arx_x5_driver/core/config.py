@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from arx_x5_driver.core.robot import OUT_OF_LIMITS_MODES
 
@@ -22,6 +22,8 @@ ALOHA_CAMERAS = ("top", "left_wrist", "right_wrist", "angle", "front_close")
 ARX_MODELS = ("X5", "L5", "X5_umi", "L5_umi")
 ARX_CONTROLLERS = ("joint", "cartesian")
 ARX_CAMERA_NAMES = ("top", "left_wrist", "right_wrist")
+#: Joint velocity maxima of the X5 (rad/s), as arx5-sdk's X5 robot config lists them.
+X5_JOINT_VELOCITY_MAX = (5.0, 5.0, 5.5, 5.5, 5.0, 5.0)
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")
 
 
@@ -101,7 +103,11 @@ class ArxConfig:
         capture_size / capture_fps: RealSense colour stream mode, ``(height, width)``.
         image_size: ``(height, width)`` images are resized to for the observation.
         control_hz: rate the caller commands at (used for velocity limits).
-        max_joint_step: largest joint change per command (rad); larger jumps are clamped.
+        joint_velocity_max: per-joint velocity limit (rad/s, the X5's by default); a joint
+            command is rate limited to ``joint_velocity_max / control_hz`` per command.
+        max_linear_velocity / max_angular_velocity: cartesian mode rate limit of the
+            end-effector position (m/s) and orientation (rad/s), per command
+            ``v / control_hz``.
         workspace_low / workspace_high: cartesian mode position box per arm (m, arm frame).
         out_of_limits: ``"clamp"`` (log and clamp) or ``"raise"``.
         frame_timeout_ms: how long the first frame of a camera may take at connect.
@@ -119,7 +125,9 @@ class ArxConfig:
     capture_fps: int = 30
     image_size: tuple[int, int] = (224, 224)
     control_hz: float = 50.0
-    max_joint_step: float = 0.1
+    joint_velocity_max: tuple[float, ...] = X5_JOINT_VELOCITY_MAX
+    max_linear_velocity: float = 0.3
+    max_angular_velocity: float = 1.5
     workspace_low: tuple[float, float, float] = (-0.1, -0.5, -0.2)
     workspace_high: tuple[float, float, float] = (0.7, 0.5, 0.6)
     out_of_limits: str = "clamp"
@@ -153,8 +161,17 @@ class ArxConfig:
             )
         if not (math.isfinite(self.control_hz) and 1.0 <= self.control_hz <= 1000.0):
             raise ValueError(f"control_hz must be in [1, 1000], got {self.control_hz}")
-        if not (math.isfinite(self.max_joint_step) and 0.0 < self.max_joint_step <= 1.0):
-            raise ValueError(f"max_joint_step must be in (0, 1] rad, got {self.max_joint_step}")
+        vmax = tuple(float(v) for v in self.joint_velocity_max)
+        object.__setattr__(self, "joint_velocity_max", vmax)
+        if len(vmax) != 6 or not all(math.isfinite(v) and 0.0 < v <= 10.0 for v in vmax):
+            raise ValueError(
+                f"joint_velocity_max must be 6 values in (0, 10] rad/s, got {vmax} "
+                f"(the X5's: {X5_JOINT_VELOCITY_MAX})"
+            )
+        for name in ("max_linear_velocity", "max_angular_velocity"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and 0.0 < value <= 3.0):
+                raise ValueError(f"{name} must be in (0, 3], got {value}")
         if len(self.workspace_low) != 3 or len(self.workspace_high) != 3:
             raise ValueError("workspace_low and workspace_high must have 3 entries (x, y, z)")
         if not all(lo < hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
@@ -219,3 +236,52 @@ BackendConfig = SimAlohaConfig | ArxConfig | MetaWorldConfig
 CONFIG_CLASSES: dict[str, type[SimAlohaConfig] | type[ArxConfig] | type[MetaWorldConfig]] = {
     cls.backend: cls for cls in (SimAlohaConfig, ArxConfig, MetaWorldConfig)
 }
+
+
+# Safety values of the driver node whose defaults are the simulation's ---------------------
+#: Driver parameter -> its default, which is tuned for the simulated scene (ViperX arms in the
+#: scene's world frame, wrist flips at ~26 rad/s). On ``backend: arx`` the driver refuses to
+#: start while any of these still has this value (see :func:`arx_safety_problems`).
+SIM_SAFETY_DEFAULTS: dict[str, Any] = {
+    "safety.max_joint_velocity": 30.0,
+    "safety.max_joint_velocities": [],
+    "safety.max_gripper_velocity": 10.0,
+    "safety.velocity_mode": "clamp",
+    "safety.left_box_low": [-0.45, 0.15, -0.03],
+    "safety.left_box_high": [0.25, 0.85, 0.6],
+    "safety.right_box_low": [-0.25, 0.15, -0.03],
+    "safety.right_box_high": [0.45, 0.85, 0.6],
+    "estop_latch_file": "",
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        try:
+            return [float(x) for x in a] == [float(x) for x in b]
+        except (TypeError, ValueError):
+            return False
+    return bool(a == b)
+
+
+def arx_safety_problems(values: Mapping[str, Any]) -> list[str]:
+    """Why the real arms must not run with these driver parameters (``[]`` when they may).
+
+    ``values`` maps every key of :data:`SIM_SAFETY_DEFAULTS` (plus
+    ``safety.workspace_enabled``) to its value. A key still at the simulation's default is a
+    problem (``safety.max_joint_velocity`` only when no per-joint
+    ``safety.max_joint_velocities`` are given); so is a disabled workspace check.
+    """
+    problems = []
+    per_joint = list(values.get("safety.max_joint_velocities") or [])
+    for key, default in SIM_SAFETY_DEFAULTS.items():
+        if key == "safety.max_joint_velocities" or (
+            key == "safety.max_joint_velocity" and per_joint
+        ):
+            continue  # per-joint limits replace the uniform one; either is enough
+        if key not in values or _same(values[key], default):
+            hint = " (or set safety.max_joint_velocities)" if "joint_velocity" in key else ""
+            problems.append(f"{key} is still the simulation's default {default!r}{hint}")
+    if not values.get("safety.workspace_enabled", False):
+        problems.append("safety.workspace_enabled is false (the arms need their boxes)")
+    return problems

@@ -112,6 +112,8 @@ class Observation:
             for insertion, the 39-dim observation for Meta-World.
         timestamp: seconds on the backend's clock (simulation time in sim).
         step: index of the control step this observation precedes (0 right after reset).
+        frame_seq: camera name -> the camera's own frame sequence number, for the cameras
+            whose backend has one (a frozen camera's number stops advancing).
     """
 
     joint_positions: FloatArray
@@ -120,6 +122,7 @@ class Observation:
     env_state: FloatArray | None = None
     timestamp: float = 0.0
     step: int = 0
+    frame_seq: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,21 @@ class ArmBackend(ABC):
         returns :meth:`observe`.
         """
         return self.observe()
+
+    #: ``capture()`` reads state the control path also uses (a simulator renders from its
+    #: physics), so the driver serializes it with ``command()``; backends whose cameras are
+    #: independent devices set this to ``False``.
+    capture_shares_state: ClassVar[bool] = True
+
+    def capture(self) -> Observation:
+        """Camera images (and ``frame_seq``) for the driver's capture thread; the default is
+        :meth:`observe`."""
+        return self.observe()
+
+    def hold_position(self) -> FloatArray:
+        """Where the arms are, in the command space (``[action_dim]``): the hold target that
+        moves nothing. Joint-space backends: the measured joint positions."""
+        return np.asarray(self.observe_state().joint_positions, dtype=np.float64)
 
     def end_effector_positions(self, action: npt.ArrayLike) -> dict[str, FloatArray]:
         """Forward kinematics for the safety layer's workspace box.

@@ -26,8 +26,10 @@ the driver calls it every tick, so a silent command stream holds within that man
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -208,7 +210,12 @@ class SafetyLayer:
         return self._estop
 
     def start(self, measured: npt.ArrayLike, now_s: float) -> FloatArray:
-        """Seed the hold target with the measured position (clipped into the limits).
+        """Seed the hold target with the measured position, exactly as measured.
+
+        ``measured`` must be in the command space (joint angles in joint mode, the end-effector
+        pose by forward kinematics in cartesian mode). It is never clipped: a hold target that
+        differs from where the arm is would move the arm on activation. A measurement outside
+        the limits is held where it is; commands must then come back inside the limits.
 
         Raises ``ValueError`` when the measurement is not finite: the layer cannot hold an
         unknown position and the driver must not activate.
@@ -220,7 +227,7 @@ class SafetyLayer:
             )
         if not np.all(np.isfinite(q)):
             raise ValueError(f"measured position is not finite: {q.tolist()}")
-        self._target = np.clip(q, self._low, self._high)
+        self._target = q.copy()
         self._last_command_s = now_s
         return self.target
 
@@ -320,6 +327,26 @@ class SafetyLayer:
         return self._hold(REASON_NO_COMMAND, f"no command for {silent_for:.3f} s", False)
 
 
+def per_joint_velocity(
+    arm_slices: Sequence[tuple[str, int, int]],
+    joints: Sequence[float],
+    gripper: float,
+) -> tuple[float, ...]:
+    """Per-dimension velocity limits from one arm's per-joint limits, applied to every arm
+    laid out as ``[joints..., gripper]`` (e.g. the X5's ``[5, 5, 5.5, 5.5, 5, 5]`` rad/s)."""
+    v = [float(x) for x in joints]
+    if not v or any(not (math.isfinite(x) and x > 0) for x in [*v, gripper]):
+        raise ValueError(f"velocity limits must be finite and > 0, got {v} and gripper {gripper}")
+    out: list[float] = []
+    for arm, lo, hi in sorted(arm_slices, key=lambda s: s[1]):
+        if hi - lo != len(v) + 1:
+            raise ValueError(
+                f"{len(v)} joint velocity limits for arm {arm!r} with {hi - lo - 1} joints"
+            )
+        out.extend([*v, float(gripper)])
+    return tuple(out)
+
+
 def uniform_velocity(
     arm_slices: Sequence[tuple[str, int, int]], joint: float, gripper: float
 ) -> tuple[float, ...]:
@@ -331,3 +358,41 @@ def uniform_velocity(
     for _, _lo, hi in arm_slices:
         v[hi - 1] = gripper
     return tuple(v)
+
+
+class PersistentLatch:
+    """The e-stop latch on disk, so that it survives a restart of the driver.
+
+    The file exists exactly while the e-stop is latched; it holds the reason. Written
+    atomically (temporary file, ``fsync``, rename), so a crash leaves either the old or the new
+    state, never a torn one. ``path=None`` keeps the latch in memory only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = None if path in (None, "") else Path(path)  # type: ignore[arg-type]
+
+    def load(self) -> str:
+        """The persisted reason (``""`` when not latched). An unreadable file counts as
+        latched: an e-stop must never be lost to a read error."""
+        if self.path is None or not self.path.exists():
+            return ""
+        try:
+            reason = self.path.read_text().strip()
+        except OSError as exc:
+            return f"latch file {self.path} unreadable: {exc}"
+        return reason or "estop (persisted)"
+
+    def set(self, reason: str) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write((reason or "estop") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -9,16 +9,26 @@ name                                   type                                 what
 =====================================  ===================================  ===================
 ``/habc/executed_command`` (sub)       ``habc_msgs/ExecutedCommand``        the command of each
                                                                             control tick
-``/estop`` (sub)                       ``std_msgs/Bool``                    ``true`` latches
-                                                                            the e-stop
+``/estop`` (sub)                       ``std_msgs/Bool`` (volatile and      ``true`` latches
+                                       transient local)                     the e-stop
 ``~/estop`` (srv)                      ``std_srvs/Trigger``                 latches the e-stop
 ``~/reset_estop`` (srv)                ``std_srvs/Trigger``                 clears the latch
 ``~/reset_episode`` (srv)              ``std_srvs/Trigger``                 sim: next episode
                                                                             (seed + 1); arx:
                                                                             move home
 ``/joint_states`` (pub)                ``sensor_msgs/JointState``           after every tick
+``~/measured_command`` (pub)           ``sensor_msgs/JointState``           where the arm is in
+                                                                            the command space
+                                                                            (cartesian: FK
+                                                                            pose); after every
+                                                                            tick
 ``/habc/env_state`` (pub)              ``std_msgs/Float32MultiArray``       sim only, every tick
-``/cameras/<cam>/image_raw`` (pub)     ``sensor_msgs/Image`` (rgb8)         ``camera_hz``
+``/cameras/<cam>/image_raw`` (pub)     ``sensor_msgs/Image`` (rgb8)         ``camera_hz``, from
+                                                                            a capture thread
+                                                                            (arx; sim renders
+                                                                            on a timer); frozen
+                                                                            frames are not
+                                                                            published
 ``/cameras/<cam>/image_raw/compressed``  ``sensor_msgs/CompressedImage``    when ``compressed``
 ``~/applied_command`` (pub)            ``habc_msgs/ExecutedCommand``        what the arm was
                                                                             really sent, with
@@ -31,13 +41,23 @@ name                                   type                                 what
 Each received command runs at once (one backend step per command: in simulation the physics
 advances exactly one control period per arbiter tick). A control-rate timer holds the arm when
 no command came for ``safety.hold_after_ticks`` ticks. The e-stop works in every lifecycle
-state and survives deactivate/activate; only ``~/reset_estop`` clears it.
+state and survives deactivate/activate and, through ``estop_latch_file``, a restart of the
+node; only ``~/reset_estop`` clears it.
+
+Faults: any exception of the backend while commanding or capturing is a hardware fault: the
+arm holds (nothing more is sent), the log and ``/diagnostics`` say ERROR, the node leaves the
+active state and activating again fails until it is reconfigured. A bad parameter, or a
+configure/activate failure at ``autostart``, exits the process non-zero with the key and its
+valid values, so a launcher's ``required`` takes the graph down. On ``backend: arx`` the node
+refuses to start while a safety value is still the simulation's default
+(:func:`~arx_x5_driver.core.config.arx_safety_problems`).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,16 +72,20 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray
 from std_srvs.srv import Trigger
 
+from arx_x5_driver.core.camera import FrameWatch
+from arx_x5_driver.core.config import CONFIG_CLASSES, SIM_SAFETY_DEFAULTS, arx_safety_problems
 from arx_x5_driver.core.factory import make_backend
 from arx_x5_driver.core.robot import ArmBackend, Observation
 from arx_x5_driver.core.safety import (
     REASON_ESTOP,
     REASON_NO_COMMAND,
     REASON_VELOCITY,
+    PersistentLatch,
     SafetyConfig,
     SafetyLayer,
     Verdict,
     WorkspaceBox,
+    per_joint_velocity,
     uniform_velocity,
 )
 from arx_x5_driver.nodes import declare
@@ -73,6 +97,8 @@ TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_ENV_STATE = "/habc/env_state"
 TOPIC_ESTOP = "/estop"
 BACKENDS = ("sim", "arx")
+IMAGE_RELIABILITY = ("reliable", "best_effort")
+REASON_FAULT = "backend_fault"
 #: ``applied_command.hold_reason`` of a command that came after the episode ended (simulation);
 #: the same string as ``habc_learner.core.bag_format.HOLD_EPISODE_OVER``.
 HOLD_EPISODE_OVER = "episode_over"
@@ -109,6 +135,12 @@ class DriverParams:
     velocity_mode: str
     hold_after_ticks: int
     workspace: dict[str, WorkspaceBox]
+    max_joint_velocities: tuple[float, ...]
+    max_linear_velocity: float
+    max_angular_velocity: float
+    estop_latch_file: str
+    camera_stale_s: float
+    camera_check_content: bool
 
     @classmethod
     def declare(cls, node: Any) -> DriverParams:
@@ -145,15 +177,42 @@ class DriverParams:
         fields["control_hz"] = control_hz
         if backend == "sim":
             fields.pop("control_hz")  # the sim's rate is its own (50 Hz)
+        sim = SIM_SAFETY_DEFAULTS
+        safety_values: dict[str, Any] = {}
+
+        def ds(key: str, description: str) -> Any:
+            safety_values[key] = d(node, key, sim[key], description)
+            return safety_values[key]
+
+        workspace_enabled = d(node, "safety.workspace_enabled", True, "check the workspace box")
+        safety_values["safety.workspace_enabled"] = workspace_enabled
         workspace = {}
-        if d(node, "safety.workspace_enabled", True, "check the per-arm workspace box"):
-            for arm, lo_default, hi_default in (
-                ("left", [-0.45, 0.15, -0.03], [0.25, 0.85, 0.6]),
-                ("right", [-0.25, 0.15, -0.03], [0.45, 0.85, 0.6]),
-            ):
-                lo = d(node, f"safety.{arm}_box_low", lo_default, f"{arm} box low (m)")
-                hi = d(node, f"safety.{arm}_box_high", hi_default, f"{arm} box high (m)")
+        for arm in ("left", "right"):
+            lo = ds(f"safety.{arm}_box_low", f"{arm} box low (m)")
+            hi = ds(f"safety.{arm}_box_high", f"{arm} box high (m)")
+            if workspace_enabled:
                 workspace[arm] = WorkspaceBox(tuple(lo), tuple(hi))
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.parameter import Parameter
+
+        per_joint = node.declare_parameter(
+            "safety.max_joint_velocities",
+            Parameter.Type.DOUBLE_ARRAY,
+            ParameterDescriptor(
+                description="per-joint limits of one arm (rad/s), e.g. the X5's; unset: uniform",
+                read_only=True,
+            ),
+        ).value
+        per_joint = tuple(float(v) for v in (per_joint or ()))
+        safety_values["safety.max_joint_velocities"] = list(per_joint)
+        image_reliability = d(node, "image_reliability", "reliable", " | ".join(IMAGE_RELIABILITY))
+        if image_reliability not in IMAGE_RELIABILITY:
+            raise ValueError(
+                f"image_reliability must be one of {IMAGE_RELIABILITY}, got {image_reliability!r}"
+            )
+        safety_values["estop_latch_file"] = d(
+            node, "estop_latch_file", sim["estop_latch_file"], "file of the persisted e-stop"
+        )
         params = cls(
             backend=backend,
             autostart=bool(d(node, "autostart", True, "configure + activate at start")),
@@ -164,23 +223,62 @@ class DriverParams:
             camera_hz=float(d(node, "camera_hz", 30.0, "camera publish rate (Hz)")),
             compressed=bool(d(node, "compressed", False, "also publish JPEG CompressedImage")),
             jpeg_quality=int(d(node, "jpeg_quality", 90, "JPEG quality 1..100")),
-            image_reliable=d(node, "image_reliability", "reliable", "reliable | best_effort")
-            == "reliable",
+            image_reliable=image_reliability == "reliable",
             diagnostics_hz=float(d(node, "diagnostics_hz", 1.0, "diagnostics rate (Hz)")),
             backend_fields=fields,
-            max_joint_velocity=float(d(node, "safety.max_joint_velocity", 30.0, "rad/s")),
-            max_gripper_velocity=float(d(node, "safety.max_gripper_velocity", 10.0, "1/s")),
-            velocity_mode=d(node, "safety.velocity_mode", "clamp", "clamp | reject"),
+            max_joint_velocity=float(ds("safety.max_joint_velocity", "rad/s, every joint")),
+            max_gripper_velocity=float(ds("safety.max_gripper_velocity", "1/s")),
+            velocity_mode=ds("safety.velocity_mode", "clamp | reject"),
             hold_after_ticks=int(d(node, "safety.hold_after_ticks", 2, "silent ticks → hold")),
             workspace=workspace,
+            max_joint_velocities=per_joint,
+            max_linear_velocity=float(
+                d(node, "safety.max_linear_velocity", 0.3, "cartesian mode: m/s")
+            ),
+            max_angular_velocity=float(
+                d(node, "safety.max_angular_velocity", 1.5, "cartesian mode: rad/s")
+            ),
+            estop_latch_file=str(safety_values["estop_latch_file"]),
+            camera_stale_s=float(
+                d(node, "camera_stale_s", 0.5, "unchanged frame sequence/content → stale (s)")
+            ),
+            camera_check_content=bool(
+                d(node, "camera_check_content", backend == "arx", "identical pixels = frozen")
+            ),
         )
-        for name in ("control_hz", "camera_hz", "diagnostics_hz"):
+        for name in (
+            "control_hz",
+            "camera_hz",
+            "diagnostics_hz",
+            "camera_stale_s",
+            "max_linear_velocity",
+            "max_angular_velocity",
+        ):
             value = getattr(params, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
         if not 1 <= params.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {params.jpeg_quality}")
+        if backend == "arx":  # the backend's own rate limit: the same limits
+            if per_joint:
+                fields["joint_velocity_max"] = per_joint
+            fields["max_linear_velocity"] = params.max_linear_velocity
+            fields["max_angular_velocity"] = params.max_angular_velocity
+        try:  # every backend value checked now: a typo exits at once, naming the key
+            CONFIG_CLASSES[backend](**fields)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{backend}.* parameters: {exc}") from exc
+        if backend == "arx" and (problems := arx_safety_problems(safety_values)):
+            raise ValueError(
+                "refusing to drive the real arms with the simulation's safety settings: "
+                + "; ".join(problems)
+                + " (set them in config/driver_arx.yaml for your cell)"
+            )
         return params
+
+
+class DriverStartError(RuntimeError):
+    """``autostart`` could not configure and activate the driver (the log says why)."""
 
 
 class DriverNode(LifecycleNode):
@@ -192,7 +290,16 @@ class DriverNode(LifecycleNode):
         self._backend: ArmBackend | None = None
         self._safety: SafetyLayer | None = None
         self._active = False
-        self._estop_reason = ""  # the latch; "" = clear (kept across lifecycle transitions)
+        # The e-stop latch: "" = clear. Kept across lifecycle transitions and, in
+        # estop_latch_file, across restarts of the node; only ~/reset_estop clears it.
+        self._latch_file = PersistentLatch(self.params.estop_latch_file)
+        self._estop_reason = self._latch_file.load()
+        self._fault = ""  # a backend fault: hold; activation fails until reconfigured
+        self._backend_lock = threading.Lock()  # one backend call at a time, whatever the thread
+        self._capture_stop = threading.Event()
+        self._capture_thread: threading.Thread | None = None
+        self._frame_watch: dict[str, FrameWatch] = {}
+        self._stale_cameras: dict[str, str] = {}
         self._episode_over = ""
         self._seed = self.params.seed
         self._tick = 0
@@ -208,14 +315,27 @@ class DriverNode(LifecycleNode):
         )
         self._estop_pub = self.create_publisher(Bool, "~/estop_latched", latched)
         self._publish_estop()
+        if self._estop_reason:
+            self.get_logger().error(
+                f"E-STOP still latched from before the restart ({self._estop_reason}, "
+                f"{self._latch_file.path}): holding until ~/reset_estop"
+            )
+        elif self._latch_file.path is None:
+            self.get_logger().warning("estop_latch_file is '': the e-stop latch is not persisted")
+        # /estop: a volatile subscription hears every publisher; a transient-local one also
+        # gets an e-stop published (transient-local) while this node was down.
         self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop_msg, 10)
+        self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop_msg, latched)
         self.create_service(Trigger, "~/estop", self._on_estop_srv)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
         self.create_service(Trigger, "~/reset_episode", self._on_reset_episode)
         if self.params.autostart:
             self.trigger_configure()
-            if self._backend is not None:
-                self.trigger_activate()
+            if self._backend is None:
+                raise DriverStartError(f"configure failed: {self._fault or 'see the log'}")
+            self.trigger_activate()
+            if not self._active:
+                raise DriverStartError(f"activate failed: {self._fault or 'see the log'}")
 
     # Helpers ------------------------------------------------------------------------------
     def _now_s(self) -> float:
@@ -228,6 +348,10 @@ class DriverNode(LifecycleNode):
         if not self._estop_reason:
             self._estop_reason = reason
             self.get_logger().error(f"E-STOP latched ({reason}): holding until ~/reset_estop")
+        try:
+            self._latch_file.set(self._estop_reason)
+        except OSError as exc:  # the latch still holds in memory
+            self.get_logger().error(f"could not persist the e-stop latch: {exc}")
         if self._safety is not None:
             self._safety.estop(self._estop_reason)
         self._publish_estop()
@@ -239,16 +363,14 @@ class DriverNode(LifecycleNode):
         try:
             backend = make_backend(p.backend, **p.backend_fields)
             backend.connect()
-            obs = backend.reset(seed=self._seed)
+            backend.reset(seed=self._seed)
             spec = backend.spec
             config = SafetyConfig(
                 action_names=spec.action_names,
                 arm_slices=spec.arm_slices,
                 low=spec.action_low,
                 high=spec.action_high,
-                max_velocity=uniform_velocity(
-                    spec.arm_slices, p.max_joint_velocity, p.max_gripper_velocity
-                ),
+                max_velocity=self._velocity_limits(backend),
                 control_period_s=1.0 / p.control_hz,
                 hold_after_ticks=p.hold_after_ticks,
                 velocity_mode=p.velocity_mode,
@@ -256,14 +378,20 @@ class DriverNode(LifecycleNode):
             )
             fk = backend.end_effector_positions if p.workspace else None
             if fk is not None:
-                fk(np.asarray(obs.joint_positions))  # fail now, not at the first command
+                fk(backend.hold_position())  # fail now, not at the first command
             safety = SafetyLayer(config, fk)
         except Exception as exc:  # any failure: stay unconfigured and say why
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._fault = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {self._fault}")
             if "backend" in locals():
                 backend.disconnect()
             return TransitionCallbackReturn.FAILURE
+        self._fault = ""
         self._backend, self._safety = backend, safety
+        self._frame_watch = {
+            cam: FrameWatch(p.camera_stale_s, p.camera_check_content) for cam in p.cameras
+        }
+        self._stale_cameras = {}
         if self._estop_reason:
             safety.estop(self._estop_reason)
         qos = QoSProfile(
@@ -274,6 +402,7 @@ class DriverNode(LifecycleNode):
         )
         self._pubs = {
             "joints": self.create_publisher(JointState, TOPIC_JOINT_STATES, 10),
+            "measured": self.create_publisher(JointState, "~/measured_command", 10),
             "env": self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10),
             "applied": self.create_publisher(ExecutedCommand, "~/applied_command", 10),
             "diag": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
@@ -290,29 +419,58 @@ class DriverNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    def _velocity_limits(self, backend: ArmBackend) -> tuple[float, ...]:
+        """Per-dimension velocity limits in the backend's command space."""
+        p, spec = self.params, backend.spec
+        if spec.action_names != spec.joint_names:  # cartesian: x y z roll pitch yaw gripper
+            arm = [p.max_linear_velocity] * 3 + [p.max_angular_velocity] * 3
+            return per_joint_velocity(spec.arm_slices, arm, p.max_gripper_velocity)
+        if p.max_joint_velocities:
+            return per_joint_velocity(
+                spec.arm_slices, p.max_joint_velocities, p.max_gripper_velocity
+            )
+        return uniform_velocity(spec.arm_slices, p.max_joint_velocity, p.max_gripper_velocity)
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._backend is not None and self._safety is not None
-        obs = self._backend.observe_state()
+        if self._fault:
+            self.get_logger().error(f"activate refused: backend fault ({self._fault})")
+            return TransitionCallbackReturn.FAILURE
         try:
-            self._safety.start(obs.joint_positions, self._now_s())
-        except ValueError as exc:
-            self.get_logger().error(f"activate failed: {exc}")
+            # The hold target is where the arm is, in the command's own space (cartesian: the
+            # end-effector pose by forward kinematics): activating never moves the arm.
+            self._safety.start(self._backend.hold_position(), self._now_s())
+            obs = self._backend.observe_state()
+        except (ValueError, RuntimeError, OSError) as exc:
+            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
         p = self.params
         self._command_sub = self.create_subscription(
             ExecutedCommand, TOPIC_COMMAND, self._on_command, 10
         )
         self._timers = [self.create_timer(1.0 / p.control_hz, self._on_tick)]
-        if p.cameras:
-            self._timers.append(self.create_timer(1.0 / p.camera_hz, self._on_camera))
         self._timers.append(self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics))
         self._active = True
+        if p.cameras and not self._backend.capture_shares_state:
+            # Cameras that are their own devices (RealSense) are read in a capture thread,
+            # never on the control tick.
+            self._capture_stop.clear()
+            self._capture_thread = threading.Thread(
+                target=self._capture_loop, name="capture", daemon=True
+            )
+            self._capture_thread.start()
+        elif p.cameras:  # a simulator renders from its physics (and its GL context's thread)
+            self._timers.append(self.create_timer(1.0 / p.camera_hz, self._on_camera_timer))
         self._publish_state(obs, self._now_s())
         self.get_logger().info("active: executing /habc/executed_command")
         return super().on_activate(state)
 
     def _stop(self) -> None:
         self._active = False
+        self._capture_stop.set()
+        if self._capture_thread is not None:
+            self._capture_thread.join(timeout=5.0)
+            self._capture_thread = None
         for timer in self._timers:
             self.destroy_timer(timer)
         self._timers = []
@@ -345,6 +503,27 @@ class DriverNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def _on_fault(self, where: str, exc: BaseException) -> None:
+        """A hardware fault: hold (send nothing more), say so at ERROR level and on
+        /diagnostics, and leave the active state; activating again fails until the driver is
+        reconfigured (cleanup + configure) or restarted."""
+        if self._fault:
+            return
+        self._fault = f"{where}: {type(exc).__name__}: {exc}"
+        self._active = False
+        self.get_logger().error(f"backend fault, holding: {self._fault}")
+        self._publish_diagnostics(force=True, bypass_rate=True)
+        # Out of the active state now (a failed activation from here on): the executor runs
+        # the transition after this callback returns.
+        self._fault_timer = self.create_timer(0.001, self._deactivate_after_fault)
+
+    def _deactivate_after_fault(self) -> None:
+        timer = getattr(self, "_fault_timer", None)
+        if timer is not None:
+            self.destroy_timer(timer)
+            self._fault_timer = None
+            self.trigger_deactivate()
+
     # Control path -------------------------------------------------------------------------
     def _on_command(self, msg: ExecutedCommand) -> None:
         if not self._active or self._safety is None:
@@ -376,30 +555,35 @@ class DriverNode(LifecycleNode):
             log.info(f"holding: {verdict.detail}", throttle_duration_sec=5.0)
         elif verdict.reason:
             log.warning(f"{verdict.reason}: {verdict.detail}", throttle_duration_sec=1.0)
+        backend = self._backend
         executed = not self._episode_over
         task_success = False
-        if executed:
-            try:
-                self._backend.command(verdict.target)
-            except RuntimeError as exc:  # sim: the episode is over; nothing moves
-                self._episode_over = str(exc)
-                executed = False
-                log.info(f"backend stopped stepping: {exc}")
-            except ValueError as exc:  # never expected after the safety layer: hold
-                log.error(f"backend refused target: {exc}")
-            else:
-                status = self._backend.status()
-                if status.done:
-                    # Say so at once (not at the next periodic diagnostics): the operator marks
-                    # the outcome from it, and every tick until then is recorded for nothing.
-                    self._episode_over = status.failure or ("success" if status.success else "done")
-                    task_success = bool(status.success)
-                    log.info(f"episode over after {status.step} steps: {self._episode_over}")
-                    self._publish_diagnostics(force=True)
+        try:
+            with self._backend_lock:
+                if executed and backend.status().done:
+                    self._episode_over, executed = "done", False  # ended between two ticks
+                if executed:
+                    try:
+                        backend.command(verdict.target)
+                    except ValueError as exc:  # never expected after the safety layer: hold
+                        log.error(f"backend refused target: {exc}")
+                    status = backend.status()
+                    if status.done:
+                        # Say so at once (not at the next periodic diagnostics): the operator
+                        # marks the outcome from it, and every later tick is recorded for
+                        # nothing.
+                        self._episode_over = status.failure or (
+                            "success" if status.success else "done"
+                        )
+                        task_success = bool(status.success)
+                        log.info(f"episode over after {status.step} steps: {self._episode_over}")
+                        self._publish_diagnostics(force=True)
+                obs = backend.observe_state()
+        except Exception as exc:  # a hardware fault (CAN, SDK, simulator): hold, never go on
+            self._on_fault("command", exc)
+            return
         self._tick += 1
-        self._publish_state(
-            self._backend.observe_state(), now, verdict, msg, executed, task_success
-        )
+        self._publish_state(obs, now, verdict, msg, executed, task_success)
 
     def _publish_state(
         self,
@@ -418,6 +602,14 @@ class DriverNode(LifecycleNode):
         js.position = np.asarray(obs.joint_positions, dtype=np.float64).tolist()
         js.velocity = np.asarray(obs.joint_velocities, dtype=np.float64).tolist()
         self._pubs["joints"].publish(js)
+        spec = self._backend.spec
+        measured = JointState(name=list(spec.action_names))
+        measured.header.stamp = stamp
+        if spec.action_names == spec.joint_names:
+            measured.position = js.position
+        else:  # cartesian: the end-effector pose by forward kinematics
+            measured.position = np.asarray(self._backend.hold_position(), np.float64).tolist()
+        self._pubs["measured"].publish(measured)
         if obs.env_state is not None:
             self._pubs["env"].publish(
                 Float32MultiArray(data=np.asarray(obs.env_state, np.float32).tolist())
@@ -450,16 +642,58 @@ class DriverNode(LifecycleNode):
             applied.learner_step = -1
         self._pubs["applied"].publish(applied)
 
-    def _on_camera(self) -> None:
-        if not self._active or self._backend is None:
+    def _capture_loop(self) -> None:
+        """The capture thread: read the cameras at ``camera_hz`` and publish fresh frames.
+
+        A camera whose frame sequence (or, on real cameras, whose pixels) stopped changing for
+        ``camera_stale_s`` is frozen: its frames are no longer published (readers then see
+        the last image age and hold), and an ERROR is logged and put on /diagnostics.
+        """
+        period = 1.0 / self.params.camera_hz
+        next_t = time.monotonic()
+        while not self._capture_stop.is_set():
+            backend = self._backend
+            if backend is None or not self._active:
+                break
+            try:
+                obs = backend.capture()
+            except Exception as exc:  # a camera fault is a hardware fault
+                self._on_fault("capture", exc)
+                break
+            self._publish_images(obs, time.monotonic())
+            next_t += period
+            self._capture_stop.wait(max(0.0, next_t - time.monotonic()))
+            if time.monotonic() - next_t > period:  # fell behind: do not burst to catch up
+                next_t = time.monotonic()
+
+    def _on_camera_timer(self) -> None:
+        backend = self._backend
+        if backend is None or not self._active:
             return
-        obs = self._backend.observe()
+        try:
+            obs = backend.capture()
+        except Exception as exc:
+            self._on_fault("capture", exc)
+            return
+        self._publish_images(obs, time.monotonic())
+
+    def _publish_images(self, obs: Observation, now_mono: float) -> None:
         stamp = self.get_clock().now().to_msg()
         p = self.params
         for cam in p.cameras:
             rgb = obs.images.get(cam)
             if rgb is None:
                 continue
+            watch = self._frame_watch.get(cam)
+            stale = "" if watch is None else watch.update(obs.frame_seq.get(cam), rgb, now_mono)
+            if stale:
+                if cam not in self._stale_cameras:
+                    self._stale_cameras[cam] = stale
+                    self.get_logger().error(f"camera {cam} frozen ({stale}): not publishing it")
+                    self._publish_diagnostics(force=True, bypass_rate=True)
+                continue
+            if self._stale_cameras.pop(cam, None):
+                self.get_logger().warning(f"camera {cam} streams again")
             rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
             img = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0)
             img.header.stamp = stamp
@@ -490,6 +724,12 @@ class DriverNode(LifecycleNode):
 
     def _on_reset_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         was = self._estop_reason
+        try:
+            self._latch_file.clear()
+        except OSError as exc:  # still latched on disk: stay latched
+            res.success, res.message = False, f"could not clear {self._latch_file.path}: {exc}"
+            self.get_logger().error(res.message)
+            return res
         self._estop_reason = ""
         if self._safety is not None:
             self._safety.reset_estop()
@@ -508,10 +748,14 @@ class DriverNode(LifecycleNode):
         if self._estop_reason:
             res.success, res.message = False, "e-stop latched: reset it first"
             return res
+        if self._fault:
+            res.success, res.message = False, f"backend fault: {self._fault}"
+            return res
         self._seed += 1
         try:
-            obs = self._backend.reset(seed=self._seed)
-            self._safety.start(obs.joint_positions, self._now_s())
+            with self._backend_lock:
+                self._backend.reset(seed=self._seed)
+                self._safety.start(self._backend.hold_position(), self._now_s())
         except (RuntimeError, ValueError) as exc:
             res.success, res.message = False, f"reset failed: {exc}"
             return res
@@ -520,25 +764,35 @@ class DriverNode(LifecycleNode):
         return res
 
     # Diagnostics --------------------------------------------------------------------------
-    def _publish_diagnostics(self, force: bool = False) -> None:
+    def _publish_diagnostics(self, force: bool = False, bypass_rate: bool = False) -> None:
         pub = self._pubs.get("diag")
         now = time.monotonic()
-        if pub is None or (force and now - self._last_diag_s < 0.05):
+        if pub is None or (force and not bypass_rate and now - self._last_diag_s < 0.05):
             return
         self._last_diag_s = now
         st = DiagnosticStatus(name=f"{NODE_NAME}: safety", hardware_id=self.params.backend)
         safety = self._safety
-        if self._estop_reason:
+        if self._fault:
+            st.level, st.message = DiagnosticStatus.ERROR, f"backend fault ({self._fault})"
+        elif self._estop_reason:
             st.level, st.message = DiagnosticStatus.ERROR, f"e-stop latched ({self._estop_reason})"
+        elif self._stale_cameras:
+            frozen = ", ".join(f"{c}: {r}" for c, r in self._stale_cameras.items())
+            st.level, st.message = DiagnosticStatus.ERROR, f"camera frozen ({frozen})"
         elif safety is not None and safety.last_rejection and force:
             st.level, st.message = DiagnosticStatus.WARN, f"rejected: {safety.last_rejection}"
         else:
             st.level, st.message = DiagnosticStatus.OK, "active" if self._active else "inactive"
-        values = {"estop_latched": str(bool(self._estop_reason)).lower(), "ticks": str(self._tick)}
+        values = {
+            "estop_latched": str(bool(self._estop_reason)).lower(),
+            "ticks": str(self._tick),
+            "fault": self._fault,
+            "frozen_cameras": ",".join(sorted(self._stale_cameras)),
+        }
         if safety is not None:
             values.update({k: str(v) for k, v in safety.counts.items()})
             values["last_rejection"] = safety.last_rejection
-        if self._backend is not None:
+        if self._backend is not None and not self._fault:
             status = self._backend.status()
             values.update(
                 {
@@ -566,6 +820,9 @@ def main(args: list[str] | None = None) -> int:
     except ValueError as exc:  # bad parameters: say which and exit non-zero
         print(f"{NODE_NAME}: {exc}", file=sys.stderr)
         return 2
+    except DriverStartError as exc:  # autostart failed: exit, so a required node stops all
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         if rclpy.ok():  # a real failure, not a callback cut short by shutdown
             raise

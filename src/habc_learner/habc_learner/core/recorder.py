@@ -7,6 +7,8 @@ check, and the recovery of bags a killed recorder left behind.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
 import time
 from dataclasses import dataclass
@@ -88,6 +90,9 @@ class EpisodeRecorder:
         self._writer: bf.EpisodeBagWriter | None = None
         self._counter = 0
         self.steps = 0
+        #: ``(episode_id, reason, bag path)`` of the last episode lost to a write error (disk
+        #: full): its bag was closed as far as possible and renamed ``*.incomplete``.
+        self.lost: tuple[str, str, Path] | None = None
 
     @property
     def recording(self) -> bool:
@@ -118,26 +123,63 @@ class EpisodeRecorder:
             raise RecorderError(f"episode {episode_id!r} already exists in {self.bag_dir}")
         meta = bf.EpisodeMeta(episode_id, task, prompt, self.config.source, self.config.arms)
         writer = bf.EpisodeBagWriter(self.bag_dir / episode_id, meta)
-        writer.__enter__()
-        self._writer = writer
+        self.lost = None
         self.steps = 0
-        writer.write_event(t_ns, bf.EVENT_START, reason="start requested")
+        try:
+            writer.__enter__()
+            self._writer = writer
+            writer.write_event(t_ns, bf.EVENT_START, reason="start requested")
+        except OSError as exc:
+            if self._writer is not None:
+                self._abandon(exc)
+            raise RecorderError(f"could not start episode {episode_id}: {exc}") from exc
         return episode_id
 
-    def write(self, topic: str, msgtype: str, t_ns: int, cdr: bytes) -> None:
-        """Record one serialized message (ignored between episodes)."""
+    def write(self, topic: str, msgtype: str, t_ns: int, cdr: bytes) -> bool:
+        """Record one serialized message (ignored between episodes).
+
+        A write error (``ENOSPC`` when the disk fills, any ``OSError``) never propagates: the
+        running episode is abandoned (:meth:`_abandon`) and ``False`` returned; earlier
+        episodes' bags are closed files and stay intact.
+        """
         if self._writer is None:
-            return
-        self._writer.write_raw(topic, msgtype, t_ns, cdr)
+            return True
+        try:
+            self._writer.write_raw(topic, msgtype, t_ns, cdr)
+        except OSError as exc:
+            self._abandon(exc)
+            return False
         if topic == bf.TOPIC_EXECUTED_COMMAND:
             self._writer.count_step()
             self.steps += 1
+        return True
+
+    def _abandon(self, exc: OSError) -> None:
+        """Close the running episode's bag as far as the disk allows and rename it
+        ``<id>.incomplete``: the learner skips it, nothing reads it as a finished episode."""
+        writer, self._writer = self._writer, None
+        assert writer is not None
+        what = "disk full" if exc.errno == errno.ENOSPC else f"write error ({exc})"
+        with contextlib.suppress(Exception):  # the disk is full: closing may fail too
+            writer.__exit__(type(exc), exc, None)  # marks it aborted, if anything still fits
+        target = writer.path.with_name(writer.path.name + INCOMPLETE_SUFFIX)
+        try:
+            writer.path.rename(target)
+        except OSError:
+            target = writer.path
+        self.lost = (writer.meta.episode_id, f"{what} after {self.steps} steps", target)
 
     def end(
         self, outcome: str, marked_by: str, reason: str, t_ns: int, episode_id: str = ""
     ) -> tuple[str, int]:
         """Close the running episode with ``outcome``; returns ``(episode_id, steps)``."""
         if self._writer is None:
+            if self.lost is not None and (not episode_id or episode_id == self.lost[0]):
+                lost_id, why, path = self.lost
+                raise RecorderError(
+                    f"episode {lost_id} was lost: {why}; its partial bag is {path}, earlier "
+                    "episodes are intact"
+                )
             raise RecorderError("no episode is running")
         if episode_id and episode_id != self.episode_id:
             raise RecorderError(
@@ -145,10 +187,27 @@ class EpisodeRecorder:
             )
         if outcome not in ("success", "failure", "aborted"):
             raise RecorderError(f"outcome must be success, failure or aborted, got {outcome!r}")
-        writer, self._writer = self._writer, None
-        writer.write_event(t_ns, bf.EVENT_END, outcome, marked_by, reason)
-        writer.finish(outcome, marked_by)
-        writer.__exit__(None, None, None)
+        writer = self._writer
+        try:
+            writer.write_event(t_ns, bf.EVENT_END, outcome, marked_by, reason)
+            writer.finish(outcome, marked_by)
+        except OSError as exc:  # the disk filled at the very end: the episode is lost
+            self._abandon(exc)
+            assert self.lost is not None
+            raise RecorderError(
+                f"episode {self.lost[0]} was lost: {self.lost[1]}; its partial bag is "
+                f"{self.lost[2]}, earlier episodes are intact"
+            ) from exc
+        self._writer = None
+        try:
+            writer.__exit__(None, None, None)
+        except OSError as exc:
+            self._writer = writer
+            self._abandon(exc)
+            assert self.lost is not None
+            raise RecorderError(
+                f"episode {self.lost[0]} was lost while closing: {self.lost[1]}"
+            ) from exc
         return writer.meta.episode_id, self.steps
 
     def close(self) -> None:

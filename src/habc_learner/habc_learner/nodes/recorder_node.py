@@ -111,14 +111,36 @@ class RecorderNode(Node):
                 # commands carry the episode id of the command they executed).
                 running = self.recorder.episode_id
                 if running and deserialize_message(cdr, ExecutedCommand).episode_id == running:
-                    self.recorder.write(topic, msgtype, self._now_ns(), cdr)
+                    self._write(topic, msgtype, cdr)
 
             return write_command
 
         def write(cdr: bytes) -> None:
-            self.recorder.write(topic, msgtype, self._now_ns(), cdr)
+            self._write(topic, msgtype, cdr)
 
         return write
+
+    def _write(self, topic: str, msgtype: str, cdr: bytes) -> None:
+        task = self.recorder.task
+        if self.recorder.write(topic, msgtype, self._now_ns(), cdr):
+            return
+        # The disk filled (or another write error): the episode is lost, the node lives on.
+        assert self.recorder.lost is not None
+        episode_id, why, path = self.recorder.lost
+        self.get_logger().error(
+            f"episode {episode_id} lost: {why}; bag closed and kept as {path} (the learner "
+            "skips it); earlier episodes are intact; free disk space before the next episode"
+        )
+        self._event(
+            episode_id,
+            EpisodeEvent.EVENT_END,
+            EpisodeEvent.OUTCOME_ABORTED,
+            "recorder",
+            task,
+            "",
+            f"recording failed: {why}",
+            self._now_ns(),
+        )
 
     def _event(
         self,

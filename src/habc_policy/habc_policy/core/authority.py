@@ -17,6 +17,15 @@ holds authority (authority stays with the human until the joystick is heard agai
 command is missing or older than ``teleop_timeout_s`` under ``HUMAN``; no fresh policy row
 exists under ``POLICY``/``HANDBACK``; or the chosen action is not finite.
 
+Supervision (each off when its setting is 0):
+
+- **pad supervision** (``pad_supervision_s``): when the operator's pad has not been heard for
+  that long, every arm holds (``pad_silent``), even under ``POLICY``: autonomy runs only while
+  a person with the pad in hand can take over. On by default for the real arms.
+- **policy heartbeat** (``step(policy_alive=...)``, see :func:`heartbeat_alive`): when the
+  policy server's heartbeat stopped, ``POLICY``/``HANDBACK`` arms hold at once
+  (``policy_heartbeat_lost``) instead of running out the rows of the last chunk.
+
 Pure and ROS-free: the arbiter node converts ``sensor_msgs/Joy`` and teleop messages into
 :class:`JoyState` / :class:`TeleopCommand` and publishes the :class:`Decision`.
 """
@@ -53,6 +62,18 @@ HOLD_TELEOP_STALE = "teleop_stale"
 HOLD_POLICY_STALE = "policy_stale"
 HOLD_NON_FINITE = "non_finite_action"
 HOLD_NO_POSITION = "no_hold_position"
+HOLD_PAD_SILENT = "pad_silent"
+HOLD_POLICY_HEARTBEAT = "policy_heartbeat_lost"
+
+
+def heartbeat_alive(now_s: float, last_stamp_s: float | None, ticks: int, period_s: float) -> bool:
+    """Whether the policy server is alive at ``now_s``: its newest heartbeat is stamped at most
+    ``ticks`` control periods ago, ``now − t_hb ≤ ticks · Δt``. ``ticks == 0`` turns the check
+    off; no heartbeat ever is not alive. Stamps are the server's clock (one machine, or
+    synchronized clocks)."""
+    if ticks <= 0:
+        return True
+    return last_stamp_s is not None and now_s - last_stamp_s <= ticks * period_s + 1e-9
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,8 @@ class ArbiterConfig:
         joy_timeout_s: joystick silence that makes a human-controlled arm hold.
         teleop_timeout_s: age of the teleop command past which a human-controlled arm holds.
         mapping: joystick buttons.
+        pad_supervision_s: pad silence after which every arm holds, whatever its mode
+            (0 = off).
     """
 
     arm_slices: tuple[tuple[int, int], ...] = ((0, 7), (7, 14))
@@ -94,8 +117,13 @@ class ArbiterConfig:
     joy_timeout_s: float = 0.1
     teleop_timeout_s: float = 0.1
     mapping: JoyMapping = field(default_factory=JoyMapping)
+    pad_supervision_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (self.pad_supervision_s >= 0 and self.pad_supervision_s < float("inf")):
+            raise ValueError(
+                f"pad_supervision_s must be >= 0 (0 = off), got {self.pad_supervision_s}"
+            )
         if not self.arm_slices:
             raise ValueError("arm_slices must name at least one arm")
         stop = 0
@@ -229,6 +257,7 @@ class AuthorityArbiter:
         policy_row: ScheduledRow | None,
         estop: bool,
         measured_position: np.ndarray | None = None,
+        policy_alive: bool = True,
     ) -> Decision:
         """Decide the action and authority for the tick at ``now_s``.
 
@@ -239,6 +268,7 @@ class AuthorityArbiter:
             estop: the e-stop is latched.
             measured_position: current joint positions; the hold action until an action was
                 executed once.
+            policy_alive: the policy server's heartbeat is fresh (:func:`heartbeat_alive`).
         """
         cfg = self.config
         if self._last_action is None and measured_position is not None:
@@ -269,6 +299,12 @@ class AuthorityArbiter:
             and teleop.action.shape == (cfg.action_dim,)
         )
         policy_action = None if policy_row is None else np.asarray(policy_row.action, np.float32)
+        policy_hold = HOLD_POLICY_STALE
+        if not policy_alive:  # a dead server's last chunk never runs out its rows
+            policy_action, policy_hold = None, HOLD_POLICY_HEARTBEAT
+        pad_silent = cfg.pad_supervision_s > 0 and (
+            joy is None or now_s - joy.stamp_s > cfg.pad_supervision_s
+        )
 
         action = np.zeros(cfg.action_dim, dtype=np.float32)
         controllers: list[Controller] = []
@@ -287,8 +323,10 @@ class AuthorityArbiter:
                     reason = HOLD_TELEOP_STALE
                 else:
                     part, tag = np.asarray(teleop.action[lo:hi], np.float32), Controller.HUMAN
+            elif pad_silent:
+                reason = HOLD_PAD_SILENT
             elif policy_action is None:
-                reason = HOLD_POLICY_STALE
+                reason = policy_hold
             elif mode is Mode.POLICY:
                 part, tag = policy_action[lo:hi], Controller.POLICY
             else:  # HANDBACK

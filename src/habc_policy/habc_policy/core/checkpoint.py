@@ -51,6 +51,20 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupted or does not match its manifest."""
 
 
+class DivergedModelError(CheckpointError):
+    """Refused to write a checkpoint: some of its floating-point tensors are NaN or inf."""
+
+
+def non_finite_tensors(files: Mapping[str, Mapping[str, Tensor]]) -> list[str]:
+    """``file:tensor`` names of every floating-point tensor holding a NaN or an inf."""
+    bad = []
+    for file, tensors in files.items():
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(f"{file}:{name}")
+    return bad
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -269,6 +283,11 @@ def save_policy(
         if name in tensor_files:
             raise ValueError(f"extra file name {name!r} collides with {sorted(tensor_files)}")
         tensor_files[name] = tensors
+    if bad := non_finite_tensors(tensor_files):  # a diverged model never becomes a checkpoint
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DivergedModelError(
+            f"refusing to write checkpoint {directory}: non-finite values in {shown}"
+        )
     manifest = {
         **dict(extra_manifest or {}),
         "policy_config": policy.config.to_dict(),

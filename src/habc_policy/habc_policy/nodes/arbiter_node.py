@@ -16,10 +16,17 @@ name                             type                            what
                                                                  in rad / gripper 0…1, in the
                                                                  action layout, or named joints
                                                                  (a subset: the others unset)
-``/joint_states`` (sub)          ``sensor_msgs/JointState``      hold position before any command
+``<measured_topic>`` (sub)       ``sensor_msgs/JointState``      the driver's measured position
+                                                                 in the command space (cartesian:
+                                                                 FK pose): the hold position
+                                                                 before any command
+``<policy_heartbeat_topic>``     ``std_msgs/Header``             the policy server's heartbeat;
+(sub)                                                            silent ``policy_heartbeat_ticks``
+                                                                 ticks -> policy arms hold
 ``/estop`` (sub)                 ``std_msgs/Bool``               ``true``: hold at once (latched)
-``<estop_state_topic>`` (sub)    ``std_msgs/Bool``               the driver's latch; ``false``
-                                                                 clears the arbiter's
+``<estop_state_topic>`` (sub)    ``std_msgs/Bool``               the driver's latch: ``true``
+                                                                 latches; ``false`` after a
+                                                                 ``true`` (a reset) clears
 ``/habc/episode_event`` (sub)    ``habc_msgs/EpisodeEvent``      episode id + step index reset
 ``/habc/executed_command``       ``habc_msgs/ExecutedCommand``   one per tick, with per-arm
 (pub)                                                            authority tags
@@ -48,7 +55,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Header
 
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
@@ -58,6 +65,7 @@ from habc_policy.core.authority import (
     JoyMapping,
     JoyState,
     TeleopCommand,
+    heartbeat_alive,
 )
 from habc_policy.core.chunking import Chunk, ChunkScheduler
 from habc_policy.core.jog import EndEffectorJog, JogConfig
@@ -113,6 +121,9 @@ class ArbiterParams:
     jog_gripper_speed: float
     action_low: tuple[float, ...]
     action_high: tuple[float, ...]
+    measured_topic: str = "/arx_x5_driver/measured_command"
+    policy_heartbeat_topic: str = "/habc/policy_heartbeat"
+    policy_heartbeat_ticks: int = 2
 
     @classmethod
     def declare(cls, node: Any) -> ArbiterParams:
@@ -144,6 +155,9 @@ class ArbiterParams:
             joy_timeout_s=float(d(node, "joy_timeout_s", 0.1, "joystick silence → hold (s)")),
             teleop_timeout_s=float(d(node, "teleop_timeout_s", 0.1, "teleop age → hold (s)")),
             mapping=mapping,
+            pad_supervision_s=float(
+                d(node, "pad_supervision_s", 0.0, "pad silent this long → every arm holds (0 off)")
+            ),
         )
         low = d(node, "jog.action_low", [-3.14] * len(action_names), "jog joint limits low")
         high = d(node, "jog.action_high", [3.14] * len(action_names), "jog joint limits high")
@@ -169,7 +183,20 @@ class ArbiterParams:
             jog_gripper_speed=float(d(node, "jog.gripper_speed", 1.0, "1/s at full stick")),
             action_low=tuple(float(v) for v in low),
             action_high=tuple(float(v) for v in high),
+            measured_topic=d(
+                node, "measured_topic", "/arx_x5_driver/measured_command", "hold position source"
+            ),
+            policy_heartbeat_topic=d(
+                node, "policy_heartbeat_topic", "/habc/policy_heartbeat", "server heartbeat"
+            ),
+            policy_heartbeat_ticks=int(
+                d(node, "policy_heartbeat_ticks", 2, "heartbeat silent this many ticks → hold")
+            ),
         )
+        if p.policy_heartbeat_ticks < 0:
+            raise ValueError(
+                f"policy_heartbeat_ticks must be >= 0 (0 = off), got {p.policy_heartbeat_ticks}"
+            )
         if not (math.isfinite(p.control_hz) and p.control_hz > 0):
             raise ValueError(f"control_hz must be > 0, got {p.control_hz}")
         if p.teleop_source not in TELEOP_SOURCES:
@@ -237,7 +264,12 @@ class ArbiterNode(Node):
         self._mark_pub = self.create_publisher(EpisodeEvent, TOPIC_MARK, 10)
         self.create_subscription(ActionChunk, TOPIC_CHUNK, self._on_chunk, 10)
         self.create_subscription(Joy, TOPIC_JOY, self._on_joy, 10)
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        self.create_subscription(JointState, p.measured_topic, self._on_joints, 10)
+        self._heartbeat_s: float | None = None
+        self._driver_latched = False
+        self._heartbeat_sub = self.create_subscription(
+            Header, p.policy_heartbeat_topic, self._on_heartbeat, 10
+        )
         if p.teleop_source == "topic":
             self.create_subscription(JointState, p.teleop_topic, self._on_teleop, 10)
         self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, 10)
@@ -302,9 +334,32 @@ class ArbiterNode(Node):
         self._teleop = TeleopCommand(stamp_s=self._now_s(), action=action)
 
     def _on_joints(self, msg: JointState) -> None:
+        if msg.name and tuple(msg.name) != self.params.action_names:
+            self.get_logger().error(
+                f"{self.params.measured_topic} names {list(msg.name)[:3]}… are not the action "
+                f"layout {list(self.params.action_names)[:3]}…: not a hold position",
+                throttle_duration_sec=5.0,
+            )
+            return
         q = np.asarray(msg.position, dtype=np.float32)
         if q.shape == (self.params.arbiter.action_dim,) and np.all(np.isfinite(q)):
             self._measured = q
+
+    def _drain_heartbeats(self) -> None:
+        """Take every heartbeat already delivered before deciding a tick: a tick that runs
+        late (this process descheduled) must not judge the server by a queued, older one."""
+        sub = self._heartbeat_sub
+        try:
+            with sub.handle:
+                while (taken := sub.handle.take_message(Header, False)) is not None:
+                    self._on_heartbeat(taken[0])
+        except Exception as exc:  # an rclpy without take_message: the callback still runs
+            self.get_logger().debug(f"heartbeat drain unavailable: {exc}")
+
+    def _on_heartbeat(self, msg: Header) -> None:
+        stamp = msg.stamp.sec + msg.stamp.nanosec * 1e-9
+        if self._heartbeat_s is None or stamp > self._heartbeat_s:
+            self._heartbeat_s = stamp
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data and not self._estop:
@@ -312,9 +367,18 @@ class ArbiterNode(Node):
             self.get_logger().error("e-stop: holding every arm")
 
     def _on_estop_state(self, msg: Bool) -> None:
-        if msg.data != self._estop:
-            self._estop = bool(msg.data)
-            self.get_logger().warning(f"driver e-stop latch {'set' if msg.data else 'cleared'}")
+        # Only a reset clears the latch: ``false`` after this driver's ``true``. A driver that
+        # (re)starts unlatched publishes ``false`` too, and must not un-e-stop the arbiter.
+        if msg.data:
+            self._driver_latched = True
+            if not self._estop:
+                self._estop = True
+                self.get_logger().warning("driver e-stop latch set")
+        elif self._driver_latched:
+            self._driver_latched = False
+            if self._estop:
+                self._estop = False
+                self.get_logger().warning("driver e-stop latch cleared (reset)")
 
     def _on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_START:
@@ -348,6 +412,7 @@ class ArbiterNode(Node):
         return TeleopCommand(stamp_s=now, action=action.astype(np.float32))
 
     def _on_tick(self) -> None:
+        self._drain_heartbeats()
         now = self._now_s()
         teleop = self._jog_command(now) if self._jog is not None else self._teleop
         row = self._scheduler.select(now)
@@ -358,6 +423,9 @@ class ArbiterNode(Node):
             policy_row=row,
             estop=self._estop,
             measured_position=self._measured,
+            policy_alive=heartbeat_alive(
+                now, self._heartbeat_s, self.params.policy_heartbeat_ticks, self._period
+            ),
         )
         if not np.all(np.isfinite(decision.action)):
             # No position to hold yet (no joint state): send nothing; the driver holds.

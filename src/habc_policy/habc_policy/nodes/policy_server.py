@@ -19,7 +19,10 @@ name                           type                                what
                                                                    step
 ``/habc/announce_checkpoint``  ``habc_msgs/AnnounceCheckpoint``    verify + hot-swap; on any
 (srv)                                                              failure the old checkpoint
-                                                                   keeps serving
+                                                                   keeps serving; paths only
+                                                                   inside ``checkpoint_roots``
+``/habc/policy_heartbeat``     ``std_msgs/Header``                 ``heartbeat_hz``, stamped
+(pub)                                                              now, from its own thread
 =============================  ==================================  ============================
 
 Inference runs in a worker thread, never in a ROS callback; a hot-swap loads in its own
@@ -48,7 +51,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray
+from std_msgs.msg import Float32MultiArray, Header
 
 from habc_msgs.msg import ActionChunk
 from habc_msgs.srv import AnnounceCheckpoint
@@ -61,12 +64,14 @@ from habc_policy.core.checkpoint import (
     load_policy,
 )
 from habc_policy.core.chunking import inference_trigger_row
+from habc_policy.core.serving_guard import resolve_under_roots, use_env_state
 from habc_policy.nodes import declare
 
 NODE_NAME = "policy_server"
 TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_ENV_STATE = "/habc/env_state"
 TOPIC_ACTION_CHUNK = "/habc/action_chunk"
+TOPIC_HEARTBEAT = "/habc/policy_heartbeat"
 SERVICE_ANNOUNCE = "/habc/announce_checkpoint"
 USE_ENV_STATE = ("auto", "true", "false")
 
@@ -89,7 +94,8 @@ class ServerParams:
     margin_rows: int
     seed: int
     torch_threads: int
-    env_state_dim: int
+    checkpoint_roots: tuple[str, ...] = ()
+    heartbeat_hz: float = 100.0
 
     @classmethod
     def declare(cls, node: Any) -> ServerParams:
@@ -109,10 +115,21 @@ class ServerParams:
             margin_rows=int(d(node, "margin_rows", 3, "rows of slack before a chunk runs out")),
             seed=int(d(node, "seed", -1, "sampling noise seed (-1: fresh noise)")),
             torch_threads=int(d(node, "torch_threads", 1, "torch intra-op threads")),
-            env_state_dim=int(d(node, "env_state_dim", 7, "length of /habc/env_state (auto)")),
+            checkpoint_roots=tuple(
+                r.strip()
+                for r in str(
+                    d(node, "checkpoint_roots", "", "comma-separated dirs announced paths may use")
+                ).split(",")
+                if r.strip()
+            ),
+            heartbeat_hz=float(d(node, "heartbeat_hz", 100.0, "heartbeat rate (Hz)")),
         )
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' must name a checkpoint directory or root")
+        if not p.prompt.strip():
+            raise ValueError("parameter 'prompt' is empty: give the task's language prompt")
+        if not (math.isfinite(p.heartbeat_hz) and p.heartbeat_hz >= 10.0):
+            raise ValueError(f"heartbeat_hz must be >= 10, got {p.heartbeat_hz}")
         if p.use_env_state not in USE_ENV_STATE:
             raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
         if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
@@ -202,6 +219,12 @@ class PolicyServer(Node):
         if why := check_compatible(policy, None, p.execute_rows):
             raise CheckpointError(f"{path}: {why}")
         self._policy = policy
+        # Announced checkpoints load only from these (default: the root the server started
+        # from): anyone on the DDS domain can call the announce service.
+        start_root = Path(p.checkpoint) if (Path(p.checkpoint) / "LATEST").exists() else path.parent
+        self._roots = tuple(
+            str(Path(r).expanduser().resolve()) for r in (p.checkpoint_roots or (start_root,))
+        )
         self._lock = threading.Lock()
         self._joints: tuple[float, np.ndarray] | None = None  # (stamp s, positions)
         self._env: np.ndarray | None = None
@@ -226,11 +249,29 @@ class PolicyServer(Node):
         )
         self._worker = threading.Thread(target=self._run, name="inference", daemon=True)
         self._worker.start()
+        # The heartbeat: the arbiter holds within a few ticks once it stops (a dead server's
+        # last chunk must not run out its rows). Its own thread: never behind inference.
+        self._heartbeat_pub = self.create_publisher(Header, TOPIC_HEARTBEAT, 10)
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
         self.get_logger().info(
             f"serving {policy.checkpoint_id} (learner step {policy.learner_step}) from {path}: "
             f"H={policy.config.horizon} d={policy.config.action_dim} "
-            f"cameras={list(policy.config.camera_names)}"
+            f"cameras={list(policy.config.camera_names)}; announced checkpoints only from "
+            f"{list(self._roots)}"
         )
+
+    def _beat(self) -> None:
+        period = 1.0 / self.params.heartbeat_hz
+        while not self._stop.wait(period):
+            msg = Header(frame_id=NODE_NAME)
+            msg.stamp = self.get_clock().now().to_msg()
+            try:
+                self._heartbeat_pub.publish(msg)
+            except Exception:  # shutting down: the context is gone
+                if not self._stop.is_set():
+                    raise
+                return
 
     # Inputs (executor thread) -------------------------------------------------------------
     def _on_joints(self, msg: JointState) -> None:
@@ -257,12 +298,8 @@ class PolicyServer(Node):
             return "no joint state yet"
         stamp, q = joints
         cfg = policy.config
-        use_env = self.params.use_env_state
-        if use_env == "auto":
-            use_env = (
-                "true" if cfg.proprio_dim == q.shape[0] + self.params.env_state_dim else "false"
-            )
-        if use_env == "true":
+        env_dim = None if env is None else int(env.shape[0])
+        if use_env_state(self.params.use_env_state, cfg.proprio_dim, q.shape[0], env_dim):
             if env is None:
                 return "no env state yet"
             q = np.concatenate([q, env])
@@ -377,7 +414,9 @@ class PolicyServer(Node):
     def _verify(self, req: AnnounceCheckpoint.Request, old: LoadedPolicy) -> LoadedPolicy:
         if not req.path:
             raise ValueError("no path given")
-        new = load_policy(req.path, self.params.device)  # manifest, every hash, tensor shapes
+        path, root = resolve_under_roots(req.path, self._roots)  # no traversal, no escape
+        self.get_logger().info(f"verifying {path} (inside checkpoint root {root})")
+        new = load_policy(path, self.params.device)  # manifest, every hash, tensor shapes
         if req.checkpoint_id and req.checkpoint_id != new.checkpoint_id:
             raise CheckpointError(
                 f"announced id {req.checkpoint_id} but the manifest says {new.checkpoint_id}"
@@ -406,6 +445,7 @@ class PolicyServer(Node):
     def shutdown(self) -> None:
         self._stop.set()
         self._worker.join(timeout=5.0)
+        self._heartbeat.join(timeout=5.0)
 
 
 def main(args: list[str] | None = None) -> int:
