@@ -27,6 +27,7 @@ setup(
             "habc-launch = habc_learner.launcher:main",
             "habc-bringup-job = habc_learner.bringup_job:main",
             "habc-protocol = habc_learner.protocol:main",
+            "habc-inspect = habc_learner.inspect_bag:main",
             # NODE_ENTRY_POINTS
         ],
     },
