@@ -105,8 +105,12 @@ def test_timeline_styles_handle_new_and_unknown_codes(tmp_path) -> None:
     episode = SimpleNamespace(
         authority=authority, success_step=None, outcome=SimpleNamespace(value="failure")
     )
-    trace = {"anchor": t, "p_v": np.linspace(0.2, 0.8, 40), "v_e": -t[::-1].astype(float),
-             "g": np.ones(40)}  # fmt: skip
+    trace = {
+        "anchor": t,
+        "p_v": np.linspace(0.2, 0.8, 40),
+        "v_e": -t[::-1].astype(float),
+        "g": np.ones(40),
+    }
     out = tmp_path / "timeline.png"
     plot_trace(episode, trace, "codes 1, 2, 3 and an unknown 9", out)
     assert out.read_bytes()[:8] == PNG_MAGIC

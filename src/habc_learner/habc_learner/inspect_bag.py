@@ -106,8 +106,9 @@ def plot_trace(episode: Any, trace: dict[str, np.ndarray], title: str, out: Path
         for i in range(1, len(col) + 1):
             if i == len(col) or col[i] != col[start]:
                 code = int(col[start])
-                ax_a.broken_barh([(start - 0.5, i - start)], (arm - 0.4, 0.8),
-                                 color=authority_style(code)[1])  # fmt: skip
+                ax_a.broken_barh(
+                    [(start - 0.5, i - start)], (arm - 0.4, 0.8), color=authority_style(code)[1]
+                )
                 if code not in codes_seen:
                     codes_seen.append(code)
                 start = i

@@ -74,8 +74,14 @@ def critic_trace(trainer: Any, episode_index: int, chunk: int = 1024) -> dict[st
             g = W.habc_gate(p_v, a_v, a_e)
         else:
             g = W.habc_v_gate(p_v, a_v, trainer.method.habc_v_gate)
-        for key, value in (("z_v", z_c), ("p_v", p_v), ("v_e", v_e), ("a_v", a_v),
-                           ("a_e", a_e), ("g", g)):  # fmt: skip
+        for key, value in (
+            ("z_v", z_c),
+            ("p_v", p_v),
+            ("v_e", v_e),
+            ("a_v", a_v),
+            ("a_e", a_e),
+            ("g", g),
+        ):
             cols[key].append(value.cpu().numpy())
     trainer.policy.train(was_training)
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
