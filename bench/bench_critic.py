@@ -154,7 +154,7 @@ def trace_stats(out: dict[str, np.ndarray], took: np.ndarray) -> dict[str, float
             continue
         episodes += 1
         deltas.append(np.abs(np.diff(ze)))
-        crossings.append(int((np.diff(np.sign(ze)) != 0).sum()))
+        crossings.append(int((np.diff(ze > 0) != 0).sum()))
     if not deltas:
         return {"mean_abs_dz": float("nan"), "crossings_per_episode": float("nan")}
     return {
@@ -164,7 +164,22 @@ def trace_stats(out: dict[str, np.ndarray], took: np.ndarray) -> dict[str, float
     }
 
 
-def measure(trainer: Any, store: ReplayStore) -> dict[str, Any]:
+def gate_stats(g: np.ndarray) -> dict[str, float]:
+    if not len(g):
+        return {"n": 0, "mean": math.nan, "std": math.nan, "share_below_0.1": math.nan,
+                "share_above_1.9": math.nan}  # fmt: skip
+    return {
+        "n": len(g),
+        "mean": float(g.mean()),
+        "std": float(g.std()),
+        "share_below_0.1": float((g < 0.1).mean()),
+        "share_above_1.9": float((g > 1.9).mean()),
+    }
+
+
+def measure(
+    trainer: Any, store: ReplayStore, temperatures: tuple[float, ...] = ()
+) -> dict[str, Any]:
     """Calibration, traces and gate statistics of the trained critic over ``store``."""
     from habc_learner.protocol import critic_outputs
 
@@ -187,15 +202,15 @@ def measure(trainer: Any, store: ReplayStore) -> dict[str, Any]:
         vals = np.array([v[1:] for v in first.values()])
         res["episode_start_auroc"] = cal.auroc(vals[:, 0], vals[:, 1])
     res.update(trace_stats(out, took))
-    g = out["g"]
     auto_succ = (src == Source.ROLLOUT_SUCCESS) & ~took[ep]
-    res["gate"] = {
-        "n": int(auto_succ.sum()),
-        "mean": float(g[auto_succ].mean()) if auto_succ.any() else float("nan"),
-        "std": float(g[auto_succ].std()) if auto_succ.any() else float("nan"),
-        "share_below_0.1": float((g[auto_succ] < 0.1).mean()) if auto_succ.any() else math.nan,
-        "share_above_1.9": float((g[auto_succ] > 1.9).mean()) if auto_succ.any() else math.nan,
-    }
+    res["gate"] = gate_stats(out["g"][auto_succ])
+    # The advantage-temperature variant (not in the paper), recomputed from the same critic.
+    p = out["p_v"]
+    x = (1.0 - p) * out["a_v"]
+    if trainer.method.train_efficiency:
+        x = x + p * out["a_e"]
+    for temp in temperatures:
+        res[f"gate_T{temp:g}"] = gate_stats((1.0 + np.tanh(x / temp))[auto_succ])
     return res
 
 
@@ -209,7 +224,7 @@ def run_option(args: argparse.Namespace, data: dict[str, Any], name: str) -> dic
     tcfg = dataclasses.replace(
         tcfg,
         critic=dataclasses.replace(tcfg.critic, **OPTIONS[name]),
-        checkpoint_dir=None,
+        checkpoint_dir=str(run.root / "checkpoints" / f"critic_{name}"),
         log_dir=None,
     )
     store = ReplayStore(tcfg.replay_config())
@@ -229,7 +244,7 @@ def run_option(args: argparse.Namespace, data: dict[str, Any], name: str) -> dic
             "config": OPTIONS[name],
             "train_s": train_s,
             "validation": summary.validation,
-            "fresh": measure(trainer, fresh),
+            "fresh": measure(trainer, fresh, tuple(args.temperatures)),
             "train_windows": measure(trainer, store)["calibration"],
         }
     return result
@@ -272,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 4.0],
+        help="advantage temperatures T for the gate statistics (1: the paper's Eq. 7)",
+    )
     parser.add_argument("--work", default="runs/bench_critic")
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args(argv)

@@ -284,3 +284,26 @@ def test_calibration_figures_by_hand() -> None:
     assert cal.binary_cross_entropy(p, y) == pytest.approx(bce)
     summary = cal.calibration_summary(p, y)
     assert summary["bin_count"][3] == 1 and summary["bin_count"][4] == 1 and summary["n"] == 4
+
+
+# ------------------------------------------------------------------------------ temperature
+def test_advantage_temperature_variant_by_hand() -> None:
+    from habc_learner.core import weights as W
+    from habc_learner.core.labeling import Source
+    from habc_learner.core.methods import WeightInputs, compute_w_tilde, get_method
+
+    p, a_v, a_e = torch.tensor([0.25]), torch.tensor([2.0]), torch.tensor([-4.0])
+    x = 0.75 * 2.0 + 0.25 * -4.0  # (1 − p)·A_v + p·A_e = 0.5
+    assert W.habc_gate(p, a_v, a_e).item() == pytest.approx(1 + math.tanh(x))
+    assert W.habc_gate(p, a_v, a_e, 4.0).item() == pytest.approx(1 + math.tanh(x / 4))
+    assert W.habc_v_gate(p, a_v, temperature=3.0).item() == pytest.approx(1 + math.tanh(0.5))
+    assert W.habc_v_gate(p, a_v, "plain", 4.0).item() == pytest.approx(1 + math.tanh(0.5))
+    method = get_method("habc").replace(advantage_temperature=4.0, warmup_steps=0)
+    inputs = WeightInputs(
+        source=torch.tensor([int(Source.ROLLOUT_SUCCESS)]), p_v=p, a_v=a_v, a_e=a_e
+    )
+    _, gate = compute_w_tilde(method, inputs)
+    assert gate.item() == pytest.approx(1 + math.tanh(x / 4))
+    assert get_method("habc").advantage_temperature == 1.0  # the paper's Eq. 7 by default
+    with pytest.raises(ValueError, match="advantage_temperature"):
+        get_method("habc").replace(advantage_temperature=0.0)

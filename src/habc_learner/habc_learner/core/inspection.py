@@ -70,10 +70,11 @@ def critic_trace(trainer: Any, episode_index: int, chunk: int = 1024) -> dict[st
         p_v = torch.sigmoid(z_c)
         a_v = W.viability_advantage(z_v, z_n, b.has_next)
         a_e = W.efficiency_advantage(v_e, v_n, b.step_cost, b.has_next)
+        temperature = trainer.method.advantage_temperature
         if trainer.method.train_efficiency:
-            g = W.habc_gate(p_v, a_v, a_e)
+            g = W.habc_gate(p_v, a_v, a_e, temperature)
         else:
-            g = W.habc_v_gate(p_v, a_v, trainer.method.habc_v_gate)
+            g = W.habc_v_gate(p_v, a_v, trainer.method.habc_v_gate, temperature)
         for key, value in (
             ("z_v", z_c),
             ("p_v", p_v),
