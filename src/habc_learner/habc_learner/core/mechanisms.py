@@ -5,10 +5,10 @@ every step has length ``step``. Episodes are written directly (no simulator), tr
 real learner (:class:`~habc_learner.core.trainer.Trainer`, flow-matching actor, dual-head
 critic), and the trained actor is asked what it does at the start state x_0 = 0.
 
-1. **Viability.** From x_0 the rollouts go right (behaviour A, success with probability
-   ``p_viable``) or left (B, success with probability ``1 - p_viable``). HABC-weighted BC must
-   choose A more often than uniform BC on the same windows (every successful rollout window
-   at weight 1, the gate g ≡ 1).
+1. **Viability.** From x_0 a few rollouts go right (behaviour A, success with probability
+   ``p_viable``), most go left (B, success with probability ``1 - p_viable``), so both leave
+   about as many successful episodes. HABC-weighted BC must choose A more often than uniform BC
+   on the same windows (every successful rollout window at weight 1, the gate g ≡ 1).
 2. **Efficiency.** Every rollout succeeds at the goal (n·step, 0): directly along the x axis,
    or by a detour up ``detour`` steps, along, and down again. HABC (efficiency head) must
    choose the direct path more often, and reach the goal in fewer steps, than HABC-V.
@@ -52,10 +52,12 @@ class MechanismConfig:
     """Size of one experiment.
 
     Attributes:
-        step: length of one action. n: steps of the direct path. detour: steps up (and down)
+        step: length of one action. decision_step: length of the first (deciding) action of
+            the viability rollouts. n: steps of the direct path. detour: steps up (and down)
             of the efficiency detour. mistake: policy steps before the takeover (credit).
         episodes: rollouts per experiment. p_viable: success probability of behaviour A
-            (viability). train_steps, warmup_steps, batch_size, lr: learner budget.
+            (viability; B succeeds w.p. 1 − p_viable). viable_fraction: share of the rollouts
+            that take behaviour A. train_steps, warmup_steps, batch_size, lr: learner budget.
         horizon: action chunk H (and window horizon). samples: chunks sampled at x_0 to
             measure the actor's choice. rollouts: closed-loop episodes in the point world
             (efficiency). noise: σ of the per-step action noise in the data. seed.
@@ -63,11 +65,13 @@ class MechanismConfig:
     """
 
     step: float = 0.1
+    decision_step: float = 0.5
     n: int = 8
     detour: int = 4
     mistake: int = 4
     episodes: int = 60
-    p_viable: float = 0.6
+    p_viable: float = 0.8
+    viable_fraction: float = 0.2
     train_steps: int = 600
     warmup_steps: int = 150
     batch_size: int = 64
@@ -137,15 +141,21 @@ def _moves(*legs: tuple[tuple[float, float], int]) -> np.ndarray:
 
 
 def viability_episodes(cfg: MechanismConfig) -> list[Episode]:
-    """Half the rollouts go right (A: success w.p. p_viable), half left (B: 1 − p_viable)."""
+    """A share ``viable_fraction`` of the rollouts go right (A: success w.p. ``p_viable``), the
+    rest left (B: success w.p. 1 − ``p_viable``). With the defaults (0.2, 0.8) both behaviours
+    leave about as many successful episodes, so uniform BC on the successes is indifferent
+    and only the critic can tell which behaviour is viable."""
     rng = np.random.default_rng(cfg.seed)
     out = []
     for i in range(cfg.episodes):
-        viable = i % 2 == 0
+        viable = int((i + 1) * cfg.viable_fraction) > int(i * cfg.viable_fraction)
         direction = 1.0 if viable else -1.0
         p = cfg.p_viable if viable else 1.0 - cfg.p_viable
         outcome = Outcome.SUCCESS if rng.random() < p else Outcome.FAILURE
-        acts = _moves(((direction * cfg.step, 0.0), cfg.n))
+        # The decision is one long first step, so x_0 has no near neighbours in the data.
+        acts = _moves(
+            ((direction * cfg.decision_step, 0.0), 1), ((direction * cfg.step, 0.0), cfg.n - 1)
+        )
         out.append(point_episode(acts, outcome, f"viab-{i}", rng=rng, noise=cfg.noise))
     return out
 
