@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from habc_learner.core import calibration as cal  # noqa: E402
+from habc_learner.core.critic import CriticConfig  # noqa: E402
 from habc_learner.core.labeling import Source  # noqa: E402
 from habc_learner.core.replay import ReplayStore  # noqa: E402
 from habc_learner.core.weights import clamp_viability_logit  # noqa: E402
@@ -250,6 +251,38 @@ def run_option(args: argparse.Namespace, data: dict[str, Any], name: str) -> dic
     return result
 
 
+def step_times(options: list[str], steps: int, rounds: int = 3) -> dict[str, float]:
+    """Median learner step time (batch 256, state-only 14-dim bimanual, synthetic episodes)
+    per option, options interleaved round by round so a shared machine's load hits all."""
+    from habc_learner.core.episode import SCENARIOS, scenario_episode
+    from habc_learner.core.trainer import Trainer, TrainerConfig
+    from habc_policy.core.configuration_flow import FlowPolicyConfig
+
+    trainers = {}
+    for name in options:
+        critic = dataclasses.replace(CriticConfig(), **OPTIONS[name])
+        cfg = TrainerConfig(
+            method="habc",
+            policy=FlowPolicyConfig(action_dim=14, proprio_dim=15),
+            critic=critic,
+            batch_size=256,
+            progress=False,
+        )
+        store = ReplayStore(cfg.replay_config())
+        for i in range(24):
+            store.add_episode(scenario_episode(SCENARIOS[i % len(SCENARIOS)], seed=i, length=300))
+        trainers[name] = Trainer(cfg, store)
+        trainers[name].train_step()  # warm up
+    times: dict[str, list[float]] = {name: [] for name in options}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
 def fmt(x: float, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -296,9 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", default="runs/bench_critic")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument(
+        "--timing",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="only time STEPS learner steps per option (synthetic data) and exit",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
+    if args.timing:
+        for name, sec in step_times(args.options, args.timing).items():
+            print(f"{name}: {1000 * sec:.0f} ms per learner step (batch 256)")
+        return 0
     results = []
     for seed in args.seeds:
         data = prepare_data(args, seed)
