@@ -69,6 +69,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "validate_every": 50,
     },
     "actor_detached+es": {"early_stopping_patience": 3, "validate_every": 50},
+    "own+es": {"features": "own", "early_stopping_patience": 3, "validate_every": 50},
     "own+all": {
         "features": "own",
         "weight_decay": 0.1,
@@ -167,8 +168,13 @@ def trace_stats(out: dict[str, np.ndarray], took: np.ndarray) -> dict[str, float
 
 def gate_stats(g: np.ndarray) -> dict[str, float]:
     if not len(g):
-        return {"n": 0, "mean": math.nan, "std": math.nan, "share_below_0.1": math.nan,
-                "share_above_1.9": math.nan}  # fmt: skip
+        return {
+            "n": 0,
+            "mean": math.nan,
+            "std": math.nan,
+            "share_below_0.1": math.nan,
+            "share_above_1.9": math.nan,
+        }
     return {
         "n": len(g),
         "mean": float(g.mean()),
@@ -306,6 +312,69 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def mean_table(results: list[dict[str, Any]]) -> str:
+    """Per option, the mean over seeds of the headline figures (seeds in brackets)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        rows.setdefault(r["option"], []).append(r)
+    lines = [
+        "| option | seeds | AUROC | ECE | Brier | AUROC start | mean abs dz | mean g | g<0.1 "
+        "| g>1.9 | val AUROC | val ECE |",
+        "|" + "---|" * 12,
+    ]
+    for name, rs in rows.items():
+
+        def m(get: Any, rs: list[dict[str, Any]] = rs) -> float:
+            return float(np.nanmean([get(r) for r in rs]))
+
+        cal_ = [lambda r, k=k: r["fresh"]["calibration"][k] for k in ("auroc", "ece", "brier")]
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in rs)} | "
+            + " | ".join(fmt(m(f)) for f in cal_)
+            + f" | {fmt(m(lambda r: r['fresh'].get('episode_start_auroc', math.nan)))}"
+            + f" | {fmt(m(lambda r: r['fresh']['mean_abs_dz']), 3)}"
+            + f" | {fmt(m(lambda r: r['fresh']['gate']['mean']))}"
+            + f" | {fmt(m(lambda r: r['fresh']['gate']['share_below_0.1']))}"
+            + f" | {fmt(m(lambda r: r['fresh']['gate']['share_above_1.9']))}"
+            + f" | {fmt(m(lambda r: r['validation'].get('critic_val/auroc', math.nan)))}"
+            + f" | {fmt(m(lambda r: r['validation'].get('critic_val/ece', math.nan)))} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_reliability(results: list[dict[str, Any]], options: list[str], path: Path) -> None:
+    """Reliability curves (mean outcome against mean p_v per bin) on the fresh rollouts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({r["seed"] for r in results})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.5 * len(seeds), 4.2), squeeze=False)
+    for ax, seed in zip(axes[0], seeds):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
+        for r in results:
+            if r["seed"] != seed or r["option"] not in options:
+                continue
+            c = r["fresh"]["calibration"]
+            mp, my = np.array(c["bin_mean_p"], float), np.array(c["bin_mean_y"], float)
+            ok = np.isfinite(mp) & np.isfinite(my)
+            ax.plot(
+                mp[ok],
+                my[ok],
+                marker="o",
+                ms=3,
+                label=f"{r['option']} (ECE {c['ece']:.2f}, AUROC {c['auroc']:.2f})",
+            )
+        ax.set_title(f"transfer-cube seed {seed}: fresh rollouts", fontsize=9)
+        ax.set_xlabel("p_v (bin mean)")
+        ax.set_ylabel("success rate")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="transfer_cube")
@@ -336,9 +405,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="STEPS",
         help="only time STEPS learner steps per option (synthetic data) and exit",
     )
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only print the tables of earlier --json files (and --plot) and exit",
+    )
+    parser.add_argument("--plot", default=None, help="reliability diagram PNG of --options")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
+    if args.report:
+        results = [r for f in args.report for r in json.loads(Path(f).read_text())]
+        print(table(results) + "\n\n" + mean_table(results))
+        if args.plot:
+            plot_reliability(results, args.options, Path(args.plot))
+        return 0
     if args.timing:
         for name, sec in step_times(args.options, args.timing).items():
             print(f"{name}: {1000 * sec:.0f} ms per learner step (batch 256)")
@@ -363,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     print()
     print(table(results))
+    print()
+    print(mean_table(results))
+    if args.plot:
+        plot_reliability(results, args.options, Path(args.plot))
     print(f"\nwall {time.monotonic() - t0:.0f} s")
     return 0
 
