@@ -46,38 +46,38 @@ from habc_learner.core.labeling import Source  # noqa: E402
 from habc_learner.core.replay import ReplayStore  # noqa: E402
 from habc_learner.core.weights import clamp_viability_logit  # noqa: E402
 
-#: Named critic options: overrides of :class:`CriticConfig`.
+#: What every option starts from: the configuration before issue 13 (so the later change of
+#: the defaults does not change what an option name measures).
+BASE: dict[str, Any] = {
+    "features": "actor_detached",
+    "hidden_dim": 256,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+    "ensemble": 1,
+    "validation_fraction": 0.2,
+    "validate_every": 100,
+    "early_stopping_patience": 0,
+}
+ES = {"early_stopping_patience": 3, "validate_every": 50}
+ALL = {"weight_decay": 0.1, "dropout": 0.3, "ensemble": 5, **ES}
+#: Named critic options: overrides of :data:`BASE`.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "actor_detached": {"features": "actor_detached"},
-    "frozen_sft": {"features": "frozen_sft"},
-    "own": {"features": "own"},
-    "frozen_sft+wd": {"features": "frozen_sft", "weight_decay": 0.1},
-    "frozen_sft+dropout": {"features": "frozen_sft", "dropout": 0.3},
-    "frozen_sft+ens5": {"features": "frozen_sft", "ensemble": 5},
-    "frozen_sft+es": {
-        "features": "frozen_sft",
-        "early_stopping_patience": 3,
-        "validate_every": 50,
-    },
-    "frozen_sft+small": {"features": "frozen_sft", "hidden_dim": 64, "num_layers": 1},
-    "frozen_sft+all": {
-        "features": "frozen_sft",
-        "weight_decay": 0.1,
-        "dropout": 0.3,
-        "ensemble": 5,
-        "early_stopping_patience": 3,
-        "validate_every": 50,
-    },
-    "actor_detached+es": {"early_stopping_patience": 3, "validate_every": 50},
-    "own+es": {"features": "own", "early_stopping_patience": 3, "validate_every": 50},
-    "own+all": {
-        "features": "own",
-        "weight_decay": 0.1,
-        "dropout": 0.3,
-        "ensemble": 5,
-        "early_stopping_patience": 3,
-        "validate_every": 50,
-    },
+    name: {**BASE, **changes}
+    for name, changes in {
+        "actor_detached": {},
+        "frozen_sft": {"features": "frozen_sft"},
+        "own": {"features": "own"},
+        "frozen_sft+wd": {"features": "frozen_sft", "weight_decay": 0.1},
+        "frozen_sft+dropout": {"features": "frozen_sft", "dropout": 0.3},
+        "frozen_sft+ens5": {"features": "frozen_sft", "ensemble": 5},
+        "frozen_sft+es": {"features": "frozen_sft", **ES},
+        "frozen_sft+small": {"features": "frozen_sft", "hidden_dim": 64, "num_layers": 1},
+        "frozen_sft+all": {"features": "frozen_sft", **ALL},
+        "actor_detached+es": dict(ES),
+        "own+es": {"features": "own", **ES},  # the default since issue 13
+        "own+all": {"features": "own", **ALL},
+    }.items()
 }
 FRESH_ROUND = 8  # rollout_seed(seed, 8, i): poses no protocol round of <= 7 rounds uses
 

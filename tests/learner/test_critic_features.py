@@ -63,7 +63,9 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 # ------------------------------------------------------------------------------ configuration
 def test_features_names_and_aliases() -> None:
-    assert CriticConfig().features == "actor_detached"
+    default = CriticConfig()
+    assert default.features == "own" and default.early_stopping_patience == 3
+    assert default.validation_fraction == 0.2
     assert CriticConfig(features="actor_encoder").features == "actor_detached"
     assert CriticConfig(features="separate_encoder").features == "own"
     with pytest.raises(ValueError, match=r"features=.backbone.*frozen_sft"):
@@ -74,6 +76,7 @@ def test_features_names_and_aliases() -> None:
         {"validation_fraction": 1.0},
         {"early_stopping_patience": -1},
         {"weight_decay": -0.1},
+        {"early_stopping_patience": 2, "validation_fraction": 0.0},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CriticConfig(**bad)
@@ -126,7 +129,11 @@ def test_own_encoder_is_trained_by_the_critic_and_actor_detached_has_none(
         assert _equal(
             _encoder_tensors(resumed.critic_encoder), _encoder_tensors(trainer.critic_encoder)
         )
-    detached = _config(tmp_path / "det", tiny_policy_config, tiny_critic_config)
+    detached = _config(
+        tmp_path / "det",
+        tiny_policy_config,
+        dataclasses.replace(tiny_critic_config, features="actor_detached"),
+    )
     with Trainer(detached, _store(detached)) as trainer:
         assert trainer.critic_encoder is None
 
@@ -166,7 +173,9 @@ def test_validation_episodes_never_train_the_critic(
 
 def test_round_reports_heldout_figures(tmp_path, tiny_policy_config, tiny_critic_config) -> None:
     frac = 0.5
-    critic = dataclasses.replace(tiny_critic_config, validation_fraction=frac, validate_every=2)
+    critic = dataclasses.replace(
+        tiny_critic_config, validation_fraction=frac, validate_every=2, early_stopping_patience=0
+    )
     cfg = _config(tmp_path, tiny_policy_config, critic, log_dir=str(tmp_path / "tb"))
     store = ReplayStore(cfg.replay_config())
     store.add_episode(scenario_episode("demo", seed=0, length=50))

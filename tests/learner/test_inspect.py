@@ -22,7 +22,7 @@ from habc_learner.protocol import critic_outputs
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("features", ["frozen_sft", "actor_detached"])
+@pytest.mark.parametrize("features", ["own", "actor_detached"])
 def test_inspect_draws_the_png_and_prints_the_critics_numbers(
     tmp_path, capsys, tiny_policy_config, tiny_critic_config, features
 ) -> None:

@@ -83,7 +83,12 @@ class MechanismConfig:
     seed: int = 0
     critic: CriticConfig = field(
         default_factory=lambda: CriticConfig(
-            hidden_dim=64, num_layers=2, lr=1e-3, validation_fraction=0.0
+            features="actor_detached",
+            hidden_dim=64,
+            num_layers=2,
+            lr=1e-3,
+            validation_fraction=0.0,
+            early_stopping_patience=0,
         )
     )
 
