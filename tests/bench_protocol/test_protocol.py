@@ -163,3 +163,17 @@ def test_confidence_interval() -> None:
     assert ci95([0.5])[1] != ci95([0.5])[1]  # NaN half-width for one seed
     rel = reliability([0.05, 0.95, 0.95, 0.05], [0, 1, 1, 0])
     assert rel["ece"] == pytest.approx(0.05) and rel["auroc"] == pytest.approx(1.0)
+
+
+def test_wilson_interval_matches_hand_computed_values() -> None:
+    from habc_learner.protocol import fmt_rate, wilson_interval
+
+    # 13 of 20 (p̂ = 0.65): centre (0.65 + 0.09604) / 1.19208 = 0.62583, half-width
+    # 1.96·sqrt(0.011375 + 0.002401) / 1.19208 = 0.19298 -> [0.43285, 0.81881].
+    lo, hi = wilson_interval(13, 20)
+    assert lo == pytest.approx(0.43285, abs=1e-4) and hi == pytest.approx(0.81881, abs=1e-4)
+    # 0 of 50 still has a positive upper bound: 3.8416 / 53.8416 = 0.0713.
+    assert wilson_interval(0, 50) == pytest.approx((0.0, 0.0713), abs=1e-4)
+    assert fmt_rate(13, 20) == "65 % [43, 82]"
+    with pytest.raises(ValueError):
+        wilson_interval(21, 20)

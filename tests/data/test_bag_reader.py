@@ -98,3 +98,43 @@ def test_missing_camera_and_missing_folder(tmp_path: Path) -> None:
         read_episode(tmp_path / "ep", cameras=["top"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_episodes(tmp_path / "nope")
+
+
+def test_driver_record_sets_actions_end_and_success_step(tmp_path: Path) -> None:
+    """A node-graph bag: the arbiter's commands plus the driver's applied commands.
+
+    Steps 0..9 were sent; the driver clamped step 2, refused step 3, saw the task succeed at
+    step 5, and steps 7..9 arrived after the episode was over (never executed). The operator
+    marked the outcome at step 9.
+    """
+    meta = bf.EpisodeMeta(
+        "ep-g", "transfer_cube", "p", "rollout", (("left", 0, 7), ("right", 7, 14))
+    )
+    sent = np.arange(10, dtype=np.float32)[:, None] * np.ones(14, np.float32)
+    with bf.EpisodeBagWriter(tmp_path / "ep-g", meta) as w:
+        for t in range(10):
+            t_ns = 1_000_000_000 + t * 20_000_000
+            w.write_joint_state(t_ns, [f"j{i}" for i in range(14)], np.zeros(14))
+            w.write_command(t_ns, step_index=t, controller=[POLICY, POLICY], action=sent[t])
+            over = t >= 7
+            w.write_command(
+                t_ns + 1000,
+                step_index=t,
+                controller=[NONE, NONE] if over or t == 3 else [POLICY, POLICY],
+                action=sent[t] - 0.5 if t == 2 else sent[t],  # the clamp shortened step 2
+                applied=True,
+                hold=over or t == 3,
+                hold_reason=bf.HOLD_EPISODE_OVER if over else ("joint_limit" if t == 3 else ""),
+                clamped=t == 2,
+                task_success=t == 5,
+            )
+        w.finish("success", "operator")
+    ep = read_episode(tmp_path / "ep-g", use_env_state=False)
+    assert ep.length == 7  # steps 7..9 were never executed
+    assert ep.success_step == 5  # the simulator's step, not the mark
+    assert ep.actions[2, 0] == pytest.approx(1.5)  # what the arm was really sent
+    # Clamped and refused steps are nobody's: neither a label anchor nor a target.
+    assert ep.authority[:, 0].tolist() == [POLICY, POLICY, NONE, NONE, POLICY, POLICY, POLICY]
+    # Without the driver's record (in-process rollouts) the executed commands stand.
+    write_episode(tmp_path / "plain", make_episode("plain"))
+    assert read_episode(tmp_path / "plain").length == T

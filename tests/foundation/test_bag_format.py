@@ -35,6 +35,8 @@ def _write_steps(w: bf.EpisodeBagWriter, n: int) -> None:
             chunk_seq=t // 25,
             chunk_row=t % 25,
             learner_step=900,
+            clamped=False,
+            task_success=False,
         )
         w.write(bf.TOPIC_EXECUTED_COMMAND, bf.MSGTYPE_EXECUTED_COMMAND, t_ns, cmd)
         w.count_step()

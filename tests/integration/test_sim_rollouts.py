@@ -26,10 +26,12 @@ def robot():
         yield backend
 
 
-def _operator(rate: float = 1.0):
+def _operator(rate: float = 1.0, **config):
     from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
 
-    return ScriptedOperator.for_backend("sim", TASK, OperatorConfig(intervention_rate=rate))
+    return ScriptedOperator.for_backend(
+        "sim", TASK, OperatorConfig(intervention_rate=rate, **config)
+    )
 
 
 class ConstantPolicy:
@@ -68,16 +70,16 @@ def test_demonstration_bag_reads_back_as_a_human_success(robot, tmp_path: Path) 
     assert (ep.learner_steps == -1).all()
 
 
-def test_policy_rollout_with_takeover_tags_authority_and_labels_the_suffix_only(
-    robot, tmp_path: Path
-) -> None:
+def test_takeover_to_the_end_leaves_no_suffix(robot, tmp_path: Path) -> None:
+    """The operator of earlier runs (``release=False``): a takeover of both arms that holds to
+    the end of the episode."""
     obs = robot.reset(seed=5)
     policy = ConstantPolicy(obs.joint_positions)  # holds still: heading for failure
     r = run_rollout(
         robot,
         seed=5,
         policy=policy,
-        operator=_operator(rate=1.0),
+        operator=_operator(rate=1.0, release=False, one_arm=False),
         episode_id="ro-5",
         task=TASK,
         prompt=robot.prompt,
@@ -100,6 +102,44 @@ def test_policy_rollout_with_takeover_tags_authority_and_labels_the_suffix_only(
     assert (labels.source[max(k - 40, 0) : T - 9] == Source.INTERVENTION).all()
     assert (labels.source[T - 9 :] == Source.UNLABELED).all()
     assert (labels.source[: max(k - 40, 0)] == Source.UNLABELED).all()
+
+
+def test_operator_corrects_one_arm_and_hands_back_through_the_ramp(robot, tmp_path: Path) -> None:
+    """A policy that holds still: the operator takes the picking (right) arm only, lifts the
+    cube, releases the deadman; the arbiter's state machine ramps that arm back over 25 ticks
+    (tagged HANDBACK) while the left arm stays the policy's, and the policy drives again."""
+    from habc_learner.core.episode import HANDBACK
+    from habc_learner.core.labeling import segment_controllers
+
+    obs = robot.reset(seed=5)
+    r = run_rollout(
+        robot,
+        seed=5,
+        policy=ConstantPolicy(obs.joint_positions),
+        operator=_operator(rate=1.0),
+        episode_id="hb-5",
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=tmp_path / "hb-5",
+    )
+    assert r.takeovers >= 1 and r.handbacks >= 1
+    ep = read_episode(tmp_path / "hb-5")
+    segs = segment_controllers(ep.authority)
+    kinds = [s.controller for s in segs]
+    assert kinds[:4] == [POLICY, HUMAN, HANDBACK, POLICY], kinds
+    took, ramp = segs[1], segs[2]
+    assert took.start == r.takeover_step
+    assert (ep.authority[took.start : took.stop] == [POLICY, HUMAN]).all()  # right arm only
+    assert ramp.length == 25
+    assert (ep.authority[ramp.start : ramp.stop] == [POLICY, HANDBACK]).all()
+    # The ramp blends the operator's last right-arm action into the policy's (held) one.
+    right = slice(7, 14)
+    start, goal = ep.actions[ramp.start - 1, right], ep.actions[ramp.stop, right]
+    for k in range(1, 26):
+        want = (1 - k / 25) * start + (k / 25) * goal
+        np.testing.assert_allclose(ep.actions[ramp.start + k - 1, right], want, atol=1e-5)
+    labels = label_episode(ep, LabelingConfig())
+    assert not labels.is_labeled[ramp.start : ramp.stop].any()
 
 
 def test_non_finite_policy_output_never_reaches_the_robot(robot) -> None:

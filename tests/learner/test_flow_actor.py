@@ -67,7 +67,15 @@ def test_masked_mse_per_sample_is_unreduced_and_masked() -> None:
     pred = torch.zeros(2, 2, 2)
     target = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 0.0]]])
     mask = torch.tensor([[[True, False], [False, False]], [[True, True], [True, True]]])
-    assert fm.masked_mse_per_sample(pred, target, mask).tolist() == [0.25, 1.0]
+    # Over all H·d = 4 entries (Eq. 1 as written): sample 0 has one target entry, error 1.
+    assert fm.masked_mse_per_sample(pred, target, mask, "all_entries").tolist() == [0.25, 1.0]
+    # Over its target entries (default): sample 0 is 1/1, sample 1 is 4/4.
+    assert fm.masked_mse_per_sample(pred, target, mask).tolist() == [1.0, 1.0]
+    # A window with no target entry has loss 0 (not NaN).
+    none = torch.zeros(1, 2, 2, dtype=torch.bool)
+    assert fm.masked_mse_per_sample(pred[:1], target[:1], none).tolist() == [0.0]
+    with pytest.raises(ValueError, match="entry_mean"):
+        fm.masked_mse_per_sample(pred, target, mask, "median")
 
 
 def _tiny(**kw) -> FlowPolicyConfig:

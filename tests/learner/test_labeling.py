@@ -164,3 +164,57 @@ def test_labeling_config_validation() -> None:
     with pytest.raises(ValueError, match="min_human_steps"):
         LabelingConfig(horizon=5, min_human_steps=10)
     assert Outcome.parse("success") is Outcome.SUCCESS
+
+
+# Hand-back ramp ticks: nobody's decision -------------------------------------------------
+def test_handback_ramp_is_neither_label_nor_target() -> None:
+    """policy 0..99, human 100..119, hand-back ramp 120..144, policy 145..224, success."""
+    ep = synthetic_episode(
+        [("policy", 100), ("human", 20), ("handback", 25), ("policy", 80)], "success"
+    )
+    labels = label_episode(ep, CFG)
+    # The suffix starts after the ramp, not after the last human step.
+    assert labels.suffix_start == 145
+    assert anchors(labels, Source.ROLLOUT_SUCCESS) == rng_(145, 224)
+    # Only the 20 human steps count toward an intervention window: [t, t+50) holds >= 10 of
+    # 100..119 iff 60 <= t <= 110, exactly as without a ramp.
+    assert anchors(labels, Source.INTERVENTION) == rng_(60, 110)
+    assert anchors(labels, Source.UNLABELED) == rng_(0, 59) + rng_(111, 144)
+    # The intervention window anchored at 110 imitates human steps 110..119 only; the ramp
+    # 120..144 and the policy steps after it are not targets.
+    mask = window_action_mask(ep, labels, 110, 50)
+    assert mask[:10].all() and not mask[10:].any()
+    # A suffix window whose chunk reaches back into... (none can: chunks run forward); a naive
+    # window over the ramp masks the ramp out.
+    naive = label_episode(ep, LabelingConfig(mode="naive"))
+    mask = window_action_mask(ep, naive, 100, 50)
+    assert mask[:20].all() and not mask[20:45].any() and mask[45:].all()
+
+
+def test_a_ramp_alone_is_no_intervention() -> None:
+    """25 ramp ticks clear the 10-step threshold only if they count as human: they must not."""
+    ep = synthetic_episode([("policy", 50), ("handback", 25), ("policy", 50)], "success")
+    labels = label_episode(ep, CFG)
+    assert not (labels.source == Source.INTERVENTION).any()
+    assert labels.suffix_start == 75
+    assert anchors(labels, Source.ROLLOUT_SUCCESS) == rng_(75, 124)
+
+
+def test_failed_corrections_can_be_left_out() -> None:
+    ep = synthetic_episode(
+        [("policy", 100), ("human", 20), ("handback", 25), ("policy", 80)], "failure"
+    )
+    paper = label_episode(ep, CFG)
+    drop = label_episode(ep, LabelingConfig(failed_corrections="drop"))
+    assert anchors(paper, Source.INTERVENTION) == rng_(60, 110)
+    assert not (drop.source == Source.INTERVENTION).any()
+    assert anchors(drop, Source.UNLABELED) == rng_(0, 144)
+    # The suffix keeps its failure label either way.
+    assert anchors(drop, Source.ROLLOUT_FAILURE) == rng_(145, 224)
+    # A successful episode's corrections are imitated under both rules.
+    ok = synthetic_episode([("policy", 100), ("human", 20), ("policy", 80)], "success")
+    assert anchors(
+        label_episode(ok, LabelingConfig(failed_corrections="drop")), Source.INTERVENTION
+    )
+    with pytest.raises(ValueError, match="failed_corrections"):
+        LabelingConfig(failed_corrections="maybe")

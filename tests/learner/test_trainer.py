@@ -221,3 +221,15 @@ def test_config_validation(tmp_path, tiny_policy_config) -> None:
     )
     with pytest.raises(ValueError, match="'naive' labeling"):
         Trainer(recap, aware_store)
+
+
+def test_a_method_whose_source_is_empty_says_so() -> None:
+    from habc_learner.core.methods import get_method
+    from habc_learner.core.trainer import missing_sources
+
+    dagger = get_method("imit_dagger")
+    counts = {"demo": 500, "intervention": 0, "rollout_success": 40}
+    (note,) = missing_sources(dagger, counts)
+    assert note == ("imit_dagger: no intervention windows in the store, so it trains on demo only")
+    assert missing_sources(dagger, {**counts, "intervention": 3}) == []
+    assert missing_sources(get_method("sft"), counts) == []

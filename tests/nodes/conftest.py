@@ -27,12 +27,14 @@ PACKAGE_OF = {
     "scripted_operator_node": "arx_x5_driver",
     "policy_server": "habc_policy",
     "arbiter_node": "habc_policy",
+    "episode_recorder": "habc_learner",
 }
 PARAMS_FILE = {
     "driver_node": "driver.yaml",
     "scripted_operator_node": "scripted_operator.yaml",
     "policy_server": "policy_server.yaml",
     "arbiter_node": "arbiter.yaml",
+    "episode_recorder": "recorder.yaml",
 }
 # Sim home pose (after reset): the tiny test policies act around it.
 SIM_HOME = np.array(

@@ -188,8 +188,8 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
     human = sum(list(m.controller) == [2, 2] for m in during)
     assert all(m.checkpoint_id == "" and m.learner_step == -1 for m in during[switch:])
     # After the release: the operator's last teleop ticks (until the arbiter hears it), then
-    # exactly HANDBACK blended ticks (tagged human: not the policy's own action), then the
-    # policy; holds only while no fresh chunk exists.
+    # exactly HANDBACK blended ticks (tagged HANDBACK: nobody's decision), then the policy;
+    # holds only while no fresh chunk exists.
     k = 0
     while k < len(after) and human_or_hold(after[k]):
         k += 1
@@ -197,8 +197,8 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
     tags = [list(m.controller) for m in after[k:]]
     first_policy = tags.index([1, 1])
     blend = after[k : k + first_policy]
-    assert all(list(m.controller) == [2, 2] or m.hold_reason == "policy_stale" for m in blend)
-    assert sum(list(m.controller) == [2, 2] for m in blend) == HANDBACK, tags[:first_policy]
+    assert all(list(m.controller) == [3, 3] or m.hold_reason == "policy_stale" for m in blend)
+    assert sum(list(m.controller) == [3, 3] for m in blend) == HANDBACK, tags[:first_policy]
     assert not any(from_teleop(m) for m in blend)
     policy = 0
     for m in after[k + first_policy :]:
@@ -224,7 +224,7 @@ def test_handback_ramp_bounds_every_step(stack: Stack) -> None:
     ]
     last_teleop = human[-1]  # the blend starts from the operator's last executed action
     h = np.asarray(cmds[last_teleop].action, dtype=np.float64)
-    blend = [i for i in range(last_teleop + 1, len(cmds)) if list(cmds[i].controller) == [2, 2]][
+    blend = [i for i in range(last_teleop + 1, len(cmds)) if list(cmds[i].controller) == [3, 3]][
         :HANDBACK
     ]
     assert len(blend) == HANDBACK and not any(cmds[i].hold for i in blend)

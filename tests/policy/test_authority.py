@@ -21,7 +21,7 @@ from habc_policy.core.authority import (
 )
 from habc_policy.core.chunking import ScheduledRow
 
-P, H, N = Controller.POLICY, Controller.HUMAN, Controller.NONE
+P, H, N, B = Controller.POLICY, Controller.HUMAN, Controller.NONE, Controller.HANDBACK
 DEADMAN, LEFT, RIGHT, OK, FAIL = 4, 6, 7, 0, 1
 CFG = ArbiterConfig(arm_slices=((0, 2), (2, 4)), handback_ticks=4)
 
@@ -63,7 +63,9 @@ def test_deadman_takes_both_arms_then_ramps_back() -> None:
         t = 0.04 + 0.02 * k
         d = arb.step(t, joy=joy(t), teleop=human(t, 5.0), policy_row=row(1.0), estop=False)
         assert d.action.tolist() == pytest.approx([want] * 4)
-        assert d.controllers == (H, H)  # blended steps are never the policy's
+        # Blended steps are nobody's decision: neither the policy's nor the operator's.
+        assert d.controllers == (B, B)
+        assert d.checkpoint_id == ""
     assert arb.modes == (Mode.POLICY, Mode.POLICY)
     d = arb.step(0.14, joy=joy(0.14), teleop=None, policy_row=row(1.0), estop=False)
     assert d.controllers == (P, P)

@@ -11,7 +11,7 @@ import pytest
 
 from habc_learner.core import bag_format as bf
 from habc_learner.core.bag_reader import read_episode
-from habc_learner.core.episode import HUMAN, NONE, POLICY
+from habc_learner.core.episode import HANDBACK, HUMAN, NONE, POLICY
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
@@ -51,24 +51,30 @@ def test_sim_graph_records_learns_and_hot_swaps(ros_env: dict[str, str], tmp_pat
 
     bags = sorted((out / "bags" / "rollouts").iterdir())
     assert len(bags) == 2
-    took = 0
+    took = handbacks = 0
     for bag in bags:
         custom = bf.read_custom_data(bag)
         assert custom[bf.KEY_COMPLETE] == "true" and custom[bf.KEY_MARKED_BY] == "operator"
         ep = read_episode(bag)
         assert ep.outcome.value == custom[bf.KEY_OUTCOME] in ("success", "failure")
-        # Steps are the arbiter's ticks of this episode only: 0..T-1 by construction of the
-        # reader, within the simulator's 400-step limit plus the few ticks until the mark.
-        assert 0 < ep.length <= 400 + 10
+        # Steps are the ticks of this episode the driver executed: within the sim's limit.
+        assert 0 < ep.length <= 400
         human = (ep.authority == HUMAN).any(axis=1)
         if human.any():
             took += 1
             k = int(np.flatnonzero(human)[0])
-            # The operator keeps authority from its takeover to the end; before it the policy
-            # (or a hold while the first chunk came) was in control.
-            assert human[k:].all()
+            # Before the first takeover the policy (or a hold while the first chunk came) was
+            # in control; after it, every tag is one of the four, and every hand-back ramp
+            # follows a takeover.
             assert np.isin(ep.authority[:k], (POLICY, NONE)).all()
             assert (ep.learner_steps[:k][(ep.authority[:k] == POLICY).any(axis=1)] >= 0).all()
+            assert np.isin(ep.authority, (NONE, POLICY, HUMAN, HANDBACK)).all()
+            ramp = (ep.authority == HANDBACK).any(axis=1)
+            if ramp.any():
+                assert int(np.flatnonzero(ramp)[0]) > k
+            handbacks += int(ramp.any())
+        # The reader dropped the arbiter's ticks after the episode's end (until the mark).
+        assert ep.length <= int(custom[bf.KEY_NUM_STEPS])
     assert took >= 1, "the scripted operator (rate 1.0) took over in no episode"
     assert (out / "report.png").stat().st_size > 1000
     assert "| r1 |" in (out / "report.md").read_text()

@@ -7,6 +7,7 @@ import pytest
 
 from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig, SceneState, scene_recoverable
 from arx_x5_driver.core.operator import (
+    Milestone,
     OperatorConfig,
     RolloutMonitor,
     ScriptedOperator,
@@ -59,11 +60,12 @@ def test_operator_watches_a_failing_policy_and_takes_over(
     transfer_robot: SimAlohaBackend,
 ) -> None:
     """A poor policy (the expert with 3 cm waypoint errors): the operator detects the failure
-    itself (stall / drop), takes over, and finishes; with rate 0 it never intervenes."""
+    itself (stall / drop), takes over, and finishes; with rate 0 it never intervenes. (The
+    operator of earlier runs, ``release=False``: the takeover holds to the end.)"""
     results = {}
     for rate in (1.0, 0.0):
         operator = ScriptedOperator.for_backend(
-            "sim", "transfer_cube", OperatorConfig(intervention_rate=rate)
+            "sim", "transfer_cube", OperatorConfig(intervention_rate=rate, release=False)
         )
         policy = AlohaExpert("transfer_cube", ExpertConfig(noise_std=0.03))
         takeovers = successes = 0
@@ -196,3 +198,129 @@ def test_geometry_helpers() -> None:
     assert segment_distance(a0, a1, np.array([0.5, -1, 0]), np.array([0.5, 1, 0])) == 0.0
     mask = mask_to_array((True, False), (("left", 0, 7), ("right", 7, 14)))
     assert mask[:7].all() and not mask[7:].any()
+
+
+# Hand-back --------------------------------------------------------------------------------
+def _at(level: int, done: tuple[bool, bool] = (False, False), **kw) -> Signals:
+    return Signals(False, False, False, 0.0, milestone=Milestone(level, done), **kw)
+
+
+def _release_config(**kw) -> OperatorConfig:
+    base = dict(
+        intervention_rate=1.0,
+        reaction_steps=0,
+        release_confirm_steps=3,
+        min_control_steps=5,
+        min_suffix_steps=50,
+    )
+    return OperatorConfig(**{**base, **kw})
+
+
+def test_full_takeover_hands_back_after_the_next_milestone() -> None:
+    model = TakeoverModel(_release_config(min_control_steps=8))
+    model.reset(seed=0, horizon=400)
+    stall = Signals(True, False, False, 0.0, milestone=Milestone(0, (False, False)))
+    assert model.update(stall).takeover and model.mask == (True, True)
+    # Control steps 1..3 at milestone 0; milestone 1 from control step 4 on. Back on track
+    # holds 3 steps at control step 6, but the takeover must last 8: released at step 8.
+    assert all(model.update(_at(0)).takeover for _ in range(3))
+    assert [model.update(_at(1)).takeover for _ in range(4)] == [True] * 4
+    assert not model.update(_at(1)).takeover, "released at control step 8"
+    assert model.state == "watching" and model.releases == 1 and model.takeovers == 1
+    # Watching again: a new failure is a second takeover.
+    assert model.update(Signals(False, True, False, 0.0, milestone=Milestone(1, (True, True))))
+    assert model.state == "in_control" and model.takeovers == 2
+
+
+def test_no_hand_back_near_the_end_or_past_the_last_takeover() -> None:
+    # 60 steps left when back on track, 50 needed: released; 40 left: kept to the end.
+    for horizon, released in ((70, True), (50, False)):
+        model = TakeoverModel(_release_config(min_control_steps=0, release_confirm_steps=1))
+        model.reset(seed=0, horizon=horizon)
+        model.update(Signals(True, False, False, 0.0, milestone=Milestone(0, (False, False))))
+        for _ in range(8):
+            model.update(_at(0))
+        assert (not model.update(_at(1)).takeover) is released, horizon
+    # The last allowed takeover holds to the end.
+    model = TakeoverModel(_release_config(max_takeovers=1, min_control_steps=0))
+    model.reset(seed=0, horizon=400)
+    model.update(Signals(True, False, False, 0.0, milestone=Milestone(0, (False, False))))
+    assert all(model.update(_at(2)).takeover for _ in range(20))
+    # So does an operator told not to release, and a task without a milestone.
+    for cfg, sig in ((_release_config(release=False), _at(2)), (_release_config(), _signals())):
+        model = TakeoverModel(cfg)
+        model.reset(seed=0)
+        model.update(Signals(True, False, False, 0.0, milestone=Milestone(0, (False, False))))
+        assert all(model.update(sig).takeover for _ in range(20))
+
+
+def test_one_arm_takeover_takes_the_arm_at_fault_and_hands_it_back() -> None:
+    model = TakeoverModel(_release_config(min_control_steps=0, release_confirm_steps=2))
+    model.reset(seed=0, horizon=400)
+    # The left arm holds its object, the right does not: only the right is taken.
+    first = Signals(True, False, False, 0.0, milestone=Milestone(0, (True, False)))
+    assert model.update(first).takeover and model.mask == (False, True)
+    assert model.update(_at(0, (True, False))).takeover
+    assert model.update(_at(0, (True, True))).takeover
+    assert not model.update(_at(0, (True, True))).takeover, "the right arm did its part"
+    # A collision is both arms' business; so is a scene where neither arm has done its part.
+    for signals in (
+        Signals(False, False, True, 0.0, milestone=Milestone(0, (True, False))),
+        Signals(True, False, False, 0.0, milestone=Milestone(0, (False, False))),
+    ):
+        model.reset(seed=0, horizon=400)
+        model.update(signals)
+        assert model.mask == (True, True)
+    # one_arm=False: always both.
+    model = TakeoverModel(_release_config(one_arm=False))
+    model.reset(seed=0)
+    model.update(first)
+    assert model.mask == (True, True)
+
+
+def _hold_scene(task_objects: dict, grip: dict, sites: dict) -> SceneState:
+    return SceneState(
+        q={"left": np.zeros(6), "right": np.zeros(6)},
+        grip=grip,
+        site_pos=sites,
+        site_rot={"left": np.eye(3), "right": np.eye(3)},
+        objects=task_objects,
+    )
+
+
+def test_milestones_of_the_aloha_tasks() -> None:
+    from arx_x5_driver.core.operator import aloha_milestone
+
+    open_ = {"left": 1.0, "right": 1.0}
+    far = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.3, 0.5, 0.3])}
+    # Cube on the table at x = 0.1: the right arm picks, the left only waits.
+    cube = {"cube": (np.array([0.1, 0.5, 0.02]), np.eye(3))}
+    assert aloha_milestone("transfer_cube", _hold_scene(cube, open_, far)) == Milestone(
+        0, (True, False), 2
+    )
+    # Held by the right gripper 6 cm above rest (0.02 + 0.06 > 0.02 + 0.05): milestone 1.
+    lifted = {"cube": (np.array([0.1, 0.5, 0.08]), np.eye(3))}
+    at_right = {**far, "right": np.array([0.1, 0.5, 0.09])}
+    grip_r = {"left": 1.0, "right": 0.3}
+    assert aloha_milestone("transfer_cube", _hold_scene(lifted, grip_r, at_right)).level == 1
+    # 4 cm above rest is not clear of the table yet.
+    low = {"cube": (np.array([0.1, 0.5, 0.06]), np.eye(3))}
+    assert aloha_milestone("transfer_cube", _hold_scene(low, grip_r, at_right)).level == 0
+    # Held by the right at the meeting point (0, 0.5, 0.22), 3 cm off: milestone 2, where a
+    # full takeover hands back.
+    met = {"cube": (np.array([0.03, 0.5, 0.22]), np.eye(3))}
+    at_meet = {**far, "right": np.array([0.03, 0.5, 0.23])}
+    m = aloha_milestone("transfer_cube", _hold_scene(met, grip_r, at_meet))
+    assert m.level == 2 and m.handback_level == 2
+    # The left gripper closed on the cube: milestone 3.
+    both = {"left": np.array([0.05, 0.5, 0.22]), "right": np.array([0.03, 0.5, 0.23])}
+    grip_both = {"left": 0.4, "right": 0.3}
+    assert aloha_milestone("transfer_cube", _hold_scene(met, grip_both, both)).level == 3
+    # Insertion: each arm's part is its own object held 3 cm clear.
+    objs = {
+        "peg": (np.array([0.1, 0.5, 0.06]), np.eye(3)),
+        "socket": (np.array([-0.1, 0.5, 0.02]), np.eye(3)),
+    }
+    sites = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.1, 0.5, 0.07])}
+    m = aloha_milestone("insertion", _hold_scene(objs, {"left": 1.0, "right": 0.3}, sites))
+    assert m == Milestone(0, (False, True))

@@ -31,15 +31,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from habc_learner.bringup import default_config_dir
 from habc_learner.core.bag_reader import read_episode, read_episodes
-from habc_learner.core.episode import HUMAN
+from habc_learner.core.episode import AUTHORITY_NAMES, HANDBACK, HUMAN, POLICY
+from habc_learner.core.labeling import segment_controllers
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import TrainerConfig
+from habc_learner.protocol import fmt_rate
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--round-steps", type=int, default=400, help="learner steps per round")
     p.add_argument("--method", default="habc")
     p.add_argument("--intervention-rate", type=float, default=0.5)
-    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument(
+        "--eval-episodes", type=int, default=50, help="held-out poses per checkpoint (in-process)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
@@ -163,6 +168,10 @@ class Graph:
         self.log.close()
 
 
+def _eval_text(r: RoundResult, n: int) -> str:
+    return fmt_rate(round(r.eval_success_rate * n), n)
+
+
 def _took_over(bag: Path) -> bool:
     try:
         return bool((read_episode(bag).authority == HUMAN).any())
@@ -214,11 +223,19 @@ def plot_report(
         ax.plot(t, trace["p_v"], label="p_v (viability)")
         ax.plot(t, trace["g"], label="g_t (gate)")
         ax.set_ylim(0, 2)
-        if trace.get("takeover") is not None:
-            ax.axvline(trace["takeover"], color="k", ls="--", lw=1, label="takeover")
+        from matplotlib.patches import Patch
+
+        seen = []
+        for name, a, b in trace.get("segments", []):
+            ax.axvspan(a, b, ymin=0.0, ymax=0.06, color=AUTHORITY_COLORS.get(name, "k"), lw=0)
+            if name not in seen:
+                seen.append(name)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Patch(color=AUTHORITY_COLORS.get(n, "k")) for n in seen]
+        labels += [f"authority: {n}" for n in seen]
         ax.set_xlabel("control step")
         ax.set_title(f"critic along {trace['episode_id']} ({trace['outcome']})")
-        ax.legend(fontsize=8)
+        ax.legend(handles, labels, fontsize=7, loc="upper left")
     else:
         ax.set_axis_off()
     fig.tight_layout()
@@ -241,7 +258,7 @@ def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) ->
         return None
     store = ReplayStore(TrainerConfig(method=args.method).replay_config())
     store.add_episodes([e for e in demos if e.outcome.value == "success"] + rollouts)
-    pick = next((e for e in rollouts if (e.authority == HUMAN).any()), rollouts[-1])
+    pick = pick_trace_episode(rollouts)
     index = next(i for i, e in enumerate(store.episodes) if e.episode_id == pick.episode_id)
     rows = np.flatnonzero(store.table.episode_index == index)
     trainer = _trainer(args, args.method, store, proprio_dim, action_dim, "report", 1)
@@ -258,7 +275,39 @@ def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) ->
         "p_v": out["p_v"].tolist(),
         "g": out["g"].tolist(),
         "takeover": int(human[0]) if human.size else None,
+        "segments": [
+            (AUTHORITY_NAMES[seg.controller], seg.start, seg.stop)
+            for seg in segment_controllers(pick.authority)
+        ],
     }
+
+
+def pick_trace_episode(rollouts: list) -> Any:
+    """The episode to draw: one whose policy took over again after a hand-back (policy,
+    takeover, ramp, suffix), else one with a takeover, else the last one."""
+
+    def kinds(e: Any) -> list[int]:
+        return [seg.controller for seg in segment_controllers(e.authority)]
+
+    for e in rollouts:
+        k = kinds(e)
+        if HANDBACK in k and k.index(HANDBACK) < len(k) - 1 and k[-1] == POLICY:
+            return e
+    return next((e for e in rollouts if (e.authority == HUMAN).any()), rollouts[-1])
+
+
+#: Colour of each authority tag in the timelines.
+AUTHORITY_COLORS = {
+    "policy": "tab:blue",
+    "human": "tab:red",
+    "handback": "tab:orange",
+    "none": "0.6",
+}
+
+
+def segments_text(segments: list) -> str:
+    """``policy 0–119, human 120–184, …`` (inclusive step ranges)."""
+    return ", ".join(f"{name} {a}–{b - 1}" for name, a, b in segments)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 f"round {k} ({r.checkpoint_id}, step {r.learner_step}): {r.success}/{r.episodes} "
                 f"successes, {r.autonomous_success} without takeover, {r.takeovers} takeovers; "
-                f"held-out eval {100 * r.eval_success_rate:.0f}%; now serving {new}"
+                f"held-out eval {_eval_text(r, args.eval_episodes)} (95 % interval); "
+                f"now serving {new}"
             )
             serving = new
     finally:
@@ -359,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     final = _checkpoint_for(out / "learner", serving)
     if final is not None:
         ev = evaluate(args, final, "final")
-        say(f"final checkpoint {serving}: held-out eval {100 * ev.success_rate:.0f}%")
+        say(
+            f"final checkpoint {serving}: held-out eval "
+            f"{fmt_rate(round(ev.success_rate * args.eval_episodes), args.eval_episodes)}"
+        )
         rounds.append(
             RoundResult(
                 args.rounds + 1,
@@ -395,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - t0:.0f} s.",
         "",
         "| round | checkpoint | learner step | graph success | no takeover | takeovers "
-        "| held-out eval | mean successful length |",
+        "| held-out eval (95 % interval) | mean successful length |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
@@ -407,12 +460,21 @@ def main(argv: list[str] | None = None) -> int:
         name = f"r{r.round}" if r.episodes else "final"
         lines.append(
             f"| {name} | {r.checkpoint_id} | {r.learner_step} | {graph_cols} | "
-            f"{100 * r.eval_success_rate:.0f}% | {r.eval_mean_length:.0f} |"
+            f"{_eval_text(r, args.eval_episodes)} | {r.eval_mean_length:.0f} |"
         )
     lines += [
         "",
         "![success per round and critic trace](report.png)",
         "",
+        *(
+            [
+                f"Authority along `{trace['episode_id']}` ({trace['outcome']}): "
+                f"{segments_text(trace['segments'])}.",
+                "",
+            ]
+            if trace and trace.get("segments")
+            else []
+        ),
         f"Bags: `{out}/bags`, checkpoints: `{out}/checkpoints/sft`, `{out}/learner/checkpoints`, "
         f"graph log: `{out}/launch.log`, TensorBoard: `{out}/learner/tensorboard`.",
     ]

@@ -121,11 +121,13 @@ def record_episodes(
     desc: str,
     expert_noise: float = 0.0,
     progress: bool = True,
+    max_steps: int | None = None,
 ) -> list[RolloutResult | None]:
     """Run and record one episode per seed into ``folder`` (skipping bags already complete).
 
     ``expert_noise`` is the scripted expert's quality knob (waypoint offset σ in m on the
     simulated robot, action noise σ on Meta-World): demonstrations of graded quality.
+    ``max_steps``: the episodes' step limit (``None``: the backend's own).
     """
     from arx_x5_driver.core.expert import make_expert
     from arx_x5_driver.core.factory import make_backend
@@ -139,7 +141,8 @@ def record_episodes(
         arms,
     )
     results: list[RolloutResult | None] = []
-    with make_backend(args.backend, task=args.task) as robot:
+    limits = {} if max_steps is None else {"max_steps": max_steps}
+    with make_backend(args.backend, task=args.task, **limits) as robot:
         for seed in _progress(seeds, desc, len(seeds)) if progress else seeds:
             path = folder / f"{source}-{seed:07d}"
             if _bag_done(path):

@@ -147,6 +147,9 @@ class ProtocolConfig:
         demos, demo_noise, sft_steps: SFT start (quality knob: expert noise σ).
         rounds, rollouts, round_steps: online rounds, rollout episodes per round, gradient
             steps per round. takeover_fraction: the operator's intervention rate.
+            rollout_steps: step limit of the rollout episodes (``None``: the task's evaluation
+            limit, 400 on ALOHA, 500 on Meta-World); a longer one gives the operator time to
+            correct and hand back (evaluation always uses the task's limit).
         eval_episodes: fresh evaluation episodes per checkpoint (no takeovers).
         batch_size: learner batch. warmup_steps: override of every method's g ≡ 1 warmup
             (``None``: the method's own, 500). trace_episodes: episodes per critic trace.
@@ -165,6 +168,7 @@ class ProtocolConfig:
     rollouts: int = 100
     round_steps: int = 6000
     takeover_fraction: float = 0.5
+    rollout_steps: int | None = None
     eval_episodes: int = 50
     step2_rounds: int = 0
     step2_methods: tuple[str, ...] = DEFAULT_STEP2
@@ -217,6 +221,8 @@ class ProtocolConfig:
             raise ValueError("step 2 needs at least one step-1 round")
         if not 0.0 <= self.takeover_fraction <= 1.0:
             raise ValueError(f"takeover_fraction must be in [0, 1], got {self.takeover_fraction}")
+        if self.rollout_steps is not None and self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps must be >= 1 (or None), got {self.rollout_steps}")
         if self.demo_noise < 0:
             raise ValueError(f"demo_noise must be >= 0, got {self.demo_noise}")
         if self.batch_size < 1 or self.threads < 1 or self.jobs < 1:
@@ -243,6 +249,7 @@ class ProtocolConfig:
         "rollouts",
         "round_steps",
         "takeover_fraction",
+        "rollout_steps",
         "eval_episodes",
         "batch_size",
         "warmup_steps",
@@ -281,6 +288,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "batchmean": ("method", {"actor_reduction": "batch_mean"}),  # Eq. 1 as mean over the batch
     "stride10": ("window", {"stride": 10}),  # one-step terms over Δ = 10 control steps, cost 10
     "online": ("critic", {"td_bootstrap": "online"}),  # TD bootstrap from the online head
+    # leave out the intervention windows of episodes that failed after the takeover
+    "nofailcorr": ("method", {"drop_failed_corrections": True}),
+    # a window's flow loss averaged over all H·d entries (Eq. 1 as written), not its targets
+    "allentries": ("method", {"entry_mean": "all_entries"}),
 }
 
 
@@ -398,6 +409,7 @@ class SeedRun:
             seeds,
             policy=policy,
             takeover_fraction=self.cfg.takeover_fraction if policy is not None else 0.0,
+            max_steps=self.cfg.rollout_steps if policy is not None else None,
             source=source,
             desc=f"seed {self.seed} {folder.name}",
             expert_noise=noise,
@@ -724,6 +736,8 @@ class SeedRun:
             f"(len {ev['mean_success_length']:.0f}) at step {learner_step} "
             f"[{wall['rollouts']:.0f}+{wall['train']:.0f}+{wall['eval']:.0f}s]"
         )
+        for note in record["train"].get("notes", []):
+            self.say(f"NOTE {note}")
         return ckpt
 
 
@@ -753,18 +767,44 @@ def _rows_of_folder(store, folder: Path) -> np.ndarray:
 
 
 def _rollout_stats(episodes: list) -> dict[str, Any]:
+    """Outcomes and the shape of the takeovers of a round's rollouts (from the bags).
+
+    A takeover episode *has a suffix* when the policy drove at least one step after the last
+    takeover and its hand-back ramp; ``suffix_windows`` counts the outcome-labeled windows
+    anchored in those suffixes (the windows HABC's credit rule gives the outcome to).
+    """
     from habc_learner.core.episode import HUMAN
+    from habc_learner.core.labeling import LabelingConfig, label_episode, segment_controllers
 
     took = [bool((e.authority == HUMAN).any()) for e in episodes]
     ok = [e.outcome.value == "success" for e in episodes]
+    suffix_len, suffix_windows, handbacks, one_arm = [], 0, 0, 0
+    for e, t in zip(episodes, took):
+        if not t:
+            continue
+        labels = label_episode(e, LabelingConfig())
+        suffix = e.authority[labels.suffix_start :]
+        suffix_len.append(int((suffix != HUMAN).all(axis=1).sum()) if len(suffix) else 0)
+        suffix_windows += int(labels.is_labeled[labels.suffix_start :].sum())
+        segments = segment_controllers(e.authority)
+        handbacks += sum(seg.controller == 3 for seg in segments)
+        one_arm += int(
+            ((e.authority == HUMAN).any(axis=1) & ~(e.authority == HUMAN).all(axis=1)).any()
+        )
+    n_took = int(sum(took))
     return {
         "episodes": len(episodes),
         "successes": int(sum(ok)),
-        "takeovers": int(sum(took)),
+        "takeovers": n_took,
         "autonomous_successes": int(sum(o and not t for o, t in zip(ok, took))),
         "takeover_successes": int(sum(o and t for o, t in zip(ok, took))),
         "failures_without_takeover": int(sum(not o and not t for o, t in zip(ok, took))),
         "mean_length": _mean([e.length for e in episodes]),
+        "episodes_with_suffix": int(sum(n > 0 for n in suffix_len)),
+        "episodes_with_suffix_50": int(sum(n >= 50 for n in suffix_len)),
+        "suffix_windows": suffix_windows,
+        "handbacks": handbacks,
+        "one_arm_takeover_episodes": one_arm,
     }
 
 
@@ -779,6 +819,7 @@ def _train_stats(summary) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in summary.means.items() if not k.startswith("batch/")}
     out["ece"] = summary.ece
     out["steps"] = summary.steps
+    out["notes"] = list(getattr(summary, "notes", ()))
     out["batch_fractions"] = {
         k.split("/")[-1]: v for k, v in summary.means.items() if k.startswith("batch/frac_")
     }
@@ -916,6 +957,8 @@ def analyse(
         groups = {
             "success_autonomous": (src == Source.ROLLOUT_SUCCESS) & ~took[ep],
             "success_post_intervention": (src == Source.ROLLOUT_SUCCESS) & took[ep],
+            "post_intervention": ((src == Source.ROLLOUT_SUCCESS) | (src == Source.ROLLOUT_FAILURE))
+            & took[ep],
             "intervention": src == Source.INTERVENTION,
             "intervention_successful_episode": (src == Source.INTERVENTION)
             & out["episode_success"].astype(bool),
@@ -1027,6 +1070,26 @@ def ci95(values: Sequence[float]) -> tuple[float, float, int]:
         return float(v[0]), float("nan"), 1
     half = T975.get(n - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(n)
     return float(v.mean()), half, n
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate ``successes / n``:
+    ``(p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)``; ``(nan, nan)`` for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fmt_rate(successes: int, n: int) -> str:
+    """``"62 % [48, 74]"``: the rate with its 95 % Wilson interval, in percent."""
+    lo, hi = wilson_interval(successes, n)
+    return f"{100 * successes / n:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]" if n else "–"
 
 
 def fmt_ci(values: Sequence[float], scale: float = 100.0, digits: int = 0) -> str:
@@ -1240,6 +1303,58 @@ def _cell(recs, method: str, k: int, seed: int) -> str:
     return "–"
 
 
+def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
+    """Takeovers and their post-takeover policy suffix, per producer (sum over seeds); the mean
+    g on the suffix windows comes from the critic of each method that trained on them."""
+
+    def pct(num: int, den: int) -> str:
+        return f"{100 * num / den:.0f} %" if den else "–"
+
+    g_suffix: dict[str, list[float]] = defaultdict(list)
+    for r in recs:
+        prod = (r.get("rollouts") or {}).get("producer")
+        gate = r.get("analysis", {}).get("store", {}).get("gate", {}).get("post_intervention")
+        if prod and gate and gate.get("n"):
+            g_suffix[prod].append(gate["mean"])
+    lines = [
+        "### Takeovers and the post-takeover suffix (sum over seeds)",
+        "",
+        "A suffix is the policy's own steps after the last takeover and its hand-back ramp; "
+        "suffix windows are the outcome-labeled windows anchored there (HABC's credit rule).",
+        "",
+        "| producer | takeover episodes | takeover success | with a suffix | with a suffix "
+        "≥ 50 steps | suffix windows | hand-backs | one-arm takeover episodes | mean g on "
+        "suffix windows |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    weak: list[str] = []
+    for prod, ros in sorted(by_prod.items()):
+
+        def tot(key: str, ros=ros) -> int:
+            return int(sum(x.get(key, 0) for x in ros))
+
+        n = tot("takeovers")
+        g = f"{_mean(g_suffix[prod]):.2f}" if g_suffix.get(prod) else "–"
+        if n and tot("takeover_successes") < 0.9 * n:
+            weak.append(f"`{prod}` ({pct(tot('takeover_successes'), n)})")
+        lines.append(
+            f"| `{prod}` | {n} | {pct(tot('takeover_successes'), n)} "
+            f"| {pct(tot('episodes_with_suffix'), n)} | {pct(tot('episodes_with_suffix_50'), n)} "
+            f"| {tot('suffix_windows')} | {tot('handbacks')} "
+            f"| {tot('one_arm_takeover_episodes')} | {g} |"
+        )
+    lines.append("")
+    if weak:
+        lines += [
+            "**The scripted operator is not a competent operator here**: fewer than 90 % of its "
+            f"takeovers end in success for {', '.join(weak)}. Its failed corrections are "
+            "imitated like any other intervention under the paper's rule (the `+nofailcorr` "
+            "variant leaves them out), so read the intervention-based methods with that in mind.",
+            "",
+        ]
+    return lines
+
+
 def render_analysis(cfg, recs) -> list[str]:
     lines = ["## Analysis", ""]
     # Rollout composition
@@ -1279,6 +1394,7 @@ def render_analysis(cfg, recs) -> list[str]:
             f"| `{prod}` | " + " | ".join(str(sum(x.get(k, 0) for x in ros)) for k in keys) + " |"
         )
     lines.append("")
+    lines += render_suffix_table(recs, by_prod)
     # Critic calibration
     cal_rows = []
     for r in recs:
@@ -1678,6 +1794,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of failing rollouts the scripted operator takes over",
     )
+    p.add_argument(
+        "--rollout-steps",
+        type=int,
+        default=None,
+        help="step limit of rollout episodes (default: the task's evaluation limit)",
+    )
     p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes")
     p.add_argument("--step2-rounds", type=int, default=0, help="step-2 rounds (0: none)")
     p.add_argument("--step2-methods", nargs="+", default=list(DEFAULT_STEP2))
@@ -1723,6 +1845,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
         rollouts=args.rollouts,
         round_steps=args.round_steps,
         takeover_fraction=args.takeover_fraction,
+        rollout_steps=args.rollout_steps,
         eval_episodes=args.eval_episodes,
         step2_rounds=args.step2_rounds,
         step2_methods=tuple(args.step2_methods),

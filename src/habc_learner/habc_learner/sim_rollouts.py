@@ -2,9 +2,13 @@
 
 The same control semantics as the ROS node graph, without ROS: the policy serves chunks of
 ``H`` rows computed from the latest observation, ``execute_rows`` of each run open loop; the
-scripted operator watches every step and, when it takes over, drives the arms (steps tagged
-``HUMAN``) until the episode ends. Every executed step goes into an episode bag in the format
-of :mod:`habc_learner.core.bag_format`, so the learner reads these rollouts exactly as it reads
+scripted operator watches every step and, when it takes over, drives the arms it took (steps
+tagged ``HUMAN``) until it hands back. Who controls each arm is decided by the arbiter's own
+state machine (:class:`habc_policy.core.authority.AuthorityArbiter`), fed with the joystick
+state the operator node would publish (deadman, one takeover button per arm) and its teleop
+command, so the hand-back ramp (``HANDBACK``), the per-arm tags and the holds are the ones the
+node graph records. Every executed step goes into an episode bag in the format of
+:mod:`habc_learner.core.bag_format`, so the learner reads these rollouts exactly as it reads
 what the recorder node writes. Used by the main job, the paper-protocol benchmark and tests.
 """
 
@@ -33,6 +37,40 @@ class RolloutResult:
     failure: str | None
     bag: Path | None
     operator_reason: str | None = None  # why the operator acted or declined ("unrecoverable: …")
+    takeovers: int = 0  # takeovers in this episode
+    handbacks: int = 0  # of them, handed back to the policy
+    suffix_steps: int = 0  # policy steps after the last takeover and its hand-back ramp
+
+
+#: Joystick layout the in-process operator "presses" (the arbiter's defaults).
+DEADMAN_BUTTON = 4
+TAKEOVER_BUTTONS = (6, 7)
+
+
+def arbiter_for(arm_slices: tuple[tuple[str, int, int], ...], handback_ticks: int) -> Any:
+    """The arbiter's state machine for ``arm_slices``, with the default joystick mapping."""
+    from habc_policy.core.authority import ArbiterConfig, AuthorityArbiter, JoyMapping
+
+    buttons = TAKEOVER_BUTTONS if len(arm_slices) == len(TAKEOVER_BUTTONS) else ()
+    return AuthorityArbiter(
+        ArbiterConfig(
+            arm_slices=tuple((lo, hi) for _n, lo, hi in arm_slices),
+            handback_ticks=handback_ticks,
+            mapping=JoyMapping(deadman=DEADMAN_BUTTON, takeover_buttons=buttons),
+        )
+    )
+
+
+def joystick_buttons(takeover: bool, mask: tuple[bool, ...], n_buttons: int = 11) -> list[int]:
+    """Buttons of the operator's pad: deadman while taking over; with a one-arm takeover also
+    that arm's takeover button (as the scripted operator node publishes them)."""
+    buttons = [0] * n_buttons
+    if takeover:
+        buttons[DEADMAN_BUTTON] = 1
+        if len(mask) == len(TAKEOVER_BUTTONS) and not all(mask):
+            for flag, b in zip(mask, TAKEOVER_BUTTONS):
+                buttons[b] = int(flag)
+    return buttons
 
 
 def _proprio(obs: Any, use_env_state: bool) -> np.ndarray:
@@ -67,6 +105,8 @@ def run_rollout(
     source: str = "rollout",
     sample_seed: int | None = None,
     base_time_ns: int = BASE_TIME_NS,
+    handback_ticks: int = 25,
+    safety: Any | None = None,
 ) -> RolloutResult:
     """Run one episode on a connected ``backend`` until it is done.
 
@@ -79,6 +119,11 @@ def run_rollout(
         bag_path: where to write the episode bag (``None``: no bag).
         sample_seed: base seed of the policy's sampling noise (deterministic rollouts).
         base_time_ns: stamp of step 0 in the bag (nanoseconds).
+        handback_ticks: the arbiter's hand-back ramp (``config/arbiter.yaml``).
+        safety: the driver's safety layer (``arx_x5_driver.core.safety.SafetyLayer``) to run
+            every command through, as the driver node does; the bag then also holds the
+            driver's applied command of each step (``None``: no safety layer, the benchmark's
+            default).
     """
     if policy is None and operator is None:
         raise ValueError("a rollout needs a policy, an operator, or both")
@@ -86,15 +131,21 @@ def run_rollout(
         operator_from_start = True
     if operator_from_start and operator is None:
         raise ValueError("operator_from_start needs an operator")
+    from habc_policy.core.authority import HOLD_NON_FINITE, JoyState, TeleopCommand
+    from habc_policy.core.chunking import ScheduledRow
+
     spec = backend.spec
     arm_slices = tuple((name, lo, hi) for name, lo, hi in backend.arm_slices)
-    n_arms = len(arm_slices)
     period_ns = round(spec.control_period * 1e9)
     obs = backend.reset(seed=seed)
+    horizon = getattr(getattr(backend, "config", None), "max_steps", None)
     if operator is not None:
-        operator.reset(obs, seed=seed)
+        operator.reset(obs, seed=seed, horizon=horizon)
         if operator_from_start:
             operator.take_over_now(obs, reason="demonstration")
+    arbiter = arbiter_for(arm_slices, handback_ticks)
+    if safety is not None:
+        safety.start(obs.joint_positions, 0.0)
 
     writer = None
     if bag_path is not None:
@@ -110,43 +161,43 @@ def run_rollout(
     learner_step = -1 if policy is None else int(policy.learner_step)
     step = 0
     nonfinite = False
+    tags: list[tuple[int, ...]] = []
     try:
         while not backend.status().done:
             t_ns = base_time_ns + step * period_ns
-            human = None
+            now_s = step * spec.control_period
+            takeover, mask, human = False, (False,) * len(arm_slices), None
             if operator is not None:
                 command = operator.step(obs)
                 if command.takeover and command.action is not None:
+                    takeover, mask = True, tuple(command.mask)
                     human = np.asarray(command.action, dtype=np.float32)
-                    mask = command.mask
-            if human is not None:
-                if takeover_step is None:
-                    takeover_step = step
-                controller = [bf.CONTROLLER_HUMAN if m else bf.CONTROLLER_POLICY for m in mask]
-                action = human.copy()
-                if not all(mask):  # one-arm takeover: the policy keeps the other arm
-                    if chunk is None or row >= execute_rows:
-                        chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
-                        row, chunk_seq = 0, chunk_seq + 1
-                    for m, (_n, lo, hi) in zip(mask, arm_slices):
-                        if not m:
-                            action[lo:hi] = chunk[row, lo:hi]
-                    row += 1
-                else:
-                    chunk = None  # a fresh chunk after any hand-back
-            else:
+            policy_row = None
+            if policy is not None and not (takeover and all(mask)):
                 if chunk is None or row >= execute_rows:
                     chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
                     row, chunk_seq = 0, chunk_seq + 1
-                action = chunk[row]
+                policy_row = ScheduledRow(chunk[row], checkpoint_id, chunk_seq, row)
                 row += 1
-                controller = [bf.CONTROLLER_POLICY] * n_arms
-            policy_ran = bf.CONTROLLER_POLICY in controller
-            if not np.all(np.isfinite(action)):
+            else:
+                chunk = None  # a fresh chunk when the policy gets an arm back
+            decision = arbiter.step(
+                now_s,
+                joy=JoyState(now_s, joystick_buttons(takeover, mask)),
+                teleop=None if human is None else TeleopCommand(now_s, human),
+                policy_row=policy_row,
+                estop=False,
+            )
+            controller = [int(c) for c in decision.controllers]
+            if takeover and takeover_step is None:
+                takeover_step = step
+            action = decision.action
+            if decision.hold_reason == HOLD_NON_FINITE or not np.all(np.isfinite(action)):
                 # Never forward a non-finite command: the arm stays where it is and the
                 # episode ends as a failure (the driver node holds instead, on the robot).
                 nonfinite = True
                 break
+            tags.append(tuple(controller))
             if writer is not None:
                 write_observation(writer, t_ns, obs, joint_names)
                 writer.write_command(
@@ -154,12 +205,19 @@ def run_rollout(
                     step_index=step,
                     controller=controller,
                     action=action,
-                    checkpoint_id=checkpoint_id if policy_ran else "",
-                    chunk_seq=chunk_seq if policy_ran else 0,
-                    chunk_row=max(row - 1, 0) if policy_ran else 0,
-                    learner_step=learner_step if policy_ran else -1,
+                    hold_reason=decision.hold_reason,
+                    checkpoint_id=decision.checkpoint_id,
+                    chunk_seq=decision.chunk_seq,
+                    chunk_row=decision.chunk_row,
+                    learner_step=learner_step if decision.checkpoint_id else -1,
                 )
-            backend.command(action)
+            if safety is None:
+                backend.command(action)
+            else:
+                verdict = safety.command(action, now_s)  # a refused command: the arm holds
+                backend.command(verdict.target)
+                if writer is not None:
+                    _write_applied(writer, t_ns, step, controller, verdict, backend.status())
             obs = backend.observe()
             step += 1
         status = backend.status()
@@ -188,7 +246,47 @@ def run_rollout(
         failure=failure,
         bag=None if bag_path is None else Path(bag_path),
         operator_reason=None if operator is None else operator.reason,
+        takeovers=0 if operator is None else operator.takeovers,
+        handbacks=0 if operator is None else len(operator.release_steps),
+        suffix_steps=suffix_steps(tags),
     )
+
+
+def _write_applied(
+    writer: bf.EpisodeBagWriter,
+    t_ns: int,
+    step: int,
+    controller: list[int],
+    verdict: Any,
+    status: Any,
+) -> None:
+    """The driver's ``applied_command`` of ``step`` (what :meth:`DriverNode._publish_state`
+    publishes): the target sent, refused / clamped, and the simulator's success flag."""
+    from arx_x5_driver.core.safety import REASON_VELOCITY
+
+    clamped = verdict.accepted and verdict.reason == REASON_VELOCITY
+    writer.write_command(
+        t_ns + 1,
+        step_index=step,
+        controller=[bf.CONTROLLER_NONE] * len(controller) if verdict.hold else controller,
+        action=verdict.target,
+        hold_reason=verdict.reason if verdict.hold else "",
+        applied=True,
+        hold=verdict.hold,
+        clamped=clamped,
+        task_success=bool(status.done and status.success),
+    )
+
+
+def suffix_steps(tags: list[tuple[int, ...]]) -> int:
+    """Policy steps after the last HUMAN or HANDBACK step (0 when the episode had none)."""
+    last = -1
+    for i, tag in enumerate(tags):
+        if bf.CONTROLLER_HUMAN in tag or bf.CONTROLLER_HANDBACK in tag:
+            last = i
+    if last < 0:
+        return 0
+    return sum(bf.CONTROLLER_POLICY in tag for tag in tags[last + 1 :])
 
 
 def _sample(

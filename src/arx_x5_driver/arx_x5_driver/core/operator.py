@@ -8,16 +8,43 @@ Three pieces, each usable alone:
   table or fell off it), **collision** (the two grippers' palm segments, extrapolated
   ``lookahead_s`` ahead with the measured joint velocities, come closer than
   ``collision_distance``).
-- :class:`TakeoverModel` is the decision logic, a pure state machine with no simulator in it:
-  it draws once per episode whether this "operator" will intervene (probability
-  ``intervention_rate``, so about that fraction of the episodes heading for failure get a
-  takeover), waits ``reaction_steps`` after the first failure signal (human reaction time), then
-  holds the takeover until the episode ends. Like a human, it does not take over a scene it
+- :class:`TakeoverModel` is the decision logic, a pure state machine with no simulator in it,
+  an HG-DAgger operator: it draws once per episode whether this "operator" will intervene
+  (probability ``intervention_rate``, so about that fraction of the episodes heading for
+  failure get a takeover), waits ``reaction_steps`` after the first failure signal (human
+  reaction time), takes over (only the arms at fault when one arm has the problem), **corrects
+  until the scene is back on track** and releases the deadman: the arbiter then ramps control
+  back to the policy (hand-back) and the policy finishes the episode, the post-takeover suffix
+  that HABC's credit rule is about. It may take over again later in the same episode (at most
+  ``max_takeovers`` times; the last one holds to the end), and it keeps control when fewer
+  than ``min_suffix_steps`` steps are left. Like a human, it does not take over a scene it
   cannot recover (an object off the table or out of the arms' reach, as the expert's
   ``scene_recoverable`` says): the episode then stays a plain failure instead of becoming a
   "demonstration" of flailing. A ROS node drives the same object: ``takeover``
   maps to the joystick deadman being held, ``mask`` to the arms whose teleop command is
-  published, ``action`` to the teleop command itself.
+  published (one takeover button per arm), ``action`` to the teleop command itself.
+
+"Back on track" is a task-progress milestone (:func:`aloha_milestone`,
+:func:`metaworld_milestone`), defined next to the monitor:
+
+============  ======================================================  ========================
+task          milestone 1                                             milestone 2
+============  ======================================================  ========================
+transfer      the picking gripper holds the cube lifted 5 cm clear    2: the right gripper
+cube          of the table                                            holds it at the meeting
+                                                                      point (the hand-back
+                                                                      level); 3: the receiving
+                                                                      gripper has closed on it
+insertion     both grippers hold their object lifted 3 cm clear       the peg tip is within
+                                                                      3 cm of the socket mouth
+Meta-World    the gripper holds the object lifted 2 cm clear          —
+============  ======================================================  ========================
+
+A full takeover hands back once the scene reached a milestone higher than the one it was at
+when the operator took over (held for ``release_confirm_steps``); a takeover that starts past
+the last milestone runs to the end. A one-arm takeover (an arm that has not done its part of
+milestone 1 while the other has: the insertion arm whose object is not held; transfer-cube's
+picking arm before the lift) hands back once that arm has done its part.
 - :class:`ScriptedOperator` composes the two with an expert that replans from the current scene
   at the moment of the takeover and then finishes the task. In-process it is a direct call::
 
@@ -38,6 +65,8 @@ import numpy.typing as npt
 
 from arx_x5_driver.core.expert import (
     CUBE_HALF,
+    LEFT_PICK_X,
+    MEET,
     PEG_HALF,
     SOCKET_HALF,
     AlohaExpert,
@@ -70,6 +99,14 @@ class OperatorConfig:
         signals: which signals are watched (subset of ``("stall", "drop", "collision")``).
         decline_unrecoverable: do not take over when the expert says the scene is lost.
         control_hz: control rate.
+        release: hand control back once the scene is back on track (``False``: hold every
+            takeover until the episode ends, the operator of earlier runs).
+        release_confirm_steps: consecutive steps the back-on-track condition must hold.
+        min_control_steps: least steps of a takeover before it may hand back.
+        min_suffix_steps: keep control when fewer steps than this are left in the episode
+            (a human does not hand back with a second to go).
+        max_takeovers: takeovers per episode; the last one holds to the end.
+        one_arm: take over only the arm at fault when one arm has the problem.
     """
 
     intervention_rate: float = 0.5
@@ -83,11 +120,26 @@ class OperatorConfig:
     signals: tuple[str, ...] = SIGNALS
     decline_unrecoverable: bool = True
     control_hz: float = 50.0
+    release: bool = True
+    release_confirm_steps: int = 5
+    min_control_steps: int = 15
+    min_suffix_steps: int = 50
+    max_takeovers: int = 3
+    one_arm: bool = True
+    handback_level: int | None = None
+    script: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.intervention_rate <= 1.0:
             raise ValueError(f"intervention_rate must be in [0, 1], got {self.intervention_rate}")
-        for name in ("stall_steps", "grace_steps", "reaction_steps"):
+        for name in (
+            "stall_steps",
+            "grace_steps",
+            "reaction_steps",
+            "release_confirm_steps",
+            "min_control_steps",
+            "min_suffix_steps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -102,6 +154,14 @@ class OperatorConfig:
                 raise ValueError(f"signal must be one of {SIGNALS}, got {sig!r}")
         if self.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        object.__setattr__(self, "script", tuple((int(a), int(b)) for a, b in self.script))
+        for start, steps in self.script:
+            if start < 0 or steps == 0 or steps < -1:
+                raise ValueError(
+                    f"script entries are (step >= 0, steps >= 1 or -1), got {(start, steps)}"
+                )
+        if not isinstance(self.max_takeovers, int) or self.max_takeovers < 1:
+            raise ValueError(f"max_takeovers must be an int >= 1, got {self.max_takeovers!r}")
 
 
 # Task progress and failure signals ------------------------------------------------------------
@@ -149,6 +209,80 @@ def metaworld_progress(env_state: FloatArray) -> float:
     )
 
 
+def _holds(s: SceneState, arm: str, obj: str, rest_z: float, clear: float) -> bool:
+    """``arm``'s closed gripper is at ``obj`` and ``obj`` is lifted ``clear`` above rest."""
+    pos, _ = s.objects[obj]
+    near = float(np.linalg.norm(pos - s.site_pos[arm])) < 0.07
+    return near and s.grip[arm] < 0.8 and float(pos[2]) > rest_z + clear
+
+
+#: Clearance above rest that counts as "lifted clear of the table" (m).
+TRANSFER_CLEAR = 0.05
+INSERTION_CLEAR = 0.03
+METAWORLD_CLEAR = 0.02
+
+
+class Milestone(NamedTuple):
+    """How far a scene is along its task: ``level`` (0, 1, 2, …); per arm, whether the arm
+    has done its part of milestone 1 (the "back on track" condition of a one-arm takeover);
+    and ``handback_level``, the least level at which a full takeover hands back."""
+
+    level: int
+    arm_done: tuple[bool, ...]
+    handback_level: int = 1
+
+
+def aloha_milestone(task: str, s: SceneState) -> Milestone:
+    """Back-on-track milestones of the ALOHA tasks (arms in order left, right).
+
+    transfer_cube: 1 = a gripper holds the cube lifted 5 cm clear of the table; 2 = the right
+    gripper holds it at the meeting point (within 4 cm); 3 = the receiving (left) gripper has
+    closed on it. A full takeover hands back from 2 on: measured with a 30 % SFT policy, a
+    hand-back at 1 left the policy the carry and the handover, which it failed in most
+    episodes. Before 1 only the picking arm has a part (the arm nearer the cube; the other
+    waits), so it alone can be at fault.
+    insertion: 1 = both grippers hold their object (left: socket, right: peg) lifted 3 cm
+    clear; 2 = the peg tip is within 3 cm of the socket mouth. Each arm's part of 1 is its own
+    grasp-and-lift.
+    """
+    if task == "transfer_cube":
+        cube, _ = s.objects["cube"]
+        held = {arm: _holds(s, arm, "cube", CUBE_HALF, TRANSFER_CLEAR) for arm in ("left", "right")}
+        lifted = any(held.values())
+        level = 0
+        if lifted:
+            level = 1
+            if held["right"] and float(np.linalg.norm(cube - MEET)) < 0.04:
+                level = 2
+            left_at = float(np.linalg.norm(cube - s.site_pos["left"])) < 0.06
+            if held["right"] and left_at and s.grip["left"] < 0.8:
+                level = 3
+        picker = "left" if float(cube[0]) < LEFT_PICK_X else "right"
+        done = {arm: lifted or arm != picker for arm in ("left", "right")}
+        return Milestone(level, (done["left"], done["right"]), handback_level=2)
+    peg_ok = _holds(s, "right", "peg", float(PEG_HALF[2]), INSERTION_CLEAR)
+    socket_ok = _holds(s, "left", "socket", float(SOCKET_HALF[2]), INSERTION_CLEAR)
+    level = 0
+    if peg_ok and socket_ok:
+        level = 1
+        peg, _ = s.objects["peg"]
+        socket, socket_rot = s.objects["socket"]
+        axis = socket_rot[:, 0] if socket_rot[0, 0] >= 0 else -socket_rot[:, 0]
+        if float(np.linalg.norm(peg - (socket + axis * 0.1))) < 0.03:
+            level = 2
+    return Milestone(level, (socket_ok, peg_ok))
+
+
+def metaworld_milestone(env_state: FloatArray, init_obj_z: float) -> Milestone:
+    """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
+    started (hand within 6 cm of the object position Meta-World reports, which sits off the
+    grasp point: 4.6–4.9 cm on assembly-v3). Tasks whose object is never lifted (pushing,
+    pressing) never reach it, so their takeovers run to the end (the report says so)."""
+    hand, obj = env_state[0:3], env_state[4:7]
+    held = float(np.linalg.norm(hand - obj)) < 0.06 and float(obj[2]) > init_obj_z + METAWORLD_CLEAR
+    return Milestone(1 if held else 0, (held,))
+
+
 def segment_distance(p1: FloatArray, q1: FloatArray, p2: FloatArray, q2: FloatArray) -> float:
     """Smallest distance between segments ``p1q1`` and ``p2q2`` (closest-point method)."""
     d1, d2, r = q1 - p1, q2 - p2, p1 - p2
@@ -182,6 +316,7 @@ class Signals(NamedTuple):
     progress: float
     recoverable: bool = True
     unrecoverable_why: str = ""
+    milestone: Milestone | None = None  # None: no back-on-track condition for this task
 
 
 class RolloutMonitor:
@@ -197,6 +332,12 @@ class RolloutMonitor:
         self._best = -np.inf
         self._best_step = 0
         self._lifted: dict[str, bool] = {}
+        self._init_obj_z: float | None = None
+
+    def restart_watch(self) -> None:
+        """Watch afresh after a hand-back: a stall is counted from now (the operator's own
+        progress does not count as the policy's)."""
+        self._best, self._best_step = -np.inf, self._steps
 
     def _objects(self, s: SceneState) -> dict[str, tuple[float, float]]:
         """Object -> (z, rest z)."""
@@ -238,10 +379,15 @@ class RolloutMonitor:
                     drop = True
             if "collision" in cfg.signals:
                 collision = self._collision(obs)
+            milestone: Milestone | None = aloha_milestone(self.expert.task, s)
         else:
             if obs.env_state is None:
                 raise ValueError("the monitor needs Observation.env_state")
-            progress = metaworld_progress(np.asarray(obs.env_state))
+            env = np.asarray(obs.env_state)
+            progress = metaworld_progress(env)
+            if self._init_obj_z is None:
+                self._init_obj_z = float(env[6])
+            milestone = metaworld_milestone(env, self._init_obj_z)
         if progress > self._best + cfg.progress_eps:
             self._best, self._best_step = progress, self._steps
         stall = self._steps - self._best_step >= cfg.stall_steps
@@ -257,6 +403,7 @@ class RolloutMonitor:
             progress=progress,
             recoverable=recoverable,
             unrecoverable_why=why,
+            milestone=milestone,
         )
 
 
@@ -267,21 +414,25 @@ class Decision(NamedTuple):
 
 
 class TakeoverModel:
-    """Pure decision logic of the operator: when to press the deadman and take over.
+    """Pure decision logic of the operator: when to press the deadman, which arms to take, and
+    when to release it.
 
     States: ``watching`` → (first failure signal) → ``reacting`` for ``reaction_steps`` →
-    ``in_control`` until :meth:`reset`; or ``watching`` → ``declined`` when this episode's draw
+    ``in_control`` → (back on track, see the module docstring) → ``watching`` again, with the
+    arbiter's hand-back ramp in between; or ``watching`` → ``declined`` when this episode's draw
     says the operator lets this failure happen (it then keeps watching but never intervenes);
     or ``reacting`` → ``declined`` (reason ``"unrecoverable: …"``) when the scene is lost at the
-    moment the operator would take over.
+    moment the operator would take over. ``mask`` holds the arms of the current takeover.
     """
 
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, n_arms: int = 2) -> None:
         self.config = config
+        self.n_arms = n_arms
         self._rng = np.random.default_rng()
         self.reset()
 
-    def reset(self, seed: int | None = None) -> None:
+    def reset(self, seed: int | None = None, horizon: int | None = None) -> None:
+        """New episode; ``horizon``: its step limit (``None``: unknown, hand back any time)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self.will_intervene = bool(self._rng.random() < self.config.intervention_rate)
@@ -290,14 +441,53 @@ class TakeoverModel:
         self._countdown = 0
         self.first_signal_step: int | None = None
         self._step = 0
+        self.horizon = horizon
+        self.takeovers = 0
+        self.releases = 0
+        self.mask: tuple[bool, ...] = (True,) * self.n_arms
+        self._control_steps = 0
+        self._track_steps = 0
+        self._start_level = 0
+
+    def _arms_at_fault(self, signals: Signals) -> tuple[bool, ...]:
+        every = (True,) * self.n_arms
+        m = signals.milestone
+        if not self.config.one_arm or m is None or signals.collision or len(m.arm_done) < 2:
+            return every
+        fault = tuple(not done for done in m.arm_done)
+        return fault if any(fault) and not all(fault) else every
+
+    def _release_due(self, signals: Signals) -> bool:
+        cfg, m = self.config, signals.milestone
+        if not cfg.release or m is None or self.takeovers >= cfg.max_takeovers:
+            return False
+        if all(self.mask):
+            least = m.handback_level if cfg.handback_level is None else cfg.handback_level
+            on_track = m.level > self._start_level and m.level >= least
+        else:
+            on_track = all(done for done, mine in zip(m.arm_done, self.mask) if mine)
+        self._track_steps = self._track_steps + 1 if on_track else 0
+        left = None if self.horizon is None else self.horizon - self._step
+        return (
+            self._track_steps >= cfg.release_confirm_steps
+            and self._control_steps >= cfg.min_control_steps
+            and (left is None or left >= cfg.min_suffix_steps)
+        )
 
     def update(self, signals: Signals) -> Decision:
         self._step += 1
         if self.state == "in_control":
+            self._control_steps += 1
+            if self._release_due(signals):
+                self.state = "watching"
+                self.releases += 1
+                LOG.info("operator hands back at step %d (back on track)", self._step)
+                return Decision(False, self.reason)
             return Decision(True, self.reason)
         fired = [name for name in SIGNALS if getattr(signals, name)]
         if self.state == "watching" and fired:
-            self.first_signal_step = self._step
+            if self.first_signal_step is None:
+                self.first_signal_step = self._step
             self.reason = fired[0]
             if self.will_intervene:
                 self.state, self._countdown = "reacting", self.config.reaction_steps
@@ -311,11 +501,38 @@ class TakeoverModel:
                 LOG.info("operator declines at step %d (%s)", self._step, self.reason)
                 return Decision(False, self.reason)
             if self._countdown <= 0:
-                self.state = "in_control"
-                LOG.info("operator takes over at step %d (%s)", self._step, self.reason)
+                self._take(signals)
+                LOG.info(
+                    "operator takes over at step %d (%s, arms %s)",
+                    self._step,
+                    self.reason,
+                    self.mask,
+                )
                 return Decision(True, self.reason)
             self._countdown -= 1
         return Decision(False, self.reason)
+
+    def _take(self, signals: Signals) -> None:
+        self.state = "in_control"
+        self.takeovers += 1
+        self.mask = self._arms_at_fault(signals)
+        self._control_steps = 0
+        self._track_steps = 0
+        self._start_level = 0 if signals.milestone is None else signals.milestone.level
+
+    def take_over_now(self, reason: str, to_end: bool = True) -> None:
+        """Take every arm at once (demonstrations, scripted takeovers); ``to_end``: keep
+        them until the episode ends, else until :meth:`release_now`."""
+        self.state, self.reason = "in_control", reason
+        self.takeovers = self.config.max_takeovers if to_end else self.takeovers + 1
+        self.mask = (True,) * self.n_arms
+        self._control_steps = 0
+
+    def release_now(self) -> None:
+        """Release the deadman (a scripted hand-back); the operator watches again."""
+        if self.state == "in_control":
+            self.state = "watching"
+            self.releases += 1
 
 
 # The operator ---------------------------------------------------------------------------------
@@ -344,9 +561,12 @@ class ScriptedOperator:
         self.expert = expert
         self.arm_names = arm_names
         self.monitor = RolloutMonitor(self.config, expert)
-        self.model = TakeoverModel(self.config)
+        self.model = TakeoverModel(self.config, len(arm_names))
         self.takeover_step: int | None = None
+        self.takeover_steps: list[int] = []
+        self.release_steps: list[int] = []
         self._step = 0
+        self._script_release: int | None = None
 
     @classmethod
     def for_backend(
@@ -373,32 +593,61 @@ class ScriptedOperator:
     def in_control(self) -> bool:
         return self.model.state == "in_control"
 
-    def reset(self, obs: Observation, seed: int | None = None) -> None:
+    @property
+    def takeovers(self) -> int:
+        return len(self.takeover_steps)
+
+    def reset(self, obs: Observation, seed: int | None = None, horizon: int | None = None) -> None:
+        """New episode from ``obs``; ``horizon``: the episode's step limit, if known."""
         self.expert.reset(obs, seed)
         self.monitor.reset()
-        self.model.reset(seed)
+        self.model.reset(seed, horizon)
         self.takeover_step = None
+        self.takeover_steps = []
+        self.release_steps = []
         self._step = 0
+        self._script_release: int | None = None
 
     def step(self, obs: Observation) -> OperatorCommand:
         """Watch ``obs``; when in control, return the expert's action for it."""
+        k = self._step  # this observation's episode step
+        for start, steps in self.config.script:
+            if k == start and not self.in_control:
+                self.take_over_now(obs, "scripted", to_end=steps < 0)
+                self._script_release = None if steps < 0 else k + steps
         self._step += 1
         was_in_control = self.in_control
         signals = self.monitor.update(obs)
-        decision = self.model.update(signals)
+        if self._script_release is not None and k >= self._script_release:
+            self._script_release = None
+            self.model.release_now()
+            decision = Decision(False, self.model.reason)
+        elif self._script_release is not None:
+            decision = Decision(True, self.model.reason)  # a scripted takeover runs on
+        else:
+            decision = self.model.update(signals)
         if not decision.takeover:
+            if was_in_control:
+                self.release_steps.append(k)
+                self.monitor.restart_watch()
             return OperatorCommand(False, tuple(False for _ in self.arm_names), None)
         if not was_in_control:
-            self.takeover_step = self._step - 1
+            self._record_takeover(k)
             self.expert.replan(obs)
         action = np.asarray(self.expert.act(obs), dtype=np.float64)
-        return OperatorCommand(True, tuple(True for _ in self.arm_names), action)
+        return OperatorCommand(True, self.model.mask, action)
 
-    def take_over_now(self, obs: Observation, reason: str = "forced") -> None:
-        """Take control immediately (tests, or an operator pressing the deadman by hand)."""
+    def _record_takeover(self, step: int) -> None:
+        if self.takeover_step is None:
+            self.takeover_step = step
+        self.takeover_steps.append(step)
+
+    def take_over_now(self, obs: Observation, reason: str = "forced", to_end: bool = True) -> None:
+        """Take every arm immediately (demonstrations, tests); ``to_end``: keep them until the
+        episode ends."""
         if not self.in_control:
-            self.model.state, self.model.reason = "in_control", reason
-            self.takeover_step = self._step
+            self.model.take_over_now(reason, to_end)
+            self._record_takeover(self._step)
             self.expert.replan(obs)
 
 

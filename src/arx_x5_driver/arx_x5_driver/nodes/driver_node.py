@@ -57,6 +57,7 @@ from arx_x5_driver.core.robot import ArmBackend, Observation
 from arx_x5_driver.core.safety import (
     REASON_ESTOP,
     REASON_NO_COMMAND,
+    REASON_VELOCITY,
     SafetyConfig,
     SafetyLayer,
     Verdict,
@@ -72,6 +73,9 @@ TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_ENV_STATE = "/habc/env_state"
 TOPIC_ESTOP = "/estop"
 BACKENDS = ("sim", "arx")
+#: ``applied_command.hold_reason`` of a command that came after the episode ended (simulation);
+#: the same string as ``habc_learner.core.bag_format.HOLD_EPISODE_OVER``.
+HOLD_EPISODE_OVER = "episode_over"
 
 
 def camera_topic(camera: str, compressed: bool = False) -> str:
@@ -372,11 +376,14 @@ class DriverNode(LifecycleNode):
             log.info(f"holding: {verdict.detail}", throttle_duration_sec=5.0)
         elif verdict.reason:
             log.warning(f"{verdict.reason}: {verdict.detail}", throttle_duration_sec=1.0)
-        if not self._episode_over:
+        executed = not self._episode_over
+        task_success = False
+        if executed:
             try:
                 self._backend.command(verdict.target)
             except RuntimeError as exc:  # sim: the episode is over; nothing moves
                 self._episode_over = str(exc)
+                executed = False
                 log.info(f"backend stopped stepping: {exc}")
             except ValueError as exc:  # never expected after the safety layer: hold
                 log.error(f"backend refused target: {exc}")
@@ -386,10 +393,13 @@ class DriverNode(LifecycleNode):
                     # Say so at once (not at the next periodic diagnostics): the operator marks
                     # the outcome from it, and every tick until then is recorded for nothing.
                     self._episode_over = status.failure or ("success" if status.success else "done")
+                    task_success = bool(status.success)
                     log.info(f"episode over after {status.step} steps: {self._episode_over}")
                     self._publish_diagnostics(force=True)
         self._tick += 1
-        self._publish_state(self._backend.observe_state(), now, verdict, msg)
+        self._publish_state(
+            self._backend.observe_state(), now, verdict, msg, executed, task_success
+        )
 
     def _publish_state(
         self,
@@ -397,6 +407,8 @@ class DriverNode(LifecycleNode):
         now: float,
         verdict: Verdict | None = None,
         msg: ExecutedCommand | None = None,
+        executed: bool = True,
+        task_success: bool = False,
     ) -> None:
         assert self._backend is not None
         stamp = self.get_clock().now().to_msg()
@@ -412,16 +424,23 @@ class DriverNode(LifecycleNode):
             )
         if verdict is None:
             return
+        # What the arm was really sent, matched to the arbiter's command by episode_id and
+        # step_index (the recorder stores it; the learner imitates it, never a refused,
+        # clamped or unexecuted command).
         applied = ExecutedCommand()
         applied.header.stamp = stamp
-        applied.step_index = self._tick
+        applied.step_index = self._tick if msg is None else msg.step_index
+        applied.episode_id = "" if msg is None else msg.episode_id
         applied.action = np.asarray(verdict.target, dtype=np.float32).tolist()
-        applied.hold = verdict.hold
-        applied.hold_reason = verdict.reason if verdict.hold else ""
+        applied.hold = verdict.hold or not executed
+        applied.hold_reason = (
+            verdict.reason if verdict.hold else ("" if executed else HOLD_EPISODE_OVER)
+        )
+        applied.clamped = verdict.accepted and executed and verdict.reason == REASON_VELOCITY
+        applied.task_success = task_success
         n_arms = len(self._backend.spec.arm_slices)
-        if msg is not None and verdict.accepted and len(msg.controller) == n_arms:
+        if msg is not None and not applied.hold and len(msg.controller) == n_arms:
             applied.controller = list(msg.controller)
-            applied.episode_id = msg.episode_id
             applied.checkpoint_id = msg.checkpoint_id
             applied.chunk_seq = msg.chunk_seq
             applied.chunk_row = msg.chunk_row

@@ -9,7 +9,9 @@ cube handed over) and runs :class:`~arx_x5_driver.core.operator.ScriptedOperator
 
 - each observation: the monitor + takeover model decide; under takeover the deadman is held
   (plus the takeover button of each taken arm unless all arms are taken) and the expert's
-  action is published as the teleop command;
+  action is published as the teleop command; once the scene is back on track the operator
+  releases the deadman and the arbiter ramps control back to the policy (the same
+  :class:`~arx_x5_driver.core.operator.TakeoverModel` as in-process rollouts);
 - ``/joy`` is published at ``joy_hz`` whatever happens (a joystick keeps reporting), and at
   once on every button change;
 - ``force_takeover_step`` / ``release_after_steps`` script a takeover and a hand-back at known
@@ -58,16 +60,19 @@ class ScriptedOperatorNode(Node):
             stall_steps=int(d(self, "stall_steps", 60, "steps without progress = stall")),
             grace_steps=int(d(self, "grace_steps", 20, "no signal in the first steps")),
             reaction_steps=int(d(self, "reaction_steps", 5, "steps from signal to takeover")),
+            release=bool(d(self, "release", True, "hand back once back on track")),
+            min_suffix_steps=int(d(self, "min_suffix_steps", 50, "keep control near the end")),
+            max_takeovers=int(d(self, "max_takeovers", 3, "takeovers per episode")),
+            one_arm=bool(d(self, "one_arm", True, "take only the arm at fault")),
+            script=self._script(),
         )
+        self._horizon = int(d(self, "episode_steps", 400, "the sim episode's step limit"))
         expert = ExpertConfig(noise_std=float(d(self, "noise_std", 0.0, "expert noise (m)")))
-        self._force_step = int(d(self, "force_takeover_step", -1, "take over here (-1: never)"))
-        self._release_after = int(
-            d(self, "release_after_steps", -1, "release the deadman after (-1: never)")
-        )
-        arms = d(self, "takeover_arms", "all", "all | left | right")
-        if arms not in ("all", *ARMS):
-            raise ValueError(f"takeover_arms must be all, left or right, got {arms!r}")
-        self._arms = tuple(arms in ("all", a) for a in ARMS)
+        arms = d(self, "takeover_arms", "auto", "auto | all | left | right")
+        if arms not in ("auto", "all", *ARMS):
+            raise ValueError(f"takeover_arms must be auto, all, left or right, got {arms!r}")
+        self._auto_arms = arms == "auto"
+        self._arms = tuple(arms in ("auto", "all", a) for a in ARMS)
         self._deadman = int(d(self, "joy.deadman", 4, "deadman button"))
         self._takeover_buttons = [int(b) for b in d(self, "joy.takeover_buttons", [6, 7], "")]
         self._mark_success = int(d(self, "joy.mark_success", 0, "mark success button"))
@@ -82,13 +87,12 @@ class ScriptedOperatorNode(Node):
         self._action_names = list(bimanual_action_names(ARMS))
         self._env: np.ndarray | None = None
         self._step = -1  # -1: waiting for the first observation of an episode
-        self._takeover_steps = 0
-        self._released = False
         self._holding = False
         self._mark_button = -1
         self._mark_left = 0
         self._marked = False
-        self._episode_key = ""
+        self._seed_key = ""  # the driver's episode seed (from /diagnostics)
+        self._events_seen = False  # a recorder announces episodes: count steps from its start
         self._joy_pub = self.create_publisher(Joy, TOPIC_JOY, 10)
         self._teleop_pub = self.create_publisher(
             JointState, d(self, "teleop_topic", "/habc/teleop_command", "teleop topic"), 10
@@ -100,8 +104,26 @@ class ScriptedOperatorNode(Node):
         self.create_timer(1.0 / joy_hz, self._publish_joy)
         self.get_logger().info(
             f"operator for {self._task}: intervention rate {config.intervention_rate}, forced "
-            f"takeover at {self._force_step}, release after {self._release_after}"
+            f"takeovers {config.script or 'none'}, hand-back {'on' if config.release else 'off'}"
         )
+
+    def _script(self) -> tuple[tuple[int, int], ...]:
+        """Scripted takeovers: ``script`` ([step, steps, step, steps, …]; steps -1 = to the
+        end), plus the older pair ``force_takeover_step`` / ``release_after_steps``."""
+        d = declare
+        flat = [int(v) for v in d(self, "script", [-1], "[step, steps, …] forced takeovers")]
+        if flat == [-1]:
+            flat = []
+        if len(flat) % 2:
+            raise ValueError(f"script must hold (step, steps) pairs, got {flat}")
+        pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        self._force_step = int(d(self, "force_takeover_step", -1, "take over here (-1: never)"))
+        self._release_after = int(
+            d(self, "release_after_steps", -1, "release the deadman after (-1: never)")
+        )
+        if self._force_step >= 0:
+            pairs.append((self._force_step, self._release_after))
+        return tuple(sorted(pairs))
 
     # Joystick -----------------------------------------------------------------------------
     def _buttons(self) -> list[int]:
@@ -135,7 +157,8 @@ class ScriptedOperatorNode(Node):
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_START:
-            self._new_episode(f"event:{msg.episode_id}")
+            self._events_seen = True
+            self._new_episode()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -143,10 +166,15 @@ class ScriptedOperatorNode(Node):
                 continue
             values = {kv.key: kv.value for kv in status.values}
             seed = values.get("seed")
-            if seed is not None and self._episode_key and seed != self._episode_key:
-                self._new_episode(seed)  # the driver started a new episode
-            elif seed is not None and not self._episode_key:
-                self._episode_key = seed
+            if seed is not None and self._seed_key and seed != self._seed_key:
+                # The driver reset the scene. With a recorder, episodes (and the step count the
+                # operator shares with the arbiter) run from its start event instead; the
+                # periodic diagnostics may report the new seed after that event.
+                self._seed_key = seed
+                if not self._events_seen:
+                    self._new_episode()
+            elif seed is not None and not self._seed_key:
+                self._seed_key = seed
             if values.get("episode_done") == "true" and self._mark_outcome and not self._marked:
                 ok = values.get("episode_success") == "true"
                 self._mark_button = self._mark_success if ok else self._mark_failure
@@ -155,11 +183,8 @@ class ScriptedOperatorNode(Node):
                 self._set_holding(False)
                 self.get_logger().info(f"episode over: marking {'success' if ok else 'failure'}")
 
-    def _new_episode(self, key: str) -> None:
-        self._episode_key = key
+    def _new_episode(self) -> None:
         self._step = -1
-        self._takeover_steps = 0
-        self._released = False
         self._marked = False
         self._set_holding(False)
 
@@ -178,19 +203,18 @@ class ScriptedOperatorNode(Node):
             # A fresh draw per episode: the takeover decision and the expert's noise vary
             # from episode to episode (one seed for all would decide every episode alike).
             self._episodes += 1
-            self._operator.reset(obs, seed=self._seed * 100_003 + self._episodes)
+            self._operator.reset(
+                obs, seed=self._seed * 100_003 + self._episodes, horizon=self._horizon
+            )
             self._step = 0
-        if self._step == self._force_step and not self._operator.in_control:
-            self._operator.take_over_now(obs, reason="forced")
+        was_acting = self._holding
         command = self._operator.step(obs)
         self._step += 1
-        acting = command.takeover and command.action is not None and not self._released
-        if acting:
-            self._takeover_steps += 1
-            if 0 <= self._release_after < self._takeover_steps:
-                self._released = True
-                acting = False
-                self.get_logger().info(f"releasing the deadman at step {self._step}")
+        acting = command.takeover and command.action is not None
+        if was_acting and not acting:
+            self.get_logger().info(f"releasing the deadman at step {self._step}")
+        if acting and self._auto_arms:
+            self._arms = tuple(command.mask)
         if acting:
             teleop = JointState(name=self._action_names)
             teleop.header.stamp = msg.header.stamp

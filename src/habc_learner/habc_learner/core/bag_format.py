@@ -24,6 +24,14 @@ topic                                 type                                when
 
 Observation of control step ``t`` = the newest message of each observation topic stamped at or
 before the ``ExecutedCommand`` of step ``t``.
+
+Bags recorded through the node graph also hold the driver's ``applied_command`` of each step
+(matched by ``episode_id`` and ``step_index``): the action after the safety layer, whether it
+was refused (``hold``), shortened (``clamped``) or not executed at all because the episode was
+already over (``hold_reason == "episode_over"``), and the step at which the simulator saw the
+task succeed (``task_success``). The reader takes actions, the success step ``T_s`` and the end
+of the episode from it. In-process rollouts have no safety layer and stop stepping at the
+episode's end, so their executed commands are what the arm did.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ TOPIC_ACTION_CHUNK = "/habc/action_chunk"
 TOPIC_EPISODE_EVENT = "/habc/episode_event"
 TOPIC_JOY = "/joy"
 TOPIC_ENV_STATE = "/habc/env_state"
+TOPIC_APPLIED_COMMAND = "/arx_x5_driver/applied_command"
+#: ``applied_command.hold_reason`` of a command that arrived after the episode ended.
+HOLD_EPISODE_OVER = "episode_over"
 
 
 def camera_topic(camera: str, compressed: bool = False) -> str:
@@ -87,6 +98,7 @@ SOURCES = ("demo", "rollout")
 CONTROLLER_NONE = 0
 CONTROLLER_POLICY = 1
 CONTROLLER_HUMAN = 2
+CONTROLLER_HANDBACK = 3
 EVENT_START = 0
 EVENT_END = 1
 OUTCOME_CODES = {"unknown": 0, "success": 1, "failure": 2, "aborted": 3}
@@ -342,10 +354,19 @@ class EpisodeBagWriter:
         chunk_seq: int = 0,
         chunk_row: int = 0,
         learner_step: int = -1,
+        applied: bool = False,
+        hold: bool | None = None,
+        clamped: bool = False,
+        task_success: bool = False,
     ) -> None:
-        """``/habc/executed_command`` of one control step (and count the step)."""
+        """``/habc/executed_command`` of one control step (and count the step).
+
+        With ``applied=True`` it writes the driver's ``applied_command`` of that step instead
+        (not counted as a step); ``hold`` defaults to "some arm is tagged NONE".
+        """
+        controller = np.asarray(controller, dtype=np.uint8)
         self.write(
-            TOPIC_EXECUTED_COMMAND,
+            TOPIC_APPLIED_COMMAND if applied else TOPIC_EXECUTED_COMMAND,
             MSGTYPE_EXECUTED_COMMAND,
             t_ns,
             self.msg(
@@ -353,17 +374,20 @@ class EpisodeBagWriter:
                 header=header(t_ns),
                 episode_id=self.meta.episode_id,
                 step_index=int(step_index),
-                controller=np.asarray(controller, dtype=np.uint8),
+                controller=controller,
                 action=np.asarray(action, dtype=np.float32),
-                hold=CONTROLLER_NONE in list(controller),
+                hold=bool((controller == CONTROLLER_NONE).any()) if hold is None else bool(hold),
                 hold_reason=hold_reason,
                 checkpoint_id=checkpoint_id,
                 chunk_seq=int(chunk_seq),
                 chunk_row=int(chunk_row),
                 learner_step=int(learner_step),
+                clamped=bool(clamped),
+                task_success=bool(task_success),
             ),
         )
-        self._num_steps += 1
+        if not applied:
+            self._num_steps += 1
 
     def write_event(
         self, t_ns: int, event: int, outcome: str = "unknown", marked_by: str = "", reason: str = ""

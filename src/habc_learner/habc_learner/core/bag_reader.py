@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import Reader
 
 from habc_learner.core import bag_format as bf
-from habc_learner.core.episode import POLICY, Episode, Outcome
+from habc_learner.core.episode import NONE, POLICY, Episode, Outcome
 
 
 class BagSkipped(Exception):
@@ -147,6 +148,7 @@ def read_episode(
 
     store = bf.typestore()
     commands: list[tuple[int, object]] = []
+    applied: list[object] = []
     joints: list[tuple[int, np.ndarray]] = []
     env: list[tuple[int, np.ndarray]] = []
     camera_times: dict[str, list[int]] = {}
@@ -157,7 +159,12 @@ def read_episode(
                 parts = conn.topic.split("/")
                 if len(parts) >= 4 and parts[1] == "cameras" and parts[3] == "image_raw":
                     camera_topics.setdefault(parts[2], conn.topic)
-            wanted = {bf.TOPIC_EXECUTED_COMMAND, bf.TOPIC_JOINT_STATES, bf.TOPIC_ENV_STATE}
+            wanted = {
+                bf.TOPIC_EXECUTED_COMMAND,
+                bf.TOPIC_APPLIED_COMMAND,
+                bf.TOPIC_JOINT_STATES,
+                bf.TOPIC_ENV_STATE,
+            }
             wanted |= set(camera_topics.values())
             conns = [c for c in reader.connections if c.topic in wanted]
             for conn, t_ns, raw in reader.messages(connections=conns):
@@ -167,6 +174,8 @@ def read_episode(
                 msg = store.deserialize_cdr(raw, conn.msgtype)
                 if conn.topic == bf.TOPIC_EXECUTED_COMMAND:
                     commands.append((t_ns, msg))
+                elif conn.topic == bf.TOPIC_APPLIED_COMMAND:
+                    applied.append(msg)
                 elif conn.topic == bf.TOPIC_JOINT_STATES:
                     joints.append((t_ns, np.asarray(msg.position, dtype=np.float32)))
                 else:
@@ -189,6 +198,17 @@ def read_episode(
         raise BagSkipped(
             f"executed commands are not steps 0..{len(commands) - 1} (gaps or repeats)"
         )
+    by_step = {int(m.step_index): m for m in applied}
+    over = [step for step, m in by_step.items() if m.hold_reason == bf.HOLD_EPISODE_OVER]
+    # The simulator's success ends the episode too (the driver's record of a later tick may
+    # miss the bag when the recorder closes at the operator's mark).
+    over += [step + 1 for step, m in by_step.items() if m.task_success]
+    if over:
+        # Commands the driver received after the episode had ended were never executed: they
+        # are not steps of the episode (the arbiter keeps ticking until the outcome is marked).
+        commands = commands[: min(over)]
+        if not commands:
+            raise BagSkipped("no executed commands: the episode was over before step 0")
     cmd_t = np.array([t for t, _msg in commands], dtype=np.int64)
     if not joints:
         raise BagSkipped("no joint states")
@@ -210,6 +230,9 @@ def read_episode(
         raise BagSkipped(f"executed commands must tag {n_arms} arms each")
     authority = np.stack(controllers)
     actions = np.stack([np.asarray(msg.action, dtype=np.float32) for _t, msg in commands])
+    task_success_step = None
+    if by_step:
+        authority, actions, task_success_step = _apply_driver_record(authority, actions, by_step)
     policy_step = (authority == POLICY).any(axis=1)
     learner_steps = np.array([msg.learner_step for _t, msg in commands], dtype=np.int64)
     learner_steps = np.where(policy_step, learner_steps, -1)
@@ -234,7 +257,9 @@ def read_episode(
         raise BagSkipped(f"missing camera(s) {sorted(set(cameras) - set(images))}")
 
     success_step = None
-    if outcome is Outcome.SUCCESS and custom.get(bf.KEY_SUCCESS_STEP):
+    if outcome is Outcome.SUCCESS and task_success_step is not None:
+        success_step = task_success_step
+    elif outcome is Outcome.SUCCESS and custom.get(bf.KEY_SUCCESS_STEP):
         success_step = int(custom[bf.KEY_SUCCESS_STEP])
     try:
         return Episode(
@@ -255,6 +280,30 @@ def read_episode(
         )
     except ValueError as exc:
         raise BagSkipped(f"inconsistent episode: {exc}") from None
+
+
+def _apply_driver_record(
+    authority: np.ndarray, actions: np.ndarray, by_step: dict[int, Any]
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Actions and authority as the driver executed them (node-graph bags).
+
+    Step ``t``'s action becomes the driver's applied target. A step the driver refused
+    (``hold``), shortened (``clamped``) or never reported is nobody's decision: its authority
+    becomes NONE for every arm, so it is neither a label anchor nor an imitation target.
+    Returns ``(authority, actions, T_s)`` with ``T_s`` the first step whose command the
+    simulator saw reach success (``None`` when no step says so, e.g. on a real robot).
+    """
+    authority, actions = authority.copy(), actions.copy()
+    success_step = None
+    for t in range(authority.shape[0]):
+        m = by_step.get(t)
+        if m is None or m.hold or m.clamped:
+            authority[t] = NONE
+        if m is not None and len(m.action) == actions.shape[1]:
+            actions[t] = np.asarray(m.action, dtype=np.float32)
+        if m is not None and m.task_success and success_step is None:
+            success_step = t
+    return authority, actions, success_step
 
 
 def find_bags(folder: str | Path) -> list[Path]:

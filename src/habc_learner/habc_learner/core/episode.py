@@ -1,8 +1,10 @@
 """An episode as numpy arrays, plus deterministic synthetic episode generators for tests.
 
 Authority codes match ``habc_msgs/msg/ExecutedCommand`` ``CONTROLLER_*``: NONE = 0 (the arm
-holds), POLICY = 1, HUMAN = 2. Authority is logged per step and per arm ([T, n_arms]) because the
-arbiter allows one-arm takeovers.
+holds), POLICY = 1, HUMAN = 2, HANDBACK = 3 (the ramp from the operator's last action back to the
+policy's after a takeover: nobody's decision, never a label or an imitation target).
+Authority is logged per step and per arm ([T, n_arms]) because the arbiter allows one-arm
+takeovers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 NONE = 0
 POLICY = 1
 HUMAN = 2
-AUTHORITY_CODES = (NONE, POLICY, HUMAN)
+HANDBACK = 3
+AUTHORITY_CODES = (NONE, POLICY, HUMAN, HANDBACK)
+AUTHORITY_NAMES = {NONE: "none", POLICY: "policy", HUMAN: "human", HANDBACK: "handback"}
 
 #: Loads the images of one camera at the given step indices: ``steps [N] -> uint8 [N, h, w, 3]``.
 ImageLoader = Callable[[np.ndarray], np.ndarray]
@@ -90,7 +94,8 @@ class Episode:
         timestamps: [T] float64 seconds (control clock), non-decreasing.
         proprio: q_t, [T, p] float32.
         actions: executed a_t, [T, d] float32.
-        authority: controller per step and arm, [T, n_arms] uint8 in {NONE, POLICY, HUMAN}.
+        authority: controller per step and arm, [T, n_arms] uint8 in {NONE, POLICY, HUMAN,
+            HANDBACK}.
         checkpoint_ids: id k_t of the policy checkpoint loaded at each step, [T] str ("" none).
         learner_steps: learner step of that checkpoint, [T] int64 (-1 where unknown / none).
         outcome: z_e.
@@ -146,7 +151,7 @@ class Episode:
         if not np.isin(authority, AUTHORITY_CODES).all():
             bad = np.unique(authority[~np.isin(authority, AUTHORITY_CODES)]).tolist()
             raise ValueError(
-                f"authority values {bad} are not in {AUTHORITY_CODES} (NONE/POLICY/HUMAN)"
+                f"authority values {bad} are not in {AUTHORITY_CODES} (NONE/POLICY/HUMAN/HANDBACK)"
             )
         checkpoint_ids = np.asarray(self.checkpoint_ids, dtype=object)
         if checkpoint_ids.shape != (length,):
@@ -231,10 +236,11 @@ SCENARIOS = (
     "one_arm_takeover",
 )
 
-#: A segment spec: (controller, length) with controller "policy" / "human" / "none", or a
+#: A segment spec: (controller, length) with controller "policy" / "human" / "handback" /
+#: "none", or a
 #: per-arm tuple of controllers for a one-arm takeover, e.g. (("human", "policy"), 20).
 SegmentSpec = tuple[str | tuple[str, ...], int]
-_CONTROLLER_CODES = {"none": NONE, "policy": POLICY, "human": HUMAN}
+_CONTROLLER_CODES = {"none": NONE, "policy": POLICY, "human": HUMAN, "handback": HANDBACK}
 
 
 def authority_from_segments(segments: Sequence[SegmentSpec], n_arms: int) -> np.ndarray:

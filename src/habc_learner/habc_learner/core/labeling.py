@@ -13,6 +13,11 @@ Rules (``HABC_METHOD.md``):
 
 A step counts as human-controlled when at least one arm is under HUMAN authority; per-arm
 action masks then keep only that arm's dimensions as targets.
+
+Hand-back ramp ticks (HANDBACK: the arbiter blends the operator's last action into the
+policy's after a takeover) are nobody's decision: they are part of the intervention for the
+suffix rule (the suffix starts after the ramp), they never count as human steps of an
+intervention window, they anchor no labeled window, and no mask rule makes them a target.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from habc_learner.core.episode import HUMAN, NONE, POLICY, Episode, Outcome, arm_of_dim
+from habc_learner.core.episode import HANDBACK, HUMAN, NONE, POLICY, Episode, Outcome, arm_of_dim
 
 LABELING_MODES = ("intervention_aware", "naive")
+FAILED_CORRECTIONS = ("imitate", "drop")
 
 
 class Source(enum.IntEnum):
@@ -57,7 +63,7 @@ class MaskRule(enum.IntEnum):
     ALL_VALID = 0  # demonstrations: every non-padded step
     POLICY = 1  # policy windows: steps/arms under POLICY authority
     HUMAN = 2  # intervention windows: steps/arms under HUMAN authority
-    ANY_CONTROLLER = 3  # naive labeling: steps/arms under POLICY or HUMAN
+    ANY_CONTROLLER = 3  # naive labeling: steps/arms under POLICY or HUMAN (never HANDBACK)
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,15 @@ class Segment:
 @dataclass(frozen=True)
 class LabelingConfig:
     """Attributes: horizon H (50); min_human_steps (10) of an intervention window; mode
-    ``"intervention_aware"`` (HABC) or ``"naive"`` (ablation, Imit-Recap)."""
+    ``"intervention_aware"`` (HABC) or ``"naive"`` (ablation, Imit-Recap); failed_corrections
+    ``"imitate"`` (the paper: every intervention window is imitation data, whatever the
+    outcome) or ``"drop"`` (the intervention windows of a failed episode stay unlabeled: an
+    operator's correction that did not save the episode is not imitated)."""
 
     horizon: int = 50
     min_human_steps: int = 10
     mode: str = "intervention_aware"
+    failed_corrections: str = "imitate"
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -92,18 +102,24 @@ class LabelingConfig:
             )
         if self.mode not in LABELING_MODES:
             raise ValueError(f"labeling mode {self.mode!r} is not one of {LABELING_MODES}")
+        if self.failed_corrections not in FAILED_CORRECTIONS:
+            raise ValueError(
+                f"failed_corrections {self.failed_corrections!r} is not one of {FAILED_CORRECTIONS}"
+            )
 
 
 def step_controllers(authority: np.ndarray) -> np.ndarray:
     """Collapse per-arm authority [T, n_arms] to one controller per step [T] uint8.
 
-    HUMAN if any arm is human-controlled, else POLICY if any arm is policy-controlled, else NONE.
+    HUMAN if any arm is human-controlled, else HANDBACK if any arm is in the hand-back ramp,
+    else POLICY if any arm is policy-controlled, else NONE.
     """
     authority = np.asarray(authority)
     if authority.ndim != 2:
         raise ValueError(f"authority must be [T, n_arms], got shape {authority.shape}")
     out = np.full(authority.shape[0], NONE, dtype=np.uint8)
     out[(authority == POLICY).any(axis=1)] = POLICY
+    out[(authority == HANDBACK).any(axis=1)] = HANDBACK
     out[(authority == HUMAN).any(axis=1)] = HUMAN
     return out
 
@@ -120,14 +136,15 @@ def segment_controllers(authority: np.ndarray) -> list[Segment]:
 
 
 def post_intervention_suffix_start(authority: np.ndarray) -> int:
-    """First step after the last human-controlled step (0 if the episode has none).
+    """First step after the last human-controlled or hand-back step (0 if the episode has none).
 
-    Equals T when a takeover runs to the end (no policy suffix).
+    Equals T when a takeover (or its hand-back ramp) runs to the end (no policy suffix).
     """
-    human = step_controllers(authority) == HUMAN
-    if not human.any():
+    ctrl = step_controllers(authority)
+    intervened = (ctrl == HUMAN) | (ctrl == HANDBACK)
+    if not intervened.any():
         return 0
-    return int(np.flatnonzero(human)[-1]) + 1
+    return int(np.flatnonzero(intervened)[-1]) + 1
 
 
 def human_steps_in_window(authority: np.ndarray, horizon: int) -> np.ndarray:
@@ -197,8 +214,10 @@ def label_episode(episode: Episode, config: LabelingConfig) -> EpisodeLabels:
         if episode.outcome.is_labeled:
             source[labeled] = labeled_source
             outcome_label[labeled] = z
-        source[intervention] = Source.INTERVENTION
-        mask_rule[intervention] = MaskRule.HUMAN
+        failed = episode.outcome is Outcome.FAILURE
+        if not (failed and config.failed_corrections == "drop"):
+            source[intervention] = Source.INTERVENTION
+            mask_rule[intervention] = MaskRule.HUMAN
     return EpisodeLabels(
         source=source,
         outcome_label=outcome_label,
@@ -227,7 +246,11 @@ def arm_target_mask(authority: np.ndarray, valid: np.ndarray, rule: np.ndarray) 
         np.where(
             rule == MaskRule.HUMAN,
             authority == HUMAN,
-            np.where(rule == MaskRule.ANY_CONTROLLER, authority != NONE, True),
+            np.where(
+                rule == MaskRule.ANY_CONTROLLER,
+                (authority == POLICY) | (authority == HUMAN),
+                authority != HANDBACK,
+            ),
         ),
     )
     return mask & valid

@@ -22,6 +22,7 @@ from torch import Tensor
 from habc_learner.core import weights as W
 from habc_learner.core.ire_vla import IreVlaConfig
 from habc_learner.core.labeling import LABELING_MODES, Source
+from habc_policy.core.flow_matching import ENTRY_MEANS
 
 SPLIT_CHOICES = ("all", "train")
 
@@ -74,6 +75,11 @@ class MethodConfig:
         actor_reduction: how Eq. 1 is reduced over the batch, ``"weight_sum"`` (Σ w ℓ / Σ w,
             default) or ``"batch_mean"`` (mean over the batch, zero weights included); see
             :func:`habc_learner.core.weights.weighted_actor_loss`.
+        entry_mean: how one window's flow loss is averaged, ``"unmasked"`` (over its target
+            entries, default) or ``"all_entries"`` (over all H·d, as Eq. 1 is written).
+        drop_failed_corrections: leave out the intervention windows of episodes that failed
+            after the takeover (variant ``+nofailcorr``; the paper imitates every intervention
+            window with weight 1, whatever the outcome).
         ire_vla: iRe-VLA's stage schedule and RL settings; when set, the trainer alternates RL
             rounds (action head only) and SL rounds (whole model on demos + successes) and
             ``mixing`` only documents the SL stage's sources.
@@ -97,6 +103,8 @@ class MethodConfig:
     train_split: str = "all"
     normalization_eps: float = 1e-6
     actor_reduction: str = "weight_sum"
+    entry_mean: str = "unmasked"
+    drop_failed_corrections: bool = False
     ire_vla: IreVlaConfig | None = None
 
     def __post_init__(self) -> None:
@@ -126,6 +134,8 @@ class MethodConfig:
             raise ValueError(
                 f"actor_reduction {self.actor_reduction!r} is not one of {W.ACTOR_REDUCTIONS}"
             )
+        if self.entry_mean not in ENTRY_MEANS:
+            raise ValueError(f"entry_mean {self.entry_mean!r} is not one of {ENTRY_MEANS}")
         if self.train_split not in SPLIT_CHOICES:
             raise ValueError(f"train_split {self.train_split!r} is not one of {SPLIT_CHOICES}")
         if not self.advantage_temperature > 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 STATE_FILE = "trainer_state.json"
 ECE_BINS = 10
+
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         method = get_method(self.method)
         object.__setattr__(self, "method", method)
+        failed = "drop" if method.drop_failed_corrections else self.window.failed_corrections
         object.__setattr__(
-            self, "window", dataclasses.replace(self.window, labeling=method.labeling)
+            self,
+            "window",
+            dataclasses.replace(self.window, labeling=method.labeling, failed_corrections=failed),
         )
         if self.window.horizon != self.policy.horizon:
             raise ValueError(
@@ -181,6 +188,7 @@ class RoundSummary:
     dropped_stale: int = 0
     checkpoint: Path | None = None
     checkpoint_id: str | None = None
+    notes: tuple[str, ...] = ()  # what a person must know, e.g. a method's source had no data
 
     def line(self) -> str:
         """One console line with the headline statistics."""
@@ -207,7 +215,25 @@ class RoundSummary:
                 parts.append(f"val_{key}={value:.3g}")
         if self.validation.get("critic_val/stopped_at", -1) >= 0:
             parts.append(f"critic_stopped_at={self.validation['critic_val/stopped_at']:.0f}")
+        parts += [f"NOTE: {n}" for n in self.notes]
         return " | ".join(parts)
+
+
+def missing_sources(method: MethodConfig, counts: dict[str, int]) -> list[str]:
+    """Notes for the sources ``method`` mixes in that have no windows in the store.
+
+    Imit-DAgger without a single intervention window trains on demonstrations only, i.e. it
+    is SFT; a person comparing it with SFT must be told so.
+    """
+    wanted = [src for src, ratio in method.mixing if ratio > 0]
+    empty = [src for src in wanted if counts.get(src, 0) == 0]
+    if not empty or len(empty) == len(wanted):
+        return []
+    rest = [src for src in wanted if src not in empty]
+    return [
+        f"{method.name}: no {src} windows in the store, so it trains on {', '.join(rest)} only"
+        for src in empty
+    ]
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> float:
@@ -451,7 +477,9 @@ class Trainer:
         self.policy.train()
         features = self.policy.encode(q, batch.prompt_tokens, images)
         noise, tau = self.policy.draw_noise_and_tau(len(batch), self.generator, self.device)
-        per_sample = self.policy.per_sample_loss(features, actions, batch.action_mask, noise, tau)
+        per_sample = self.policy.per_sample_loss(
+            features, actions, batch.action_mask, noise, tau, entry_mean=method.entry_mean
+        )
 
         info: dict[str, float] = {}
         critic_total = features.new_zeros(())
@@ -808,6 +836,9 @@ class Trainer:
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         self.ensure_normalizer()
+        notes = tuple(missing_sources(self.method, self.store.source_counts()))
+        for note in notes:
+            LOG.warning(note)
         dropped_before = self.store.num_dropped
         self._ece_bins[:] = 0.0
         self._validation = CriticValidation()
@@ -863,6 +894,7 @@ class Trainer:
             ece=self._ece(),
             validation=dict(self._validation.last),
             dropped_stale=self.store.num_dropped - dropped_before,
+            notes=notes,
         )
         if writer is not None:
             if not math.isnan(summary.ece):

@@ -42,6 +42,8 @@ class WindowConfig:
             **(choice: 1)**; the step cost is Δ.
         min_human_steps: human steps that make an intervention window (10).
         labeling: ``"intervention_aware"`` (HABC) or ``"naive"`` (ablation / Imit-Recap).
+        failed_corrections: ``"imitate"`` or ``"drop"`` the intervention windows of failed
+            episodes (:class:`~habc_learner.core.labeling.LabelingConfig`).
         gamma: γ of the Imit-Recap parent value head (0.99).
         failure_penalty: C, −C is the reward of a failed episode's terminal transition (100).
     """
@@ -50,6 +52,7 @@ class WindowConfig:
     stride: int = 1
     min_human_steps: int = 10
     labeling: str = "intervention_aware"
+    failed_corrections: str = "imitate"
     gamma: float = 0.99
     failure_penalty: float = 100.0
 
@@ -60,11 +63,13 @@ class WindowConfig:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.failure_penalty < 0:
             raise ValueError(f"failure_penalty must be >= 0, got {self.failure_penalty}")
-        LabelingConfig(self.horizon, self.min_human_steps, self.labeling)  # validates them
+        self.labeling_config  # noqa: B018 (validates them)
 
     @property
     def labeling_config(self) -> LabelingConfig:
-        return LabelingConfig(self.horizon, self.min_human_steps, self.labeling)
+        return LabelingConfig(
+            self.horizon, self.min_human_steps, self.labeling, self.failed_corrections
+        )
 
 
 @dataclass(frozen=True, eq=False)

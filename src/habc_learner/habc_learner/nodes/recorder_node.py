@@ -1,7 +1,8 @@
 """Episode recorder node: one rosbag2 (MCAP) episode per StartEpisode/EndEpisode pair.
 
 Subscribes (serialized, no deserialization on the hot path) to the joint states, the executed
-commands with their authority tags, the action chunks, the joystick, the episode events, the
+commands with their authority tags, the driver's applied commands (what the arm was really
+sent), the action chunks, the joystick, the episode events, the
 privileged sim state and every configured camera, and writes them into the running episode's
 bag through :class:`habc_learner.core.recorder.EpisodeRecorder`.
 
@@ -68,6 +69,7 @@ class RecorderNode(Node):
         topics = [
             (bf.TOPIC_JOINT_STATES, JointState, bf.MSGTYPE_JOINT_STATE, reliable),
             (bf.TOPIC_EXECUTED_COMMAND, ExecutedCommand, bf.MSGTYPE_EXECUTED_COMMAND, reliable),
+            (bf.TOPIC_APPLIED_COMMAND, ExecutedCommand, bf.MSGTYPE_EXECUTED_COMMAND, reliable),
             (bf.TOPIC_ACTION_CHUNK, ActionChunk, bf.MSGTYPE_ACTION_CHUNK, reliable),
             (bf.TOPIC_JOY, Joy, bf.MSGTYPE_JOY, reliable),
             (bf.TOPIC_ENV_STATE, Float32MultiArray, bf.MSGTYPE_FLOAT32_MULTI_ARRAY, reliable),
@@ -101,11 +103,12 @@ class RecorderNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _writer_for(self, topic: str, msgtype: str) -> Callable[[bytes], None]:
-        if topic == bf.TOPIC_EXECUTED_COMMAND:
+        if topic in (bf.TOPIC_EXECUTED_COMMAND, bf.TOPIC_APPLIED_COMMAND):
 
             def write_command(cdr: bytes) -> None:
                 # Only the running episode's ticks: the arbiter learns of a new episode from
-                # its start event, a few ticks after the recording began.
+                # its start event, a few ticks after the recording began (the driver's applied
+                # commands carry the episode id of the command they executed).
                 running = self.recorder.episode_id
                 if running and deserialize_message(cdr, ExecutedCommand).episode_id == running:
                     self.recorder.write(topic, msgtype, self._now_ns(), cdr)

@@ -7,8 +7,9 @@ Per arm, one of three modes:
   the arm executes the teleop command.
 - ``HANDBACK``: the deadman was released; over ``handback_ticks`` ticks the executed action
   blends from the operator's last action to the policy's, ``a = (1 − α)·a_human + α·a_policy``
-  with ``α = k / handback_ticks``, so the arm never jumps. Blended steps are tagged ``HUMAN``:
-  the policy was not fully in control, so they never receive the policy's outcome label.
+  with ``α = k / handback_ticks``, so the arm never jumps. Blended steps are tagged
+  ``HANDBACK``: they are nobody's decision, so the learner neither gives them the policy's
+  outcome label nor imitates them as the operator's.
 
 Whatever the mode, an arm *holds* (repeats its last executed action; tag ``NONE``) when:
 the e-stop is latched; the joystick is silent for more than ``joy_timeout_s`` while the human
@@ -37,6 +38,7 @@ class Controller(enum.IntEnum):
     NONE = 0
     POLICY = 1
     HUMAN = 2
+    HANDBACK = 3
 
 
 class Mode(enum.Enum):
@@ -295,7 +297,7 @@ class AuthorityArbiter:
                 start = self._handback_from[i]
                 start = policy_action[lo:hi] if start is None else start
                 part = (1.0 - alpha) * start + alpha * policy_action[lo:hi]
-                tag = Controller.HUMAN
+                tag = Controller.HANDBACK
                 if self._handback_k[i] >= cfg.handback_ticks:
                     self._modes[i] = Mode.POLICY
             if part is not None and not np.all(np.isfinite(part)):

@@ -114,24 +114,39 @@ def euler_sample(velocity_fn: VelocityFn, noise: Tensor, num_steps: int = 10) ->
     return x
 
 
-def masked_mse_per_sample(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-sample loss ``mean_{h,d} m_{h,d} · (pred − target)²`` of Eq. 1, unreduced over B.
+ENTRY_MEANS = ("unmasked", "all_entries")
 
-    The mean runs over all H·d entries (masked entries contribute 0), as Eq. 1 writes it.
+
+def masked_mse_per_sample(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, entry_mean: str = "unmasked"
+) -> Tensor:
+    """Per-sample loss of Eq. 1 over a window's target entries, unreduced over B.
+
+    ``"unmasked"`` (default): ``ℓ_i = Σ_{h,d} m·(pred − target)² / max(Σ_{h,d} m, 1)``, the
+    mean over the window's target entries, so a one-arm intervention window with 10 human
+    steps weighs as much per target entry as a full window. ``"all_entries"``: ``ℓ_i =
+    mean_{h,d} m·(pred − target)²`` over all H·d entries, as Eq. 1 is written (masked entries
+    count as zeros, which scales a window's loss by its share of target entries).
 
     Args:
         pred: [B, H, d].
         target: [B, H, d].
         mask: validity mask m [B, H, d] (bool or float), ``None`` for all valid.
+        entry_mean: ``"unmasked"`` or ``"all_entries"``.
 
     Returns:
         [B] per-sample losses.
     """
+    if entry_mean not in ENTRY_MEANS:
+        raise ValueError(f"entry_mean {entry_mean!r} is not one of {ENTRY_MEANS}")
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     err = (pred - target).square()
     if mask is not None:
         if mask.shape != pred.shape:
             raise ValueError(f"mask {tuple(mask.shape)} must match pred {tuple(pred.shape)}")
-        err = err * mask.to(err.dtype)
+        m = mask.to(err.dtype)
+        err = err * m
+        if entry_mean == "unmasked":
+            return err.flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1.0)
     return err.flatten(1).mean(dim=1)

@@ -228,6 +228,7 @@ class FlowPolicy(nn.Module):
         noise: Tensor,
         tau: Tensor,
         expert: nn.Module | None = None,
+        entry_mean: str = "unmasked",
     ) -> Tensor:
         """Unreduced flow-matching loss ℓ_i of Eq. 1, [B].
 
@@ -239,12 +240,14 @@ class FlowPolicy(nn.Module):
                 [B, H, d] or None; noise: ε [B, H, d]; tau: τ [B].
             expert: an action expert of the same config to evaluate instead of ``self.expert``
                 (e.g. a frozen snapshot, for a likelihood-ratio surrogate); None: ``self.expert``.
+            entry_mean: ``"unmasked"`` (mean over the window's target entries) or
+                ``"all_entries"`` (over all H·d); :func:`flow_matching.masked_mse_per_sample`.
         """
         noisy = fm.interpolate(actions, noise, tau)
         out = (self.expert if expert is None else expert)(noisy, tau, features)
         if self.config.parametrization == "clean_chunk":
-            return fm.masked_mse_per_sample(out, actions, mask)
-        return fm.masked_mse_per_sample(out, fm.target_velocity(actions, noise), mask)
+            return fm.masked_mse_per_sample(out, actions, mask, entry_mean)
+        return fm.masked_mse_per_sample(out, fm.target_velocity(actions, noise), mask, entry_mean)
 
     def draw_noise_and_tau(
         self, batch_size: int, generator: torch.Generator | None, device: torch.device | str

@@ -13,6 +13,12 @@ import torch
 from torch import Tensor
 
 DEFAULT_STD_FLOOR = 1e-2
+#: Normalized proprioception is clamped to ±this many demonstration standard deviations. A
+#: rollout can reach states no demonstration had (a cube tipped over: its quaternion moves by
+#: ~1 where the demonstrations' std is 0.01, i.e. 100 σ); unclamped, such inputs dominate the
+#: encoder's gradients and wreck the policy within a few learner steps (measured in
+#: docs/results/operator.md).
+PROPRIO_CLIP = 5.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,9 @@ class Normalizer:
         return mean, std
 
     def normalize_proprio(self, x: Tensor) -> Tensor:
+        """``clamp((x − mean) / std, ±PROPRIO_CLIP)``."""
         mean, std = self._t(self.proprio, x)
-        return (x - mean) / std
+        return ((x - mean) / std).clamp(-PROPRIO_CLIP, PROPRIO_CLIP)
 
     def normalize_action(self, x: Tensor) -> Tensor:
         mean, std = self._t(self.action, x)
