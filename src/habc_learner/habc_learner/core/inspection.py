@@ -22,7 +22,7 @@ AUTHORITY_STYLES: dict[int, tuple[str, str]] = {
     E.NONE: ("none", "#bbbbbb"),
     E.POLICY: ("policy", "#1f77b4"),
     E.HUMAN: ("human", "#d62728"),
-    getattr(E, "HANDBACK", 3): ("hand-back", "#ff7f0e"),
+    E.HANDBACK: ("hand-back", "#ff7f0e"),
 }
 UNKNOWN_STYLE_COLOUR = "#000000"
 
