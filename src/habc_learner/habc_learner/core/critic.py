@@ -14,8 +14,8 @@ Whole rollout episodes are held out from critic training (``validation_fraction`
 critic stops training for the rest of a round when their BCE stops improving (early stopping,
 on by default). Dropout in the head MLPs, weight decay (AdamW) and an ensemble of viability
 heads are selectable and off. ``docs/results/critic.md`` measures every option on fresh
-transfer-cube rollouts: the own encoder with early stopping was the only option that reached
-AUROC ≥ 0.85 and ECE ≤ 0.08 on both seeds.
+transfer-cube rollouts: only the own encoder with early stopping (alone, or with dropout,
+weight decay and an ensemble on top) reached AUROC ≥ 0.85 and ECE ≤ 0.08 on both seeds.
 
 - Viability logit z_v(s) = f_v(φ(s)), p_v = sigmoid(z_v), trained with BCE on D_lab.
 - Efficiency value V_e(s) = f_e(φ(s)) (minus the steps to success), trained with Huber (δ = 1) on
