@@ -28,6 +28,7 @@ setup(
             "habc-bringup-job = habc_learner.bringup_job:main",
             "habc-protocol = habc_learner.protocol:main",
             "habc-sros2 = habc_learner.sros2:main",
+            "habc-inspect = habc_learner.inspect_bag:main",
             # NODE_ENTRY_POINTS
         ],
     },

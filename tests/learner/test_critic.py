@@ -134,5 +134,5 @@ def test_parent_value_head_fits_targets() -> None:
 def test_critic_config_validation() -> None:
     with pytest.raises(ValueError, match="efficiency_target='gae'"):
         CriticConfig(efficiency_target="gae")
-    with pytest.raises(ValueError, match="separate_encoder"):
-        CriticConfig(feature_source="backbone")
+    with pytest.raises(ValueError, match="frozen_sft"):
+        CriticConfig(features="backbone")

@@ -180,9 +180,7 @@ def test_tensorboard_receives_every_term(tmp_path, tiny_policy_config, tiny_crit
 
 
 def test_options_run(tmp_path, tiny_policy_config, tiny_critic_config) -> None:
-    critic = dataclasses.replace(
-        tiny_critic_config, feature_source="separate_encoder", efficiency_target="mc"
-    )
+    critic = dataclasses.replace(tiny_critic_config, features="own", efficiency_target="mc")
     policy = dataclasses.replace(
         tiny_policy_config,
         camera_names=("top", "wrist"),

@@ -66,6 +66,8 @@ class MethodConfig:
         ir_from_round: first round (0-based) IR applies in.
         warmup_steps: g_t ≡ 1 for this many learner steps of the run (500, choice).
         habc_v_gate: ``"viability_weighted"`` (choice) or ``"plain"``.
+        advantage_temperature: T of the gate, g = 1 + tanh(x / T); 1 is the paper's Eq. 7,
+            any other value a named variant (not in the paper).
         recap_target_pass_rate: fraction of held-out rollout windows the Imit-Recap threshold
             lets through (the paper saw 0.19–0.27).
         train_split: ``"train"`` keeps the held-out episodes out of the actor's batches.
@@ -96,6 +98,7 @@ class MethodConfig:
     ir_from_round: int = 0
     warmup_steps: int = 500
     habc_v_gate: str = "viability_weighted"
+    advantage_temperature: float = 1.0
     recap_target_pass_rate: float = 0.25
     train_split: str = "all"
     normalization_eps: float = 1e-6
@@ -135,6 +138,8 @@ class MethodConfig:
             raise ValueError(f"entry_mean {self.entry_mean!r} is not one of {ENTRY_MEANS}")
         if self.train_split not in SPLIT_CHOICES:
             raise ValueError(f"train_split {self.train_split!r} is not one of {SPLIT_CHOICES}")
+        if not self.advantage_temperature > 0:
+            raise ValueError(f"advantage_temperature must be > 0, got {self.advantage_temperature}")
         if self.warmup_steps < 0 or self.ir_from_round < 0:
             raise ValueError("warmup_steps and ir_from_round must be >= 0")
         if not 0.0 < self.recap_target_pass_rate < 1.0:
@@ -202,7 +207,11 @@ def _habc(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
     """Eq. 7 gate, warmup, weight table (with IR when active)."""
     if x.p_v is None or x.a_v is None or x.a_e is None:
         raise ValueError("the 'habc' weighting needs p_v, a_v and a_e")
-    gate = W.warmup_gate(W.habc_gate(x.p_v, x.a_v, x.a_e), x.learner_step, method.warmup_steps)
+    gate = W.warmup_gate(
+        W.habc_gate(x.p_v, x.a_v, x.a_e, method.advantage_temperature),
+        x.learner_step,
+        method.warmup_steps,
+    )
     return W.source_weights(x.source, gate, x.ir_active), gate
 
 
@@ -211,7 +220,9 @@ def _habc_v(method: MethodConfig, x: WeightInputs) -> tuple[Tensor, Tensor]:
     if x.p_v is None or x.a_v is None:
         raise ValueError("the 'habc_v' weighting needs p_v and a_v")
     gate = W.warmup_gate(
-        W.habc_v_gate(x.p_v, x.a_v, method.habc_v_gate), x.learner_step, method.warmup_steps
+        W.habc_v_gate(x.p_v, x.a_v, method.habc_v_gate, method.advantage_temperature),
+        x.learner_step,
+        method.warmup_steps,
     )
     return W.source_weights(x.source, gate, x.ir_active), gate
 

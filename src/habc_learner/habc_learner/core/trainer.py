@@ -35,13 +35,14 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from habc_learner.core import calibration as cal
 from habc_learner.core import critic as C
 from habc_learner.core import weights as W
 from habc_learner.core.critic import CriticConfig, DualHeadCritic, ParentValueHead
 from habc_learner.core.ire_vla import IRE_VLA_FILE, IreVlaLearner
 from habc_learner.core.labeling import Source
 from habc_learner.core.methods import MethodConfig, WeightInputs, compute_w_tilde, get_method
-from habc_learner.core.replay import Batch, ReplayConfig, ReplayStore
+from habc_learner.core.replay import Batch, ReplayConfig, ReplayStore, is_heldout_episode
 from habc_learner.core.windows import WindowConfig
 from habc_policy.core import checkpoint as ckpt
 from habc_policy.core.configuration_flow import FlowPolicyConfig
@@ -154,15 +155,36 @@ class TrainerConfig:
 
 
 @dataclass
+class CriticValidation:
+    """Held-out critic validation of one round: the latest figures and early-stopping state.
+
+    Attributes:
+        last: the latest ``critic_val/*`` figures.
+        best_bce: lowest held-out BCE of the round; best_state: the critic then (copies).
+        bad: evaluations since the best. stopped: the critic stopped training this round;
+        stopped_at: the learner step it stopped at.
+    """
+
+    last: dict[str, float] = field(default_factory=dict)
+    best_bce: float = math.inf
+    best_state: dict[str, dict[str, Tensor]] | None = None
+    bad: int = 0
+    stopped: bool = False
+    stopped_at: int | None = None
+
+
+@dataclass
 class RoundSummary:
     """What one round did: counters, the round means of every logged scalar, p_v calibration
-    (ECE over the round's labeled windows) and the checkpoint written."""
+    (ECE over the round's labeled training windows, and AUROC / ECE / Brier / BCE on the
+    held-out validation episodes at the round end) and the checkpoint written."""
 
     round_index: int
     learner_step: int
     steps: int
     means: dict[str, float] = field(default_factory=dict)
     ece: float = float("nan")
+    validation: dict[str, float] = field(default_factory=dict)
     dropped_stale: int = 0
     checkpoint: Path | None = None
     checkpoint_id: str | None = None
@@ -187,6 +209,12 @@ class RoundSummary:
         parts += [f"{k.split('/')[-1]}={self.means[k]:.4g}" for k in keys if k in self.means]
         if not math.isnan(self.ece):
             parts.append(f"p_v_ece={self.ece:.4g}")
+        for key in ("auroc", "ece", "brier"):
+            value = self.validation.get(f"critic_val/{key}", float("nan"))
+            if not math.isnan(value):
+                parts.append(f"val_{key}={value:.3g}")
+        if self.validation.get("critic_val/stopped_at", -1) >= 0:
+            parts.append(f"critic_stopped_at={self.validation['critic_val/stopped_at']:.0f}")
         parts += [f"NOTE: {n}" for n in self.notes]
         return " | ".join(parts)
 
@@ -278,12 +306,16 @@ class Trainer:
         self.parent_target: nn.Module | None = None
         critic_params: list[nn.Parameter] = []
         feature_dim = config.policy.feature_dim
-        if self.method.uses_critic_features and config.critic.feature_source == "separate_encoder":
+        features = config.critic.features
+        if self.method.uses_critic_features and features == "own":
             self.critic_encoder = ObservationEncoder(config.policy).to(self.device)
             critic_params += list(self.critic_encoder.parameters())
+        elif self.method.uses_critic_features and features == "frozen_sft":
+            self.critic_encoder = ObservationEncoder(config.policy).to(self.device)
+            self.freeze_critic_features()
         if self.method.uses_dual_critic:
-            self.critic = DualHeadCritic(feature_dim, config.critic).to(self.device)
-            self.critic_target = C.make_target(self.critic)
+            self.critic = DualHeadCritic(feature_dim, config.critic).to(self.device).eval()
+            self.critic_target = C.make_target(self.critic).eval()
             critic_params += list(self.critic.parameters())
         if self.method.train_parent_value:
             self.parent = ParentValueHead(feature_dim, config.critic).to(self.device)
@@ -295,11 +327,18 @@ class Trainer:
             weight_decay=config.weight_decay,
             foreach=True,
         )
-        self.critic_optimizer = (
-            torch.optim.Adam(critic_params, lr=config.critic.lr, foreach=True)
-            if critic_params
-            else None
-        )
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        if critic_params and config.critic.weight_decay > 0:
+            self.critic_optimizer = torch.optim.AdamW(
+                critic_params,
+                lr=config.critic.lr,
+                weight_decay=config.critic.weight_decay,
+                foreach=True,
+            )
+        elif critic_params:
+            self.critic_optimizer = torch.optim.Adam(
+                critic_params, lr=config.critic.lr, foreach=True
+            )
         self.normalizer: Normalizer | None = None
         self.learner_step = 0
         self.run_start_step = 0
@@ -311,6 +350,8 @@ class Trainer:
         self.generator.manual_seed(config.seed)
         self._writer: SummaryWriter | None = None
         self._ece_bins = np.zeros((3, ECE_BINS))
+        self._validation = CriticValidation()
+        self._val_episodes: np.ndarray | None = None
         self.ire: IreVlaLearner | None = (
             IreVlaLearner(self, self.method.ire_vla) if self.method.ire_vla is not None else None
         )
@@ -375,6 +416,18 @@ class Trainer:
         self.normalizer = loaded.normalizer
         self.learner_step = loaded.learner_step
         self.run_start_step = loaded.learner_step
+        if self.config.critic.features == "frozen_sft":
+            self.freeze_critic_features()
+
+    def freeze_critic_features(self) -> None:
+        """``features="frozen_sft"``: φ(s) of the critic becomes a frozen copy of the actor's
+        encoder as it is now (online learning starts here; the copy travels in checkpoints)."""
+        if self.critic_encoder is None:
+            return
+        self.critic_encoder.load_state_dict(self.policy.encoder.state_dict())
+        self.critic_encoder.eval()
+        for p in self.critic_encoder.parameters():
+            p.requires_grad_(False)
 
     # ------------------------------------------------------------------------------ one step
     def _features(
@@ -384,8 +437,12 @@ class Trainer:
         images: dict[str, Tensor] | None,
         actor_features: Tensor | None,
     ) -> Tensor:
-        """Critic input φ(s): detached actor features (choice) or the critic's own encoder."""
+        """Critic input φ(s): detached actor features (choice), the frozen SFT encoder or the
+        critic's own encoder (``CriticConfig.features``)."""
         if self.critic_encoder is not None:
+            if self.config.critic.features == "frozen_sft":
+                with torch.no_grad():
+                    return self.critic_encoder(proprio, tokens, images)
             return self.critic_encoder(proprio, tokens, images)
         if actor_features is not None:
             return actor_features.detach()
@@ -454,19 +511,21 @@ class Trainer:
         actor_loss, a_info = W.weighted_actor_loss(per_sample, w, method.actor_reduction)
         info.update(a_info)
 
+        train_critic = not self._validation.stopped
         self.actor_optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
-        (actor_loss + critic_total).backward()
+        (actor_loss + critic_total if train_critic else actor_loss).backward()
         info["grad_norm/actor"] = float(
             nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         )
         self.actor_optimizer.step()
-        if self.critic_optimizer is not None:
+        if self.critic_optimizer is not None and train_critic:
             params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
             info["grad_norm/critic"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             self.critic_optimizer.step()
-        if self.critic is not None and self.critic_target is not None:
+        info["critic/stopped"] = float(not train_critic)
+        if self.critic is not None and self.critic_target is not None and train_critic:
             C.polyak_update(self.critic_target, self.critic, cfg.critic.polyak_tau)
         if self.parent is not None and self.parent_target is not None:
             C.polyak_update(self.parent_target, self.parent, cfg.critic.polyak_tau)
@@ -480,8 +539,16 @@ class Trainer:
     ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
         assert self.critic is not None and self.critic_target is not None
         ccfg = self.config.critic
-        z_v, v_e = self.critic(phi)
+        # The critic lives in eval mode (every reader gets the deterministic critic); only the
+        # loss's forward pass runs in train mode, which matters with dropout.
+        self.critic.train()
+        members, v_e_train = self.critic.forward_members(phi)
+        self.critic.eval()
         with torch.no_grad():
+            if ccfg.dropout > 0:
+                z_v, v_e = self.critic(phi)
+            else:
+                z_v, v_e = C.ensemble_logit(members.detach()), v_e_train.detach()
             z_v_next, v_e_next = self.critic(phi_next)
             if ccfg.efficiency_target == "mc":
                 y_e = C.efficiency_mc_target(batch.steps_to_go)
@@ -490,11 +557,13 @@ class Trainer:
                     self.critic_target(phi_next)[1] if ccfg.td_bootstrap == "polyak" else v_e_next
                 )
                 y_e = C.efficiency_td_target(boot, batch.step_cost, batch.success_done)
-        lab = C.d_lab_mask(batch.outcome_label)
-        succ = C.d_succ_mask(batch.source, batch.episode_success)
+        # Validation episodes never train the critic (their windows still get weights).
+        train_rows = ~self.critic_validation_mask(batch.window_index)
+        lab = C.d_lab_mask(batch.outcome_label) & train_rows
+        succ = C.d_succ_mask(batch.source, batch.episode_success) & train_rows
         loss, info = C.critic_loss(
-            z_v,
-            v_e,
+            members,
+            v_e_train,
             batch.outcome_label,
             y_e,
             lab,
@@ -502,6 +571,7 @@ class Trainer:
             ccfg.huber_delta,
             train_efficiency=self.method.train_efficiency,
         )
+        info["critic/frac_validation"] = float((~train_rows).float().mean())
         with torch.no_grad():
             z_clamped = W.clamp_viability_logit(z_v)
             p_v = torch.sigmoid(z_clamped)
@@ -614,6 +684,113 @@ class Trainer:
         self.recap_heldout_pass_rate = float((residual > self.recap_threshold).float().mean())
         return self.recap_threshold
 
+    # ------------------------------------------------------------------------------ validation
+    def critic_validation_mask(self, rows: Tensor) -> Tensor:
+        """[B] bool: which store rows belong to critic validation episodes (rollout episodes
+        chosen by :func:`~habc_learner.core.replay.is_heldout_episode` with
+        ``CriticConfig.validation_fraction``; demonstrations never)."""
+        frac = self.config.critic.validation_fraction
+        if frac <= 0:
+            return torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+        episodes = self.store.episodes
+        cached = self._val_episodes
+        if cached is None or len(cached) != len(episodes):
+            cached = np.array(
+                [
+                    (not e.is_demonstration) and is_heldout_episode(e.episode_id, frac)
+                    for e in episodes
+                ],
+                dtype=bool,
+            )
+            self._val_episodes = cached
+        episode_index = self.store.table.episode_index[rows.cpu().numpy()]
+        return torch.from_numpy(cached[episode_index]).to(rows.device)
+
+    def critic_validation_rows(self) -> np.ndarray:
+        """Outcome-labeled windows (D_lab) of the validation episodes: a fixed, seeded subset of
+        at most ``CriticConfig.validation_windows`` store rows."""
+        table = self.store.table
+        rows = np.flatnonzero(table.outcome_label >= 0)
+        if rows.size == 0:
+            return rows
+        rows = rows[self.critic_validation_mask(torch.from_numpy(rows)).numpy()]
+        limit = self.config.critic.validation_windows
+        if rows.size > limit:
+            pick = np.random.default_rng(self.config.seed)
+            rows = np.sort(pick.choice(rows, limit, replace=False))
+        return rows
+
+    @torch.no_grad()
+    def critic_probabilities(self, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """p_v of store ``rows`` under the current critic (eval mode, logits clamped), [N]."""
+        assert self.critic is not None
+        normalizer = self.ensure_normalizer()
+        was_policy = self.policy.training
+        self.policy.eval()
+        out = []
+        cams = bool(self.config.policy.camera_names)
+        for lo in range(0, len(rows), chunk):
+            b = self.store.gather(rows[lo : lo + chunk], load_images=cams, next_images=False)
+            b = b.to(self.device)
+            phi = self._features(
+                normalizer.normalize_proprio(b.proprio), b.prompt_tokens, b.images or None, None
+            )
+            z_v, _ = self.critic(phi)
+            out.append(torch.sigmoid(W.clamp_viability_logit(z_v)).cpu().numpy())
+        self.policy.train(was_policy)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def validate_critic(self) -> dict[str, float]:
+        """AUROC, ECE (10 bins), Brier and BCE of p_v on the held-out validation windows
+        (``critic_val/*``; empty without a dual-head critic, NaN without windows)."""
+        if self.critic is None:
+            return {}
+        rows = self.critic_validation_rows()
+        y = self.store.table.outcome_label[rows].astype(np.float64)
+        p = self.critic_probabilities(rows)
+        return {
+            "critic_val/auroc": cal.auroc(p, y),
+            "critic_val/ece": cal.expected_calibration_error(p, y),
+            "critic_val/brier": cal.brier_score(p, y),
+            "critic_val/bce": cal.binary_cross_entropy(p, y),
+            "critic_val/n": float(len(rows)),
+            "critic_val/positives": float(y.sum()),
+        }
+
+    def _critic_modules(self) -> dict[str, nn.Module]:
+        modules = {"critic": self.critic, "critic_target": self.critic_target}
+        if self.config.critic.features == "own":
+            modules["critic_encoder"] = self.critic_encoder
+        return {k: m for k, m in modules.items() if m is not None}
+
+    def _validation_step(self) -> dict[str, float]:
+        """Evaluate on the validation episodes; early stopping on the held-out BCE: after
+        ``early_stopping_patience`` evaluations without a lower BCE the best critic is restored
+        and the critic stops training for the rest of the round."""
+        metrics = self.validate_critic()
+        val = self._validation
+        patience = self.config.critic.early_stopping_patience
+        bce = metrics.get("critic_val/bce", float("nan"))
+        if patience and not val.stopped and not math.isnan(bce):
+            if bce < val.best_bce - 1e-4:
+                val.best_bce, val.bad = bce, 0
+                val.best_state = {
+                    k: {n: t.detach().clone() for n, t in m.state_dict().items()}
+                    for k, m in self._critic_modules().items()
+                }
+            else:
+                val.bad += 1
+                if val.bad >= patience and val.best_state is not None:
+                    for k, m in self._critic_modules().items():
+                        m.load_state_dict(val.best_state[k])
+                    val.stopped, val.stopped_at = True, self.learner_step
+                    metrics = self.validate_critic()
+        metrics["critic_val/stopped_at"] = float(
+            val.stopped_at if val.stopped_at is not None else -1
+        )
+        val.last = metrics
+        return metrics
+
     def _accumulate_ece(self, p: Tensor, y: Tensor) -> None:
         bins = np.clip((p.cpu().numpy() * ECE_BINS).astype(int), 0, ECE_BINS - 1)
         np.add.at(self._ece_bins[0], bins, 1.0)
@@ -664,6 +841,11 @@ class Trainer:
             LOG.warning(note)
         dropped_before = self.store.num_dropped
         self._ece_bins[:] = 0.0
+        self._validation = CriticValidation()
+        validating = self.critic is not None and self.config.critic.validation_fraction > 0
+        writer = self.writer
+        if validating and self.config.critic.early_stopping_patience:
+            self._log_validation(self._validation_step(), writer)  # the round's starting critic
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         stage = f" ({self.ire.stage})" if self.ire is not None else ""
@@ -674,9 +856,10 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        writer = self.writer
-        for _ in bar:
+        for i in bar:
             info = self.train_step()
+            if validating and ((i + 1) % self.config.critic.validate_every == 0 or i + 1 == steps):
+                self._log_validation(self._validation_step(), writer)
             for key, value in info.items():
                 if not math.isnan(value):
                     sums[key] += value
@@ -709,6 +892,7 @@ class Trainer:
             steps=steps,
             means={k: sums[k] / counts[k] for k in sums},
             ece=self._ece(),
+            validation=dict(self._validation.last),
             dropped_stale=self.store.num_dropped - dropped_before,
             notes=notes,
         )
@@ -723,6 +907,13 @@ class Trainer:
         if self.config.progress:
             tqdm.write(summary.line())
         return summary
+
+    def _log_validation(self, metrics: dict[str, float], writer: SummaryWriter | None) -> None:
+        if writer is None:
+            return
+        for key, value in metrics.items():
+            if not math.isnan(value):
+                writer.add_scalar(key, value, self.learner_step)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _module_tensors(self) -> dict[str, Tensor]:

@@ -59,26 +59,30 @@ def efficiency_advantage(
 
 
 @torch.no_grad()
-def habc_gate(p_v: Tensor, a_v: Tensor, a_e: Tensor) -> Tensor:
+def habc_gate(p_v: Tensor, a_v: Tensor, a_e: Tensor, temperature: float = 1.0) -> Tensor:
     """Eq. 7: g_t = 1 + tanh((1 − p_v(s_t))·A_v + p_v(s_t)·A_e), g_t ∈ (0, 2).
 
     Low viability → the weight follows viability improvement; high viability → efficiency.
+    ``temperature`` T ≠ 1 is a named variant the paper lists only as future work (an advantage
+    temperature): g_t = 1 + tanh(((1 − p_v)·A_v + p_v·A_e) / T); T = 1 is the paper's Eq. 7.
     """
     p_v = p_v.detach()
-    return 1.0 + torch.tanh((1.0 - p_v) * a_v.detach() + p_v * a_e.detach())
+    return 1.0 + torch.tanh(((1.0 - p_v) * a_v.detach() + p_v * a_e.detach()) / temperature)
 
 
 @torch.no_grad()
-def habc_v_gate(p_v: Tensor, a_v: Tensor, mode: str = "viability_weighted") -> Tensor:
+def habc_v_gate(
+    p_v: Tensor, a_v: Tensor, mode: str = "viability_weighted", temperature: float = 1.0
+) -> Tensor:
     """HABC-V gate (no efficiency head).
 
-    ``"viability_weighted"`` **(choice)**: g_t = 1 + tanh((1 − p_v(s_t))·A_v);
-    ``"plain"``: g_t = 1 + tanh(A_v).
+    ``"viability_weighted"`` **(choice)**: g_t = 1 + tanh((1 − p_v(s_t))·A_v / T);
+    ``"plain"``: g_t = 1 + tanh(A_v / T). T = 1 (``temperature``) is the paper's form.
     """
     if mode == "viability_weighted":
-        return 1.0 + torch.tanh((1.0 - p_v.detach()) * a_v.detach())
+        return 1.0 + torch.tanh((1.0 - p_v.detach()) * a_v.detach() / temperature)
     if mode == "plain":
-        return 1.0 + torch.tanh(a_v.detach())
+        return 1.0 + torch.tanh(a_v.detach() / temperature)
     raise ValueError(f"HABC-V gate {mode!r} is not one of {HABC_V_GATES}")
 
 
