@@ -44,6 +44,12 @@ class LearnerNode(Node):
                 device=str(p("device", "cpu").value),
                 use_env_state=bool(p("use_env_state", True).value),
                 count_demos=bool(p("count_demos", False).value),
+                cameras=tuple(
+                    c.strip() for c in str(p("cameras", "").value).split(",") if c.strip()
+                ),
+                image_size=tuple(int(v) for v in p("image_size", [96, 96]).value),
+                image_augment=str(p("image_augment", "shift").value),
+                augment_pad=int(p("augment_pad", 4).value),
                 progress=False,
             )
         )
@@ -56,7 +62,13 @@ class LearnerNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"learner: {self.job.config.method}, round per {self.job.config.min_new_episodes} "
-            f"new episode(s) in {[str(d) for d in bag_dirs]}, announcing to {service}"
+            f"new episode(s) in {[str(d) for d in bag_dirs]}, announcing to {service}; "
+            + (
+                f"image policy, cameras {list(self.job.config.cameras)} at "
+                f"{self.job.config.image_size} (joints-only proprio)"
+                if self.job.config.cameras
+                else f"state-only policy (env_state: {self.job.uses_env_state})"
+            )
         )
 
     def _work(self) -> None:
