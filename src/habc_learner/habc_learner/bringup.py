@@ -23,10 +23,14 @@ _SUBST = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True)
 class Argument:
+    """A launch argument. ``auto`` resolves the value ``"auto"`` from another argument:
+    ``{"from": "backend", "arx": "vision", "sim": "state"}``."""
+
     name: str
     default: str
     choices: tuple[str, ...] = ()
     description: str = ""
+    auto: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,11 @@ def load_graph(config_dir: str | Path | None = None) -> Graph:
             default=str(spec.get("default", "")),
             choices=tuple(str(c) for c in spec.get("choices", ())),
             description=str(spec.get("description", "")),
+            auto={str(k): str(v) for k, v in (spec.get("auto") or {}).items()},
         )
+    for arg in arguments.values():
+        if arg.auto and arg.auto.get("from") not in arguments:
+            raise ValueError(f"{path}: argument {arg.name!r}: auto.from must name an argument")
     nodes = tuple(doc["nodes"])
     seen = set()
     for node in nodes:
@@ -130,6 +138,12 @@ def resolve_arguments(graph: Graph, given: Mapping[str, str]) -> dict[str, str]:
         if choices and value not in choices:
             raise ValueError(f"{name}:={value!r} is not one of {list(choices)}")
         values[name] = value
+    for name, arg in graph.arguments.items():
+        if arg.auto and values[name] == "auto":
+            source = values[arg.auto["from"]]
+            if source not in arg.auto:
+                raise ValueError(f"{name}:=auto has no value for {arg.auto['from']}:={source}")
+            values[name] = arg.auto[source]
     return values
 
 
@@ -164,13 +178,17 @@ def resolve(graph: Graph, given: Mapping[str, str] | None = None) -> list[NodeSp
     for node in graph.nodes:
         if "if" in node and not condition_holds(str(node["if"]), args):
             continue
+        overrides = dict(node.get("overrides") or {})
+        for case in node.get("when") or ():  # [{if: condition, overrides: {...}}], in order
+            if condition_holds(str(case["if"]), args):
+                overrides.update(case.get("overrides") or {})
         specs.append(
             NodeSpec(
                 name=node["name"],
                 package=node["package"],
                 executable=node["executable"],
                 parameter_files=tuple(graph.config_dir / f for f in node.get("parameters", ())),
-                overrides=_substitute(dict(node.get("overrides") or {}), args),
+                overrides=_substitute(overrides, args),
                 remappings=tuple(
                     (str(k), _substitute(str(v), args))
                     for k, v in (node.get("remappings") or {}).items()

@@ -18,6 +18,9 @@ name                                   type                                 what
                                                                             move home
 ``/joint_states`` (pub)                ``sensor_msgs/JointState``           after every tick
 ``/habc/env_state`` (pub)              ``std_msgs/Float32MultiArray``       sim only, every tick
+                                                                            (not advertised when
+                                                                            ``publish_env_state``
+                                                                            is false)
 ``/cameras/<cam>/image_raw`` (pub)     ``sensor_msgs/Image`` (rgb8)         ``camera_hz``
 ``/cameras/<cam>/image_raw/compressed``  ``sensor_msgs/CompressedImage``    when ``compressed``
 ``~/applied_command`` (pub)            ``habc_msgs/ExecutedCommand``        what the arm was
@@ -105,6 +108,7 @@ class DriverParams:
     velocity_mode: str
     hold_after_ticks: int
     workspace: dict[str, WorkspaceBox]
+    publish_env_state: bool = True
 
     @classmethod
     def declare(cls, node: Any) -> DriverParams:
@@ -169,6 +173,9 @@ class DriverParams:
             velocity_mode=d(node, "safety.velocity_mode", "clamp", "clamp | reject"),
             hold_after_ticks=int(d(node, "safety.hold_after_ticks", 2, "silent ticks → hold")),
             workspace=workspace,
+            publish_env_state=bool(
+                d(node, "publish_env_state", True, "sim: publish the privileged /habc/env_state")
+            ),
         )
         for name in ("control_hz", "camera_hz", "diagnostics_hz"):
             value = getattr(params, name)
@@ -270,10 +277,11 @@ class DriverNode(LifecycleNode):
         )
         self._pubs = {
             "joints": self.create_publisher(JointState, TOPIC_JOINT_STATES, 10),
-            "env": self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10),
             "applied": self.create_publisher(ExecutedCommand, "~/applied_command", 10),
             "diag": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
         }
+        if p.publish_env_state:  # off for image policies: the topic does not even exist
+            self._pubs["env"] = self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10)
         for cam in p.cameras:
             self._pubs[f"img:{cam}"] = self.create_publisher(Image, camera_topic(cam), qos)
             if p.compressed:
@@ -406,7 +414,7 @@ class DriverNode(LifecycleNode):
         js.position = np.asarray(obs.joint_positions, dtype=np.float64).tolist()
         js.velocity = np.asarray(obs.joint_velocities, dtype=np.float64).tolist()
         self._pubs["joints"].publish(js)
-        if obs.env_state is not None:
+        if obs.env_state is not None and "env" in self._pubs:
             self._pubs["env"].publish(
                 Float32MultiArray(data=np.asarray(obs.env_state, np.float32).tolist())
             )

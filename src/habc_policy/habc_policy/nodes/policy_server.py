@@ -7,11 +7,15 @@ name                           type                                what
 =============================  ==================================  ============================
 ``/joint_states`` (sub)        ``sensor_msgs/JointState``          proprioception; its stamp is
                                                                    the observation time
-``/habc/env_state`` (sub)      ``std_msgs/Float32MultiArray``      sim only: appended to the
+``/habc/env_state`` (sub)      ``std_msgs/Float32MultiArray``      ``backend: sim`` only:
+                                                                   appended to the
                                                                    proprioception of state-only
                                                                    policies trained with it
 ``/cameras/<cam>/image_raw``   ``sensor_msgs/Image``               one per camera the policy
 (sub)                                                              was trained on
+``/habc/episode_event`` (sub)  ``habc_msgs/EpisodeEvent``          the prompt of each started
+                                                                   episode (as recorded) is
+                                                                   the one served
 ``/habc/action_chunk`` (pub)   ``habc_msgs/ActionChunk``           stamped with the observation
                                                                    time, checkpoint id, learner
                                                                    step
@@ -27,6 +31,13 @@ current one (``execute_rows`` minus the measured latency in rows minus a margin)
 newest observation, so the next chunk arrives before the current one's executable rows run
 out. It never computes from an observation older than ``max_observation_age_s`` (a dead driver
 gives no chunks, and the arbiter then holds).
+
+Image policies: the camera frames must be at most ``max_image_age_s`` old (a frozen or dead
+camera: nothing is published, the arbiter holds) and at most one control period apart, and the
+joint state paired with them is the one stamped nearest to them, within one control period
+(:func:`pair_observation`). Their proprioception is the joints alone; ``/habc/env_state`` is
+never read for them. On ``backend: arx`` a checkpoint that needs the simulator's privileged
+state (``privileged_state_dim > 0``) is refused at start and at every announcement.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
-from habc_msgs.msg import ActionChunk
+from habc_msgs.msg import ActionChunk, EpisodeEvent
 from habc_msgs.srv import AnnounceCheckpoint
 from habc_policy.core.checkpoint import (
     MANIFEST_NAME,
@@ -67,6 +78,9 @@ TOPIC_ENV_STATE = "/habc/env_state"
 TOPIC_ACTION_CHUNK = "/habc/action_chunk"
 SERVICE_ANNOUNCE = "/habc/announce_checkpoint"
 USE_ENV_STATE = ("auto", "true", "false")
+BACKENDS = ("sim", "arx")
+TOPIC_EPISODE_EVENT = "/habc/episode_event"
+JOINT_HISTORY = 50  # joint states kept to pair with camera frames (1 s at 50 Hz)
 
 
 def camera_topic(camera: str) -> str:
@@ -88,6 +102,9 @@ class ServerParams:
     seed: int
     torch_threads: int
     env_state_dim: int
+    backend: str = "sim"
+    max_image_age_s: float = 0.2
+    follow_episode_prompt: bool = True
 
     @classmethod
     def declare(cls, node: Any) -> ServerParams:
@@ -108,14 +125,23 @@ class ServerParams:
             seed=int(d(node, "seed", -1, "sampling noise seed (-1: fresh noise)")),
             torch_threads=int(d(node, "torch_threads", 1, "torch intra-op threads")),
             env_state_dim=int(d(node, "env_state_dim", 7, "length of /habc/env_state (auto)")),
+            backend=d(node, "backend", "sim", f"robot backend, one of {BACKENDS}"),
+            max_image_age_s=float(
+                d(node, "max_image_age_s", 0.2, "older camera frames are refused: hold")
+            ),
+            follow_episode_prompt=bool(
+                d(node, "follow_episode_prompt", True, "serve each episode's recorded prompt")
+            ),
         )
+        if p.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {p.backend!r}")
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' must name a checkpoint directory or root")
         if p.use_env_state not in USE_ENV_STATE:
             raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
         if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
             raise ValueError("execute_rows >= 1, margin_rows >= 0 and torch_threads >= 1 needed")
-        for name in ("control_period_s", "max_observation_age_s"):
+        for name in ("control_period_s", "max_observation_age_s", "max_image_age_s"):
             value = getattr(p, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -149,11 +175,62 @@ def image_to_array(msg: Image, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def check_compatible(new: LoadedPolicy, old: LoadedPolicy | None, execute_rows: int) -> str:
+def privileged_refusal(config: Any, backend: str) -> str:
+    """Why a policy cannot run on ``backend`` for lack of privileged simulator state ("": it
+    can). A real robot has no ``/habc/env_state``."""
+    if backend == "sim" or config.privileged_state_dim == 0:
+        return ""
+    return (
+        f"the checkpoint needs privileged simulator state (/habc/env_state, "
+        f"{config.privileged_state_dim} of its {config.proprio_dim} proprio dims), which "
+        f"backend {backend!r} does not have: refused. Serve an image policy trained with "
+        f"cameras and joints only (habc-learn --cameras top,left_wrist,right_wrist)"
+    )
+
+
+def pair_observation(
+    frame_stamps: dict[str, float],
+    joint_history: list[tuple[float, np.ndarray]],
+    now: float,
+    control_period_s: float,
+    max_image_age_s: float,
+) -> tuple[float, np.ndarray] | str:
+    """The joint state that goes with the newest camera frames, or why there is none.
+
+    The frames (one per camera, stamped at capture) must be at most ``max_image_age_s`` old and
+    at most one control period apart; the joint state is the one stamped nearest to the newest
+    frame, and it must lie within one control period of it.
+    """
+    newest, oldest = max(frame_stamps.values()), min(frame_stamps.values())
+    stale = {c: now - t for c, t in frame_stamps.items() if now - t > max_image_age_s}
+    if stale:
+        ages = ", ".join(f"{c} {age:.3f} s" for c, age in sorted(stale.items()))
+        return f"camera frames too old ({ages} > max_image_age_s {max_image_age_s}): holding"
+    if newest - oldest > control_period_s:
+        return (
+            f"camera frames {newest - oldest:.3f} s apart (> one control period "
+            f"{control_period_s} s): waiting for one capture of every camera"
+        )
+    if not joint_history:
+        return "no joint state yet"
+    stamp, q = min(joint_history, key=lambda item: abs(item[0] - newest))
+    if abs(stamp - newest) > control_period_s:
+        return (
+            f"no joint state within one control period ({control_period_s} s) of the camera "
+            f"frames (nearest {abs(stamp - newest):.3f} s away)"
+        )
+    return stamp, q
+
+
+def check_compatible(
+    new: LoadedPolicy, old: LoadedPolicy | None, execute_rows: int, backend: str = "sim"
+) -> str:
     """Why ``new`` cannot replace ``old`` ("" when it can)."""
     c = new.config
     if c.horizon < execute_rows:
         return f"horizon {c.horizon} < execute_rows {execute_rows}"
+    if why := privileged_refusal(c, backend):
+        return why
     if old is None:
         return ""
     o = old.config
@@ -174,19 +251,24 @@ class PolicyServer(Node):
         torch.set_num_threads(p.torch_threads)
         path = resolve_checkpoint(p.checkpoint)
         policy = load_policy(path, p.device)
-        if why := check_compatible(policy, None, p.execute_rows):
+        if why := check_compatible(policy, None, p.execute_rows, p.backend):
             raise CheckpointError(f"{path}: {why}")
         self._policy = policy
         self._lock = threading.Lock()
         self._joints: tuple[float, np.ndarray] | None = None  # (stamp s, positions)
+        self._joint_history: deque[tuple[float, np.ndarray]] = deque(maxlen=JOINT_HISTORY)
         self._env: np.ndarray | None = None
-        self._images: dict[str, Image] = {}
+        self._images: dict[str, tuple[float, Image]] = {}  # camera -> (stamp s, newest frame)
+        self._prompt = p.prompt
         self._seq = 0
         self._latencies: deque[float] = deque(maxlen=20)
         self._stop = threading.Event()
         self._pub = self.create_publisher(ActionChunk, TOPIC_ACTION_CHUNK, 10)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
-        self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        if p.backend == "sim":  # a real robot has no privileged state to read
+            self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        if p.follow_episode_prompt:
+            self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10)
         for cam in policy.config.camera_names:
             self.create_subscription(
                 Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
@@ -212,14 +294,29 @@ class PolicyServer(Node):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self._joints = (stamp, np.asarray(msg.position, dtype=np.float32))
+            self._joint_history.append(self._joints)
 
     def _on_env(self, msg: Float32MultiArray) -> None:
         with self._lock:
             self._env = np.asarray(msg.data, dtype=np.float32)
 
     def _on_image(self, camera: str, msg: Image) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
-            self._images[camera] = msg
+            self._images[camera] = (stamp, msg)
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        """The prompt recorded with the episode is the one the policy is given."""
+        if msg.event == EpisodeEvent.EVENT_START and msg.prompt:
+            with self._lock:
+                changed, self._prompt = msg.prompt != self._prompt, msg.prompt
+            if changed:
+                self.get_logger().info(f"episode {msg.episode_id}: prompt {msg.prompt!r}")
+
+    @property
+    def prompt(self) -> str:
+        with self._lock:
+            return self._prompt
 
     # Observation --------------------------------------------------------------------------
     def _observation(
@@ -228,12 +325,33 @@ class PolicyServer(Node):
         """(stamp, proprio, images) of the newest observation, or why there is none."""
         with self._lock:
             joints, env, images = self._joints, self._env, dict(self._images)
+            history = list(self._joint_history)
         if joints is None:
             return "no joint state yet"
-        stamp, q = joints
         cfg = policy.config
+        if why := privileged_refusal(cfg, self.params.backend):
+            return why
+        imgs = None
+        if cfg.camera_names:
+            missing = [c for c in cfg.camera_names if c not in images]
+            if missing:
+                return f"no image yet from {missing}"
+            paired = pair_observation(
+                {c: images[c][0] for c in cfg.camera_names},
+                history,
+                self.get_clock().now().nanoseconds * 1e-9,
+                self.params.control_period_s,
+                self.params.max_image_age_s,
+            )
+            if isinstance(paired, str):
+                return paired
+            joints = paired
+            imgs = {c: image_to_array(images[c][1], cfg.image_size) for c in cfg.camera_names}
+        stamp, q = joints
         use_env = self.params.use_env_state
-        if use_env == "auto":
+        if cfg.camera_names or self.params.backend != "sim":
+            use_env = "false"  # image policies and real robots: joints only
+        elif use_env == "auto":
             use_env = (
                 "true" if cfg.proprio_dim == q.shape[0] + self.params.env_state_dim else "false"
             )
@@ -243,12 +361,6 @@ class PolicyServer(Node):
             q = np.concatenate([q, env])
         if q.shape[0] != cfg.proprio_dim:
             return f"proprio has {q.shape[0]} dims, the policy expects {cfg.proprio_dim}"
-        imgs = None
-        if cfg.camera_names:
-            missing = [c for c in cfg.camera_names if c not in images]
-            if missing:
-                return f"no image yet from {missing}"
-            imgs = {c: image_to_array(images[c], cfg.image_size) for c in cfg.camera_names}
         return stamp, q, imgs
 
     # Worker -------------------------------------------------------------------------------
@@ -293,7 +405,7 @@ class PolicyServer(Node):
             t0 = time.perf_counter()
             seed = None if p.seed < 0 else p.seed * 100_003 + self._seq
             try:
-                chunk = policy.sample_actions(proprio, self.params.prompt, images=images, seed=seed)
+                chunk = policy.sample_actions(proprio, self.prompt, images=images, seed=seed)
             except Exception as exc:  # never kill the worker: log, hold, retry
                 self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}")
                 self._stop.wait(0.1)
@@ -361,11 +473,11 @@ class PolicyServer(Node):
                 f"announced learner step {req.learner_step} but the manifest says "
                 f"{new.learner_step}"
             )
-        if why := check_compatible(new, old, self.params.execute_rows):
+        if why := check_compatible(new, old, self.params.execute_rows, self.params.backend):
             raise CheckpointError(why)
         obs = self._observation(new)
         if not isinstance(obs, str):  # a trial chunk on the live observation
-            chunk = new.sample_actions(obs[1], self.params.prompt, images=obs[2], seed=0)
+            chunk = new.sample_actions(obs[1], self.prompt, images=obs[2], seed=0)
             if chunk.shape != (new.config.horizon, new.config.action_dim):
                 raise CheckpointError(f"trial chunk has shape {chunk.shape}")
             if not np.all(np.isfinite(chunk)):
