@@ -26,7 +26,7 @@ def test_pair_observation_by_hand(ros_env: dict[str, str]) -> None:
     why = pair_observation({"a": 10.0, "b": 10.03}, history, 10.05, 0.02, 0.2)
     assert "0.030 s apart" in why
     why = pair_observation({"a": 10.0}, [(9.9, q[9.98])], 10.05, 0.02, 0.2)
-    assert "no joint state within one control period" in why
+    assert "no joint state within max_camera_joint_skew_s" in why
 
 
 def test_privileged_checkpoints_are_refused_on_arx(ros_env: dict[str, str], tmp_path: Path) -> None:

@@ -32,12 +32,14 @@ newest observation, so the next chunk arrives before the current one's executabl
 out. It never computes from an observation older than ``max_observation_age_s`` (a dead driver
 gives no chunks, and the arbiter then holds).
 
-Image policies: the camera frames must be at most ``max_image_age_s`` old (a frozen or dead
-camera: nothing is published, the arbiter holds) and at most one control period apart, and the
-joint state paired with them is the one stamped nearest to them, within one control period
-(:func:`pair_observation`). Their proprioception is the joints alone; ``/habc/env_state`` is
-never read for them. On ``backend: arx`` a checkpoint that needs the simulator's privileged
-state (``privileged_state_dim > 0``) is refused at start and at every announcement.
+Policies with cameras: the frames must be at most ``max_image_age_s`` old (a frozen or dead
+camera: nothing is published, the arbiter holds) and at most ``max_camera_joint_skew_s`` (one
+control period, 0.02 s) apart, and the joint state paired with them is the one stamped nearest
+to them, within ``max_camera_joint_skew_s`` (:func:`pair_observation`). An image policy trained
+by the learner has joints-only proprioception, so ``use_env_state: auto`` never reads
+``/habc/env_state`` for it; on ``backend: arx`` the topic is not even subscribed, and a
+checkpoint that needs the simulator's privileged state (``privileged_state_dim > 0``) is
+refused at start and at every announcement.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class ServerParams:
     backend: str = "sim"
     max_image_age_s: float = 0.2
     follow_episode_prompt: bool = True
+    max_camera_joint_skew_s: float = 0.02
 
     @classmethod
     def declare(cls, node: Any) -> ServerParams:
@@ -132,6 +135,9 @@ class ServerParams:
             follow_episode_prompt=bool(
                 d(node, "follow_episode_prompt", True, "serve each episode's recorded prompt")
             ),
+            max_camera_joint_skew_s=float(
+                d(node, "max_camera_joint_skew_s", 0.02, "frames/joints pairing tolerance (s)")
+            ),
         )
         if p.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {p.backend!r}")
@@ -141,7 +147,12 @@ class ServerParams:
             raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
         if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
             raise ValueError("execute_rows >= 1, margin_rows >= 0 and torch_threads >= 1 needed")
-        for name in ("control_period_s", "max_observation_age_s", "max_image_age_s"):
+        for name in (
+            "control_period_s",
+            "max_observation_age_s",
+            "max_image_age_s",
+            "max_camera_joint_skew_s",
+        ):
             value = getattr(p, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -192,31 +203,31 @@ def pair_observation(
     frame_stamps: dict[str, float],
     joint_history: list[tuple[float, np.ndarray]],
     now: float,
-    control_period_s: float,
+    max_skew_s: float,
     max_image_age_s: float,
 ) -> tuple[float, np.ndarray] | str:
     """The joint state that goes with the newest camera frames, or why there is none.
 
     The frames (one per camera, stamped at capture) must be at most ``max_image_age_s`` old and
-    at most one control period apart; the joint state is the one stamped nearest to the newest
-    frame, and it must lie within one control period of it.
+    at most ``max_skew_s`` (one control period by default) apart; the joint state is the one
+    stamped nearest to the newest frame, and it must lie within ``max_skew_s`` of it.
     """
     newest, oldest = max(frame_stamps.values()), min(frame_stamps.values())
     stale = {c: now - t for c, t in frame_stamps.items() if now - t > max_image_age_s}
     if stale:
         ages = ", ".join(f"{c} {age:.3f} s" for c, age in sorted(stale.items()))
         return f"camera frames too old ({ages} > max_image_age_s {max_image_age_s}): holding"
-    if newest - oldest > control_period_s:
+    if newest - oldest > max_skew_s:
         return (
-            f"camera frames {newest - oldest:.3f} s apart (> one control period "
-            f"{control_period_s} s): waiting for one capture of every camera"
+            f"camera frames {newest - oldest:.3f} s apart (> max_camera_joint_skew_s "
+            f"{max_skew_s} s): waiting for one capture of every camera"
         )
     if not joint_history:
         return "no joint state yet"
     stamp, q = min(joint_history, key=lambda item: abs(item[0] - newest))
-    if abs(stamp - newest) > control_period_s:
+    if abs(stamp - newest) > max_skew_s:
         return (
-            f"no joint state within one control period ({control_period_s} s) of the camera "
+            f"no joint state within max_camera_joint_skew_s ({max_skew_s} s) of the camera "
             f"frames (nearest {abs(stamp - newest):.3f} s away)"
         )
     return stamp, q
@@ -340,7 +351,7 @@ class PolicyServer(Node):
                 {c: images[c][0] for c in cfg.camera_names},
                 history,
                 self.get_clock().now().nanoseconds * 1e-9,
-                self.params.control_period_s,
+                self.params.max_camera_joint_skew_s,
                 self.params.max_image_age_s,
             )
             if isinstance(paired, str):
@@ -349,8 +360,8 @@ class PolicyServer(Node):
             imgs = {c: image_to_array(images[c][1], cfg.image_size) for c in cfg.camera_names}
         stamp, q = joints
         use_env = self.params.use_env_state
-        if cfg.camera_names or self.params.backend != "sim":
-            use_env = "false"  # image policies and real robots: joints only
+        if self.params.backend != "sim":
+            use_env = "false"  # a real robot has no privileged state
         elif use_env == "auto":
             use_env = (
                 "true" if cfg.proprio_dim == q.shape[0] + self.params.env_state_dim else "false"
