@@ -98,12 +98,14 @@ def _shift_reference(img: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
 
 
 def test_random_shift_is_pad_and_crop_with_edge_replication() -> None:
-    images = np.random.default_rng(0).integers(0, 256, (5, 10, 12, 3), dtype=np.uint8)
+    # 300 samples: every one of the 49 (dy, dx) offsets occurs, the extremes included.
+    images = np.random.default_rng(0).integers(0, 256, (300, 5, 6, 3), dtype=np.uint8)
     pad = 3
     out = random_shift(images, pad, np.random.default_rng(7))
     draw = np.random.default_rng(7)
-    dy, dx = draw.integers(0, 2 * pad + 1, 5), draw.integers(0, 2 * pad + 1, 5)
-    for b in range(5):
+    dy, dx = draw.integers(0, 2 * pad + 1, 300), draw.integers(0, 2 * pad + 1, 300)
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == 49
+    for b in range(300):
         np.testing.assert_array_equal(out[b], _shift_reference(images[b], dy[b], dx[b], pad))
     # Hand-checked corner: a shift of (+pad, +pad) of the identity offset moves pixel (0, 0)
     # to out[pad, pad] when dy = dx = 0.

@@ -38,22 +38,37 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _gather(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """out[b, i, j] = images[b, rows[b, i], cols[b, j]] for uint8 [B, h, w, 3]."""
-    batch = np.arange(images.shape[0])[:, None]
-    by_row = images[batch, rows]  # [B, h, w, 3]
-    return by_row[batch[:, :, None], np.arange(rows.shape[1])[None, :, None], cols[:, None, :]]
+    """out[b, i, j] = images[b, rows[b, i], cols[b, j]] for uint8 [B, h, w, 3].
+
+    One flat gather of 3-byte pixels (a void view), several times faster than broadcast
+    fancy indexing on a 4-D array."""
+    b, h, w = images.shape[:3]
+    flat = (np.arange(b)[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
+    pixels = np.ascontiguousarray(images).view(np.dtype((np.void, 3))).reshape(-1)
+    return pixels[flat.ravel()].view(np.uint8).reshape(b, rows.shape[1], cols.shape[1], 3)
 
 
 def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
-    """DrQ random shift of uint8 ``[B, h, w, 3]`` by up to ``pad`` px (edge-replicate padding)."""
+    """DrQ random shift of uint8 ``[B, h, w, 3]`` by up to ``pad`` px (edge-replicate padding).
+
+    Per sample: one slice copy of the overlapping region, then the uncovered rows and columns
+    replicate the edge (equal to pad-then-crop, without materializing the padded batch)."""
     if pad <= 0:
         return images
     b, h, w = images.shape[:3]
-    dy = rng.integers(0, 2 * pad + 1, size=b)
-    dx = rng.integers(0, 2 * pad + 1, size=b)
-    rows = np.clip(np.arange(h)[None, :] + dy[:, None] - pad, 0, h - 1)
-    cols = np.clip(np.arange(w)[None, :] + dx[:, None] - pad, 0, w - 1)
-    return _gather(images, rows, cols)
+    dy = rng.integers(0, 2 * pad + 1, size=b) - pad
+    dx = rng.integers(0, 2 * pad + 1, size=b) - pad
+    out = np.empty_like(images)
+    for i in range(b):
+        sy, sx, src, dst = int(dy[i]), int(dx[i]), images[i], out[i]
+        y0, y1 = max(0, -sy), min(h, h - sy)  # out rows whose source row is inside
+        x0, x1 = max(0, -sx), min(w, w - sx)
+        dst[y0:y1, x0:x1] = src[y0 + sy : y1 + sy, x0 + sx : x1 + sx]
+        dst[:y0, x0:x1] = src[0, x0 + sx : x1 + sx]
+        dst[y1:, x0:x1] = src[h - 1, x0 + sx : x1 + sx]
+        dst[:, :x0] = dst[:, x0 : x0 + 1]
+        dst[:, x1:] = dst[:, x1 - 1 : x1]
+    return out
 
 
 def random_crop(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
