@@ -60,6 +60,13 @@ def test_vision_graph_trains_serves_and_records_one_round(
         assert ep.prompt.startswith("pick up the red cube")  # the prompt that was served
     # The learner decoded every bag it trained on once, into its cache.
     assert len(list((out / "learner" / "image_cache").iterdir())) == 3 + 2
+    # habc-learn trains an image policy from the bags the graph recorded, as the node did.
+    from habc_learner.learn import main as learn
+
+    cli = ["--bags", str(out / "bags"), "--out", str(tmp_path / "cli"), "--method", "habc"]
+    cli += ["--cameras", "top,left_wrist", "--image-size", "16", "--steps", "2"]
+    assert learn([*cli, "--batch-size", "8", "--threads", "1", "--no-env-state"]) == 0
+    assert load_policy(latest_checkpoint(tmp_path / "cli" / "checkpoints")).config.proprio_dim == 14
     log = (out / "launch.log").read_text()
     assert "image policy, cameras ['top', 'left_wrist']" in log
     assert "hot-swapped" in log
