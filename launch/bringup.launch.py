@@ -1,5 +1,6 @@
-"""ros2 launch habc bringup.launch.py [backend:=sim|arx] [task:=...] [operator:=scripted|joystick]
-[learner:=true|false] [run_dir:=...]
+"""ros2 launch habc bringup.launch.py [backend:=sim|arx] [policy:=auto|state|vision]
+[cameras:=...] [image_size:=N] [task:=...] [operator:=scripted|joystick] [learner:=true|false]
+[run_dir:=...]
 
 Builds the nodes of config/graph.yaml — the same description the project launcher
 (`habc-launch`) reads — as launch_ros Node actions, and behaves like `habc-launch`:

@@ -224,3 +224,28 @@ def test_sim_task_must_be_a_sim_task_but_a_real_cell_names_its_own() -> None:
     assert resolve(graph, {"task": "insertion"})
     driver = next(s for s in resolve(graph, {"backend": "arx", "task": "fold_towel"}))
     assert [p.name for p in driver.parameter_files] == ["driver.yaml", "driver_arx.yaml"]
+
+
+def test_policy_vision_wires_cameras_and_drops_env_state() -> None:
+    graph = load_graph(CONFIG)
+    assert resolve_arguments(graph, {})["policy"] == "state"  # sim default
+    assert resolve_arguments(graph, {"backend": "arx"})["policy"] == "vision"  # robot default
+    assert resolve_arguments(graph, {"backend": "arx", "policy": "state"})["policy"] == "state"
+    given = {"policy": "vision", "cameras": "top,left_wrist", "image_size": "32"}
+    specs = {s.name: s for s in resolve(graph, given)}
+    driver = specs["arx_x5_driver"].overrides
+    assert driver["cameras"] == "top,left_wrist" and driver["publish_env_state"] is False
+    assert "publish_env_state:=false" in specs["arx_x5_driver"].ros_args()
+    assert specs["episode_recorder"].overrides["cameras"] == "top,left_wrist"
+    learner = specs["learner"].overrides
+    assert learner["cameras"] == "top,left_wrist" and learner["image_size"] == "32"
+    assert specs["policy_server"].overrides["backend"] == "sim"
+    # The state graph leaves the parameter files' values alone.
+    state = {s.name: s for s in resolve(graph, {})}
+    assert "publish_env_state" not in state["arx_x5_driver"].overrides
+    assert "cameras" not in state["learner"].overrides
+    arx = {s.name: s for s in resolve(graph, {"backend": "arx"})}
+    assert arx["policy_server"].overrides["backend"] == "arx"
+    assert arx["arx_x5_driver"].overrides["publish_env_state"] is False
+    with pytest.raises(ValueError, match="policy"):
+        resolve_arguments(graph, {"policy": "blind"})

@@ -96,7 +96,11 @@ class Stack:
             sim__max_steps=100000,
         )
         self.procs["policy"] = NodeProcess(
-            "policy_server", env, self.logs, checkpoint=str(self.ckpt_a.parent)
+            "policy_server",
+            env,
+            self.logs,
+            checkpoint=str(self.ckpt_a.parent),
+            max_camera_joint_skew_s=0.08,  # as the sim graph: frames stamped after rendering
         )
         self.procs["arbiter"] = NodeProcess(
             "arbiter_node", env, self.logs, handback_ticks=HANDBACK, execute_rows=EXECUTE_ROWS

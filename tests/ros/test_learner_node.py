@@ -99,3 +99,14 @@ def test_learner_node_trains_and_announces(ros_env: dict[str, str], tmp_path: Pa
             proc.kill()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_image_size_parameter_forms(ros_env: dict[str, str]) -> None:
+    from habc_learner.nodes.learner_node import parse_image_size
+
+    assert parse_image_size(96) == (96, 96)
+    assert parse_image_size([48, 64]) == (48, 64)
+    assert parse_image_size("32") == (32, 32)  # what `image_size:=32` of the graph passes
+    assert parse_image_size("48x64") == (48, 64)
+    with pytest.raises(ValueError, match="image_size must be"):
+        parse_image_size("big")

@@ -25,13 +25,15 @@ _SUBST = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class Argument:
     """A launch argument. ``choices_when``: ``(condition, choices)`` pairs, choices that apply
     only while the condition holds (``task`` is one of the sim's tasks when ``backend == sim``;
-    a real cell names its own tasks)."""
+    a real cell names its own tasks). ``auto`` resolves the value ``"auto"`` from another
+    argument: ``{"from": "backend", "arx": "vision", "sim": "state"}``."""
 
     name: str
     default: str
     choices: tuple[str, ...] = ()
     description: str = ""
     choices_when: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    auto: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,11 @@ def load_graph(config_dir: str | Path | None = None) -> Graph:
                 (str(cond), tuple(str(c) for c in values))
                 for cond, values in (spec.get("choices_when") or {}).items()
             ),
+            auto={str(k): str(v) for k, v in (spec.get("auto") or {}).items()},
         )
+    for arg in arguments.values():
+        if arg.auto and arg.auto.get("from") not in arguments:
+            raise ValueError(f"{path}: argument {arg.name!r}: auto.from must name an argument")
     nodes = tuple(doc["nodes"])
     seen = set()
     for node in nodes:
@@ -156,6 +162,12 @@ def resolve_arguments(graph: Graph, given: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"{name}:={value!r} is not one of {list(choices)}")
         values[name] = value
     for name, arg in graph.arguments.items():
+        if arg.auto and values[name] == "auto":
+            source = values[arg.auto["from"]]
+            if source not in arg.auto:
+                raise ValueError(f"{name}:=auto has no value for {arg.auto['from']}:={source}")
+            values[name] = arg.auto[source]
+    for name, arg in graph.arguments.items():
         for condition, choices in arg.choices_when:
             if condition_holds(condition, values) and values[name] not in choices:
                 raise ValueError(
@@ -195,6 +207,10 @@ def resolve(graph: Graph, given: Mapping[str, str] | None = None) -> list[NodeSp
     for node in graph.nodes:
         if "if" in node and not condition_holds(str(node["if"]), args):
             continue
+        overrides = dict(node.get("overrides") or {})
+        for case in node.get("when") or ():  # [{if: condition, overrides: {...}}], in order
+            if condition_holds(str(case["if"]), args):
+                overrides.update(case.get("overrides") or {})
         specs.append(
             NodeSpec(
                 name=node["name"],
@@ -203,7 +219,7 @@ def resolve(graph: Graph, given: Mapping[str, str] | None = None) -> list[NodeSp
                 parameter_files=tuple(
                     graph.config_dir / _substitute(str(f), args) for f in node.get("parameters", ())
                 ),
-                overrides=_substitute(dict(node.get("overrides") or {}), args),
+                overrides=_substitute(overrides, args),
                 remappings=tuple(
                     (str(k), _substitute(str(v), args))
                     for k, v in (node.get("remappings") or {}).items()

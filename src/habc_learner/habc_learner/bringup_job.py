@@ -78,6 +78,27 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     p.add_argument(
+        "--policy",
+        default="state",
+        choices=("state", "vision"),
+        help="state: joints + the simulator's privileged object state; vision: cameras + "
+        "joints, /habc/env_state neither published nor read in the graph",
+    )
+    p.add_argument(
+        "--cameras",
+        default="top,left_wrist,right_wrist",
+        help="cameras of --policy vision (comma-separated)",
+    )
+    p.add_argument("--image-size", type=int, default=96, help="px the vision policy sees")
+    p.add_argument(
+        "--camera-size",
+        type=int,
+        nargs=2,
+        default=(224, 224),
+        metavar=("H", "W"),
+        help="px the simulated cameras render and publish",
+    )
+    p.add_argument(
         "--round-timeout",
         type=float,
         default=900.0,
@@ -87,6 +108,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if min(args.demos, args.sft_steps, args.rounds, args.episodes, args.round_steps) < 1:
         p.error("--demos, --sft-steps, --rounds, --episodes, --round-steps must be >= 1")
     args.backend = "sim"  # the graph's scripted operator and sim driver
+    cams = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    args.cameras = cams if args.policy == "vision" else ()
+    if args.policy == "vision" and not cams:
+        p.error("--policy vision needs --cameras")
     return args
 
 
@@ -125,8 +150,15 @@ def write_job_config(args: argparse.Namespace) -> Path:
             "mark_outcome": True,
         },
     )
-    edit("driver.yaml", "arx_x5_driver", {"seed": args.seed * 10_000 + 5000, "cameras": ""})
-    edit("recorder.yaml", "episode_recorder", {"cameras": ""})
+    if args.cameras:  # policy:=vision sets cameras and drops env_state; the size is ours
+        edit(
+            "driver.yaml",
+            "arx_x5_driver",
+            {"seed": args.seed * 10_000 + 5000, "image_size": list(args.camera_size)},
+        )
+    else:
+        edit("driver.yaml", "arx_x5_driver", {"seed": args.seed * 10_000 + 5000, "cameras": ""})
+        edit("recorder.yaml", "episode_recorder", {"cameras": ""})
     edit("policy_server.yaml", "policy_server", {"torch_threads": 1})
     return dst
 
@@ -148,7 +180,10 @@ class Graph:
             "operator:=scripted",
             f"policy_checkpoint:={sft.resolve()}",
             f"init_checkpoint:={sft.resolve()}",
+            f"policy:={args.policy}",
         ]
+        if args.cameras:
+            cmd += [f"cameras:={','.join(args.cameras)}", f"image_size:={args.image_size}"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def check(self) -> None:
@@ -252,16 +287,20 @@ def critic_trace(args: argparse.Namespace, proprio_dim: int, action_dim: int) ->
     ckpt_root = args.out / "learner" / "checkpoints"
     if latest_checkpoint(ckpt_root) is None:
         return None
-    demos, _ = read_episodes(args.out / "bags" / "demos")
-    rollouts, _ = read_episodes(args.out / "bags" / "rollouts")
+    policy = vision_policy_config(args, proprio_dim, action_dim) if args.cameras else None
+    read = episode_reader(args)
+    demos, _ = read(args.out / "bags" / "demos")
+    rollouts, _ = read(args.out / "bags" / "rollouts")
     if not rollouts:
         return None
-    store = ReplayStore(TrainerConfig(method=args.method).replay_config())
+    store = ReplayStore(
+        TrainerConfig(method=args.method, **({"policy": policy} if policy else {})).replay_config()
+    )
     store.add_episodes([e for e in demos if e.outcome.value == "success"] + rollouts)
     pick = pick_trace_episode(rollouts)
     index = next(i for i, e in enumerate(store.episodes) if e.episode_id == pick.episode_id)
     rows = np.flatnonzero(store.table.episode_index == index)
-    trainer = _trainer(args, args.method, store, proprio_dim, action_dim, "report", 1)
+    trainer = _trainer(args, args.method, store, proprio_dim, action_dim, "report", 1, policy)
     trainer.load_checkpoint(latest_checkpoint(ckpt_root))
     out = critic_outputs(trainer, store, rows)
     trainer.close()
@@ -308,6 +347,38 @@ AUTHORITY_COLORS = {
 def segments_text(segments: list) -> str:
     """``policy 0–119, human 120–184, …`` (inclusive step ranges)."""
     return ", ".join(f"{name} {a}–{b - 1}" for name, a, b in segments)
+def vision_policy_config(args: argparse.Namespace, proprio_dim: int, action_dim: int):
+    """The image policy of ``--policy vision``: the learner's defaults for a new one."""
+    from habc_learner.learn import LearnerJobConfig
+    from habc_policy.core.configuration_flow import FlowPolicyConfig
+
+    job = LearnerJobConfig(bag_dirs=(args.out,), out_dir=args.out)  # its augmentation defaults
+    return FlowPolicyConfig(
+        action_dim=action_dim,
+        proprio_dim=proprio_dim,
+        camera_names=args.cameras,
+        image_size=(args.image_size, args.image_size),
+        image_augment=job.image_augment,
+        augment_pad=job.augment_pad,
+    )
+
+
+def episode_reader(args: argparse.Namespace):
+    """``folder -> (episodes, report)``: state runs read the privileged state; vision runs read
+    joints + cameras through the learner's decode-once image cache (``<out>/image_cache``)."""
+    if not args.cameras:
+        return read_episodes
+    from habc_learner.core.image_cache import ImageCache
+
+    cache = ImageCache(args.out / "image_cache")
+    size = (args.image_size, args.image_size)
+
+    def read(folder: Path):
+        return read_episodes(
+            folder, use_env_state=False, cameras=args.cameras, image_cache=cache, image_size=size
+        )
+
+    return read
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,16 +407,22 @@ def main(argv: list[str] | None = None) -> int:
         desc="demonstrations",
         expert_noise=args.demo_noise,
     )
-    demos, _report = read_episodes(out / "bags" / "demos")
+    demos, _report = episode_reader(args)(out / "bags" / "demos")
     demos = [e for e in demos if e.outcome.value == "success"]
     if not demos:
         say("no successful demonstration: nothing to learn from")
         return 1
-    say(f"SFT: {args.sft_steps} steps on {len(demos)} demonstrations")
-    store = ReplayStore(TrainerConfig(method="sft").replay_config())
-    store.add_episodes(demos)
     proprio_dim, action_dim = demos[0].proprio_dim, demos[0].action_dim
-    with _trainer(args, "sft", store, proprio_dim, action_dim, "sft", args.sft_steps) as sft:
+    policy = vision_policy_config(args, proprio_dim, action_dim) if args.cameras else None
+    kind = f"vision ({', '.join(args.cameras)} at {args.image_size}px)" if policy else "state"
+    say(f"SFT of a {kind} policy: {args.sft_steps} steps on {len(demos)} demonstrations")
+    store = ReplayStore(
+        TrainerConfig(method="sft", **({"policy": policy} if policy else {})).replay_config()
+    )
+    store.add_episodes(demos)
+    with _trainer(
+        args, "sft", store, proprio_dim, action_dim, "sft", args.sft_steps, policy
+    ) as sft:
         if sft.learner_step < args.sft_steps:
             say(sft.run_round(args.sft_steps - sft.learner_step).line())
         sft_ckpt = sft.save_checkpoint()

@@ -3,6 +3,8 @@
     habc-learn --bags runs/bags --out runs/learner --method habc --steps 1000 \\
         --init runs/sft/checkpoints/step_000001500
     habc-learn --bags runs/bags --out runs/learner --watch --min-new 10   # keep following
+    habc-learn --bags runs/bags --out runs/vision --method sft --cameras top,left_wrist \\
+        --image-size 96                                # an image policy, joints-only proprio
 
 A :class:`LearnerJob` scans the bag folders (recursively), reads every new complete episode
 through the bag reader (bad bags are skipped and reported once), and runs a training round of
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from habc_learner.core.bag_reader import BagSkipped, read_episode
 from habc_learner.core.episode import Episode
+from habc_learner.core.image_cache import ImageCache
 from habc_learner.core.methods import get_method
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import RoundSummary, Trainer, TrainerConfig
@@ -47,9 +50,17 @@ class LearnerJobConfig:
             no checkpoint yet; its policy config is kept.
         batch_size: learner batch size.
         device: torch device.
-        use_env_state: feed the privileged simulator state to the policy (state-only policies).
+        use_env_state: feed the privileged simulator state to the policy (state-only policies
+            only: with ``cameras`` the proprioception is the joints alone and
+            ``/habc/env_state`` is never read).
         count_demos: demonstrations count toward ``min_new_episodes`` (``False`` in an online
             bringup: its demonstrations are training data but only rollouts trigger a round).
+        cameras: cameras of an image policy (empty: state-only). Their frames are decoded once
+            per bag into ``<out_dir>/image_cache`` (memory maps, keyed by the bag's content
+            hash); batches never reopen a bag.
+        image_size: (height, width) the policy sees; frames are resized to it once, in the cache.
+        image_augment, augment_pad: train-time augmentation of a policy sized by this job
+            (``none`` | ``shift`` | ``crop``; see ``habc_policy.core.images``).
     """
 
     bag_dirs: tuple[Path, ...]
@@ -64,8 +75,25 @@ class LearnerJobConfig:
     seed: int = 0
     progress: bool = True
     count_demos: bool = True
+    cameras: tuple[str, ...] = ()
+    image_size: tuple[int, int] = (96, 96)
+    image_augment: str = "shift"
+    augment_pad: int = 4
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cameras", tuple(c for c in self.cameras if c))
+        size = self.image_size
+        if isinstance(size, int):
+            size = (size, size)
+        object.__setattr__(self, "image_size", tuple(int(v) for v in size))
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size must be (height, width) >= 8, got {self.image_size}")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras has duplicates: {self.cameras}")
+        from habc_policy.core.images import IMAGE_AUGMENTS
+
+        if self.image_augment not in IMAGE_AUGMENTS:
+            raise ValueError(f"image_augment={self.image_augment!r} is not one of {IMAGE_AUGMENTS}")
         if not self.bag_dirs:
             raise ValueError("bag_dirs must name at least one folder")
         get_method(self.method)  # raises with "did you mean" on a typo
@@ -114,6 +142,7 @@ class LearnerJob:
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
         self.rounds_done: int = int(state.get("rounds", 0))
         self.pending: list[tuple[str, Episode]] = []
+        self.image_cache = ImageCache(self.out_dir / "image_cache") if config.cameras else None
         self.store = ReplayStore(self._trainer_config(None).replay_config())
         self.trainer: Trainer | None = None
         self.last_summary: RoundSummary | None = None
@@ -144,6 +173,21 @@ class LearnerJob:
         )
         os.replace(tmp, self.state_path)
 
+    @property
+    def uses_env_state(self) -> bool:
+        """The privileged ``/habc/env_state`` is read only for state-only policies."""
+        return self.config.use_env_state and not self.config.cameras
+
+    def _read(self, path: Path) -> Episode:
+        cameras = self.config.cameras
+        return read_episode(
+            path,
+            use_env_state=self.uses_env_state,
+            cameras=cameras if cameras else (),
+            image_cache=self.image_cache,
+            image_size=self.config.image_size if cameras else None,
+        )
+
     def _reload_consumed(self) -> None:
         if not self.consumed:
             return
@@ -151,7 +195,7 @@ class LearnerJob:
         for path in find_bags_recursive(tuple(Path(d) for d in self.config.bag_dirs)):
             if str(path) in self.consumed:
                 try:
-                    episodes.append(read_episode(path, use_env_state=self.config.use_env_state))
+                    episodes.append(self._read(path))
                 except BagSkipped:
                     continue  # deleted or damaged since: it simply stops being data
         self.store.add_episodes(episodes)
@@ -166,7 +210,7 @@ class LearnerJob:
             if key in self.consumed or key in self.skipped or key in pending_paths:
                 continue
             try:
-                episode = read_episode(path, use_env_state=self.config.use_env_state)
+                episode = self._read(path)
             except BagSkipped as exc:
                 reason = str(exc)
                 if reason.startswith(("incomplete", "no metadata.yaml")) and self._maybe_live(path):
@@ -202,6 +246,13 @@ class LearnerJob:
         kwargs = {}
         if policy_config is not None:
             kwargs["policy"] = policy_config
+        else:  # the store's view before the policy is sized: cameras, size, augmentation
+            kwargs["policy"] = FlowPolicyConfig(
+                camera_names=self.config.cameras,
+                image_size=self.config.image_size,
+                image_augment=self.config.image_augment,
+                augment_pad=self.config.augment_pad,
+            )
         return TrainerConfig(
             method=self.config.method,
             batch_size=self.config.batch_size,
@@ -223,21 +274,54 @@ class LearnerJob:
         existing = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
         if existing is not None:
             policy_config = load_policy(existing).config
+            origin = str(existing)
         elif self.config.init_checkpoint is not None:
             read_manifest(self.config.init_checkpoint)  # fail early on a bad checkpoint
             policy_config = load_policy(self.config.init_checkpoint).config
+            origin = str(self.config.init_checkpoint)
         else:
-            sample = next(iter(self.store_episodes()), None)
-            if sample is None:
+            if not self.pending:
                 raise RuntimeError("no episodes to size the policy from")
+            key, sample = self.pending[0]
+            privileged = 0
+            if self.uses_env_state:  # the trailing dims read from /habc/env_state
+                joints = read_episode(key, use_env_state=False, cameras=())
+                privileged = sample.proprio_dim - joints.proprio_dim
             policy_config = FlowPolicyConfig(
-                action_dim=sample.action_dim, proprio_dim=sample.proprio_dim
+                action_dim=sample.action_dim,
+                proprio_dim=sample.proprio_dim,
+                camera_names=self.config.cameras,
+                image_size=self.config.image_size,
+                image_augment=self.config.image_augment,
+                augment_pad=self.config.augment_pad,
+                privileged_state_dim=privileged,
             )
+            origin = ""
+        if origin and tuple(policy_config.camera_names) != self.config.cameras:
+            raise ValueError(
+                f"{origin} is a policy for cameras {list(policy_config.camera_names)} but this "
+                f"job reads cameras {list(self.config.cameras)}: pass the same --cameras"
+            )
+        if origin and self.config.cameras and policy_config.image_size != self.config.image_size:
+            raise ValueError(
+                f"{origin} sees images of {policy_config.image_size} but this job caches "
+                f"{self.config.image_size}: pass the same --image-size"
+            )
+        self._check_store_matches(policy_config)
         trainer = Trainer.resume(self._trainer_config(policy_config), self.store)
         if existing is None and self.config.init_checkpoint is not None:
             trainer.init_policy_from(self.config.init_checkpoint)
         self.trainer = trainer
         return trainer
+
+    def _check_store_matches(self, policy_config: object) -> None:
+        """The store was built before the policy was known; rebuild it when its augmentation
+        settings differ (e.g. a checkpoint with its own ``image_augment``)."""
+        want = self._trainer_config(policy_config).replay_config()
+        if want != self.store.config:
+            episodes = self.store.episodes
+            self.store = ReplayStore(want)
+            self.store.add_episodes(episodes)
 
     def store_episodes(self) -> list[Episode]:
         return [ep for _, ep in self.pending]
@@ -290,7 +374,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--no-env-state", action="store_true", help="joints only (no sim state)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--cameras",
+        default="",
+        help="comma-separated cameras of an image policy, e.g. top,left_wrist,right_wrist "
+        "(default: none, a state-only policy); with cameras /habc/env_state is never read",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[96],
+        metavar="N",
+        help="image size the policy sees: N (square) or H W (default 96)",
+    )
+    p.add_argument(
+        "--augment",
+        default="shift",
+        choices=("none", "shift", "crop"),
+        help="train-time image augmentation of a new image policy (default shift)",
+    )
+    p.add_argument("--augment-pad", type=int, default=4, help="shift / crop margin in px")
+    args = p.parse_args(argv)
+    if len(args.image_size) not in (1, 2):
+        p.error("--image-size takes N or H W")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 device=args.device,
                 use_env_state=not args.no_env_state,
+                cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
+                image_size=tuple(args.image_size * (2 if len(args.image_size) == 1 else 1)),
+                image_augment=args.augment,
+                augment_pad=args.augment_pad,
             )
         )
     except (ValueError, FileNotFoundError) as exc:

@@ -142,7 +142,7 @@ def record_episodes(
     )
     results: list[RolloutResult | None] = []
     limits = {} if max_steps is None else {"max_steps": max_steps}
-    with make_backend(args.backend, task=args.task, **limits) as robot:
+    with make_backend(args.backend, task=args.task, **limits, **camera_fields(args)) as robot:
         for seed in _progress(seeds, desc, len(seeds)) if progress else seeds:
             path = folder / f"{source}-{seed:07d}"
             if _bag_done(path):
@@ -167,14 +167,27 @@ def record_episodes(
     return results
 
 
+def camera_fields(args: argparse.Namespace, cameras: tuple[str, ...] | None = None) -> dict:
+    """Backend fields rendering ``cameras`` (default ``args.cameras``) at ``args.camera_size``;
+    ``{}`` for state-only runs."""
+    cameras = tuple(getattr(args, "cameras", ()) or ()) if cameras is None else cameras
+    if not cameras:
+        return {}
+    return {"cameras": cameras, "image_size": tuple(getattr(args, "camera_size", (224, 224)))}
+
+
 def evaluate(args: argparse.Namespace, checkpoint: Path, stage: str) -> StageResult:
-    """Success rate and mean successful length of a checkpoint on held-out object poses."""
+    """Success rate and mean successful length of a checkpoint on held-out object poses.
+
+    An image policy sees the cameras it was trained on and its joints only (no privileged
+    state); a state-only policy gets the simulator's object state as before."""
     from arx_x5_driver.core.factory import make_backend
     from habc_policy.core.checkpoint import load_policy
 
     policy = load_policy(checkpoint)
     successes: list[int] = []
-    with make_backend(args.backend, task=args.task) as robot:
+    cams = tuple(policy.config.camera_names)
+    with make_backend(args.backend, task=args.task, **camera_fields(args, cams)) as robot:
         seeds = [EVAL_SEED_BASE + i for i in range(args.eval_episodes)]
         for seed in _progress(seeds, f"eval {stage}", len(seeds)):
             r = run_rollout(
@@ -185,6 +198,7 @@ def evaluate(args: argparse.Namespace, checkpoint: Path, stage: str) -> StageRes
                 task=args.task,
                 prompt=robot.prompt,
                 sample_seed=seed,
+                use_env_state=not cams,
             )
             if r.success:
                 successes.append(r.steps)
@@ -203,12 +217,13 @@ def _trainer(
     action_dim: int,
     name: str,
     steps: int,
+    policy: object | None = None,
 ) -> Trainer:
     from habc_policy.core.configuration_flow import FlowPolicyConfig
 
     cfg = TrainerConfig(
         method=method,
-        policy=FlowPolicyConfig(action_dim=action_dim, proprio_dim=proprio_dim),
+        policy=policy or FlowPolicyConfig(action_dim=action_dim, proprio_dim=proprio_dim),
         batch_size=args.batch_size,
         steps_per_round=steps,
         seed=args.seed,

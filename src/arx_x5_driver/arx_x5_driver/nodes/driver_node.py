@@ -23,6 +23,9 @@ name                                   type                                 what
                                                                             pose); after every
                                                                             tick
 ``/habc/env_state`` (pub)              ``std_msgs/Float32MultiArray``       sim only, every tick
+                                                                            (not advertised when
+                                                                            ``publish_env_state``
+                                                                            is false)
 ``/cameras/<cam>/image_raw`` (pub)     ``sensor_msgs/Image`` (rgb8)         ``camera_hz``, from
                                                                             a capture thread
                                                                             (arx; sim renders
@@ -141,6 +144,7 @@ class DriverParams:
     estop_latch_file: str
     camera_stale_s: float
     camera_check_content: bool
+    publish_env_state: bool
 
     @classmethod
     def declare(cls, node: Any) -> DriverParams:
@@ -244,6 +248,9 @@ class DriverParams:
             ),
             camera_check_content=bool(
                 d(node, "camera_check_content", backend == "arx", "identical pixels = frozen")
+            ),
+            publish_env_state=bool(
+                d(node, "publish_env_state", True, "sim: publish the privileged /habc/env_state")
             ),
         )
         for name in (
@@ -403,10 +410,11 @@ class DriverNode(LifecycleNode):
         self._pubs = {
             "joints": self.create_publisher(JointState, TOPIC_JOINT_STATES, 10),
             "measured": self.create_publisher(JointState, "~/measured_command", 10),
-            "env": self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10),
             "applied": self.create_publisher(ExecutedCommand, "~/applied_command", 10),
             "diag": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
         }
+        if p.publish_env_state:  # off for image policies: the topic does not even exist
+            self._pubs["env"] = self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10)
         for cam in p.cameras:
             self._pubs[f"img:{cam}"] = self.create_publisher(Image, camera_topic(cam), qos)
             if p.compressed:
@@ -610,7 +618,7 @@ class DriverNode(LifecycleNode):
         else:  # cartesian: the end-effector pose by forward kinematics
             measured.position = np.asarray(self._backend.hold_position(), np.float64).tolist()
         self._pubs["measured"].publish(measured)
-        if obs.env_state is not None:
+        if obs.env_state is not None and "env" in self._pubs:
             self._pubs["env"].publish(
                 Float32MultiArray(data=np.asarray(obs.env_state, np.float32).tolist())
             )

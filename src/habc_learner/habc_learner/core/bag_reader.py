@@ -2,8 +2,11 @@
 
 Control step ``t`` is the ``t``-th ``ExecutedCommand`` (by ``step_index``); its observation is
 the newest joint state (and privileged env state, in simulation) received at or before that
-command, by the bag's receive timestamps. Camera images are not read here: each camera gets a
-lazy loader that opens the bag again and decodes only the frames asked for.
+command, by the bag's receive timestamps (camera frames too: the newest frame at or before the
+command). Camera images are not decoded while reading: with an
+:class:`~habc_learner.core.image_cache.ImageCache` every frame is decoded once into memory maps
+(the learner's path); without one each camera gets a lazy loader that opens the bag again and
+decodes only the frames asked for.
 
 A bag that is incomplete (its recorder died), truncated, corrupt, aborted or inconsistent is
 skipped with a one-line reason and never raises: :func:`read_episodes` returns what it used and
@@ -22,6 +25,7 @@ from rosbags.rosbag2 import Reader
 
 from habc_learner.core import bag_format as bf
 from habc_learner.core.episode import NONE, POLICY, Episode, Outcome
+from habc_learner.core.image_cache import ImageCache
 
 
 class BagSkipped(Exception):
@@ -115,15 +119,27 @@ def _newest_at_or_before(times: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def read_episode(
-    path: str | Path, *, use_env_state: bool = True, cameras: Sequence[str] | None = None
+    path: str | Path,
+    *,
+    use_env_state: bool = True,
+    cameras: Sequence[str] | None = None,
+    image_cache: ImageCache | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Episode:
     """Read one episode bag. Raises :class:`BagSkipped` with a one-line reason.
 
     Args:
         use_env_state: append the privileged ``/habc/env_state`` (simulation only) to the
             proprioception, when the bag has it.
-        cameras: cameras to attach lazy loaders for (``None``: every camera in the bag).
+        cameras: cameras to attach image loaders for (``None``: every camera in the bag).
+        image_cache: decode every frame of those cameras once, at ``image_size``, into this
+            cache (or find them there); the loaders then read memory maps and never open the
+            bag again. ``None``: lazy loaders that reopen the bag for every call, at the
+            recorded size.
+        image_size: (height, width) of the cached frames; required with ``image_cache``.
     """
+    if image_cache is not None and image_size is None:
+        raise ValueError("image_cache needs image_size (the policy's (height, width))")
     path = Path(path)
     try:
         custom = bf.read_custom_data(path)
@@ -244,7 +260,7 @@ def read_episode(
         [msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec for _t, msg in commands]
     )
 
-    images = {}
+    frame_of_step: dict[str, np.ndarray] = {}
     for cam, topic in camera_topics.items():
         if cameras is not None and cam not in cameras:
             continue
@@ -252,9 +268,23 @@ def read_episode(
         frame = _newest_at_or_before(times, cmd_t) if times.size else np.array([-1])
         if frame[0] < 0:
             raise BagSkipped(f"camera {cam!r} has no frame at (or within 100 ms of) step 0")
-        images[cam] = _camera_loader(path, topic, frame)
-    if cameras is not None and set(cameras) - set(images):
-        raise BagSkipped(f"missing camera(s) {sorted(set(cameras) - set(images))}")
+        frame_of_step[cam] = frame
+    if cameras is not None and set(cameras) - set(frame_of_step):
+        raise BagSkipped(f"missing camera(s) {sorted(set(cameras) - set(frame_of_step))}")
+    images = {}
+    if image_cache is not None and frame_of_step:
+        assert image_size is not None
+        try:
+            entry = image_cache.get(
+                path, {c: camera_topics[c] for c in frame_of_step}, tuple(image_size)
+            )
+        except Exception as exc:  # an undecodable frame makes the whole bag unusable
+            raise BagSkipped(f"camera frames not decodable: {type(exc).__name__}: {exc}") from None
+        for cam, frame in frame_of_step.items():
+            images[cam] = entry.loader(cam, frame)
+    else:
+        for cam, frame in frame_of_step.items():
+            images[cam] = _camera_loader(path, camera_topics[cam], frame)
 
     success_step = None
     if outcome is Outcome.SUCCESS and task_success_step is not None:
@@ -319,14 +349,25 @@ def find_bags(folder: str | Path) -> list[Path]:
 
 
 def read_episodes(
-    folder: str | Path, *, use_env_state: bool = True, cameras: Sequence[str] | None = None
+    folder: str | Path,
+    *,
+    use_env_state: bool = True,
+    cameras: Sequence[str] | None = None,
+    image_cache: ImageCache | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[list[Episode], BagReport]:
     """Read every episode bag under ``folder``; bad ones are skipped and reported."""
     report = BagReport()
     episodes: list[Episode] = []
     for path in find_bags(folder):
         try:
-            ep = read_episode(path, use_env_state=use_env_state, cameras=cameras)
+            ep = read_episode(
+                path,
+                use_env_state=use_env_state,
+                cameras=cameras,
+                image_cache=image_cache,
+                image_size=image_size,
+            )
         except BagSkipped as exc:
             report.skipped.append((path, str(exc)))
             continue

@@ -2,7 +2,8 @@
 
 Windows are kept columnar (:class:`~habc_learner.core.windows.WindowTable`); episode arrays are
 concatenated once so a batch is a handful of vectorized gathers. Images stay behind each
-episode's lazy loaders and are loaded only for the sampled windows.
+episode's loaders (memory maps of the learner's image cache, or lazy bag readers) and are
+loaded only for the sampled windows; the configured train-time augmentation runs here.
 
 Stale-rollout cutoff (``HABC_METHOD.md``): a rollout window whose producing checkpoint is more
 than ``stale_cutoff`` (10000) learner steps older than the current one is dropped. Demos are
@@ -22,6 +23,7 @@ from torch import Tensor
 from habc_learner.core.episode import Episode, arm_of_dim
 from habc_learner.core.labeling import Source, arm_target_mask, expand_arm_mask, label_episode
 from habc_learner.core.windows import WindowConfig, WindowTable, episode_windows
+from habc_policy.core.images import IMAGE_AUGMENTS, augment_images
 from habc_policy.core.modeling_flow import tokenize_prompt
 
 SPLITS = ("all", "train", "heldout")
@@ -38,6 +40,8 @@ class ReplayConfig:
         the held-out split (Imit-Recap picks its threshold there).
     cameras: camera names to load for a batch (empty: state-only).
     prompt_buckets, prompt_max_tokens: prompt hashing (must match the policy config).
+    image_augment, augment_pad: train-time augmentation of sampled images
+        (:func:`habc_policy.core.images.augment_images`; the policy config's values).
     """
 
     window: WindowConfig = field(default_factory=WindowConfig)
@@ -52,8 +56,12 @@ class ReplayConfig:
     cameras: tuple[str, ...] = ()
     prompt_buckets: int = 1024
     prompt_max_tokens: int = 16
+    image_augment: str = "none"
+    augment_pad: int = 4
 
     def __post_init__(self) -> None:
+        if self.image_augment not in IMAGE_AUGMENTS:
+            raise ValueError(f"image_augment={self.image_augment!r} is not one of {IMAGE_AUGMENTS}")
         if self.stale_cutoff < 0:
             raise ValueError(f"stale_cutoff must be >= 0, got {self.stale_cutoff}")
         if not 0.0 <= self.heldout_fraction < 1.0:
@@ -380,10 +388,18 @@ class ReplayStore:
         split: str = "all",
         load_images: bool = True,
         next_images: bool = True,
+        augment: bool = False,
     ) -> Batch:
-        """:meth:`sample_indices` then :meth:`gather`."""
+        """:meth:`sample_indices` then :meth:`gather`; with ``augment``, the configured image
+        augmentation (drawn from ``rng``, independently per sample and camera, s and s')."""
         rows = self.sample_indices(batch_size, mixing, rng, proportional, split)
-        return self.gather(rows, load_images, next_images)
+        batch = self.gather(rows, load_images, next_images)
+        if augment and self.config.image_augment != "none":
+            kind, pad = self.config.image_augment, self.config.augment_pad
+            for images in (batch.images, batch.next_images):
+                for cam, value in images.items():
+                    images[cam] = torch.from_numpy(augment_images(value.numpy(), kind, pad, rng))
+        return batch
 
     def all_proprio_actions(
         self, sources: Sequence[Source | str] | None = None

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,8 @@ class TrainerConfig:
             cameras=self.policy.camera_names,
             prompt_buckets=self.policy.prompt_buckets,
             prompt_max_tokens=self.policy.prompt_max_tokens,
+            image_augment=self.policy.image_augment,
+            augment_pad=self.policy.augment_pad,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -462,6 +465,7 @@ class Trainer:
         ):
             self.select_recap_threshold()
         uses_critic = method.uses_critic_features
+        t_data = time.perf_counter()
         batch = self.store.sample(
             cfg.batch_size,
             method.mixing_dict,
@@ -470,7 +474,9 @@ class Trainer:
             split=method.train_split,
             load_images=bool(cfg.policy.camera_names),
             next_images=uses_critic,
+            augment=True,
         ).to(self.device)
+        t_compute = time.perf_counter()
         q = normalizer.normalize_proprio(batch.proprio)
         actions = normalizer.normalize_action(batch.actions)
         images = batch.images or None
@@ -531,6 +537,9 @@ class Trainer:
             C.polyak_update(self.parent_target, self.parent, cfg.critic.polyak_tau)
 
         info.update(self._weight_stats(batch, w_tilde, w, gate))
+        now = time.perf_counter()
+        info["time/data_s"] = t_compute - t_data  # sample + image load + augment
+        info["time/compute_s"] = now - t_compute  # forward, backward, optimizer steps
         self.learner_step += 1
         return info
 

@@ -14,11 +14,30 @@ import sys
 import threading
 from pathlib import Path
 
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
 from habc_learner.learn import LearnerJob, LearnerJobConfig
 from habc_learner.nodes import run_node
 from habc_msgs.srv import AnnounceCheckpoint
+
+
+def parse_image_size(value: object) -> tuple[int, int]:
+    """``image_size`` as N, [H, W], "N" or "HxW" -> (H, W); ValueError naming the forms."""
+    try:
+        if isinstance(value, str):
+            parts = [int(v) for v in value.lower().replace("x", " ").split()]
+        elif isinstance(value, int):
+            parts = [value]
+        else:
+            parts = [int(v) for v in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise ValueError(f"image_size must be N, [H, W], 'N' or 'HxW', got {value!r}")
+    return parts[0], parts[1]
 
 
 class LearnerNode(Node):
@@ -44,6 +63,18 @@ class LearnerNode(Node):
                 device=str(p("device", "cpu").value),
                 use_env_state=bool(p("use_env_state", True).value),
                 count_demos=bool(p("count_demos", False).value),
+                cameras=tuple(
+                    c.strip() for c in str(p("cameras", "").value).split(",") if c.strip()
+                ),
+                image_size=parse_image_size(
+                    p(
+                        "image_size",
+                        [96, 96],
+                        ParameterDescriptor(dynamic_typing=True),  # N, [H, W] or "N" / "HxW"
+                    ).value
+                ),
+                image_augment=str(p("image_augment", "shift").value),
+                augment_pad=int(p("augment_pad", 4).value),
                 progress=False,
             )
         )
@@ -56,7 +87,13 @@ class LearnerNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"learner: {self.job.config.method}, round per {self.job.config.min_new_episodes} "
-            f"new episode(s) in {[str(d) for d in bag_dirs]}, announcing to {service}"
+            f"new episode(s) in {[str(d) for d in bag_dirs]}, announcing to {service}; "
+            + (
+                f"image policy, cameras {list(self.job.config.cameras)} at "
+                f"{self.job.config.image_size} (joints-only proprio)"
+                if self.job.config.cameras
+                else f"state-only policy (env_state: {self.job.uses_env_state})"
+            )
         )
 
     def _work(self) -> None:

@@ -45,6 +45,7 @@ class RecorderNode(Node):
         cameras = [c.strip() for c in cameras_text.split(",") if c.strip()]
         compressed = bool(self.declare_parameter("compressed_images", False).value)
         self.default_task = str(self.declare_parameter("task", "transfer_cube").value)
+        self.default_prompt = str(self.declare_parameter("prompt", "").value)
         source = str(self.declare_parameter("source", "rollout").value)
         arm_names = list(self.declare_parameter("arm_names", ["left", "right"]).value)
         arm_dims = list(self.declare_parameter("arm_dims", [7, 7]).value)
@@ -165,8 +166,9 @@ class RecorderNode(Node):
     ) -> StartEpisode.Response:
         t_ns = self._now_ns()
         task = req.task or self.default_task
+        prompt = req.prompt or self.default_prompt  # recorded, announced, served
         try:
-            res.episode_id = self.recorder.start(task, req.prompt, req.episode_id, t_ns)
+            res.episode_id = self.recorder.start(task, prompt, req.episode_id, t_ns)
         except (RecorderError, ValueError) as exc:
             res.success, res.message = False, str(exc)
             self.get_logger().error(f"start refused: {exc}")
@@ -178,7 +180,7 @@ class RecorderNode(Node):
             EpisodeEvent.OUTCOME_UNKNOWN,
             "",
             task,
-            req.prompt,
+            prompt,
             "start requested",
             t_ns,
         )

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from habc_policy.core.configuration_flow import FlowPolicyConfig
+from habc_policy.core.images import resize_rgb
 from habc_policy.core.modeling_flow import FlowPolicy, tokenize_prompt
 from habc_policy.core.normalize import Normalizer
 
@@ -332,7 +333,8 @@ class LoadedPolicy:
             proprio: raw proprioception [p] or [B, p].
             prompt: language prompt.
             images: camera name -> uint8 [h, w, 3] (or [B, h, w, 3]); required for every
-                configured camera.
+                configured camera; resized to the config's ``image_size`` when they differ
+                (:func:`habc_policy.core.images.resize_rgb`, as in training).
             seed: seeds the noise (deterministic output); ``None`` draws fresh noise.
             num_steps: Euler steps (default: the config's 10).
 
@@ -366,6 +368,8 @@ class LoadedPolicy:
                 img = np.asarray(images[cam], dtype=np.uint8)
                 if img.ndim == 3:
                     img = img[None]
+                if img.shape[1:3] != tuple(cfg.image_size):  # the size the policy was trained at
+                    img = np.stack([resize_rgb(i, cfg.image_size) for i in img])
                 image_t[cam] = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
         generator = None
         if seed is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 PARAMETRIZATIONS = ("clean_chunk", "velocity")
 TIME_SCHEDULES = ("uniform", "beta")
+IMAGE_AUGMENTS = ("none", "shift", "crop")  # habc_policy.core.images implements them
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -52,6 +53,13 @@ class FlowPolicyConfig:
             Beta(1.5, 1) schedule (mass near τ = 0, the noisy end).
         min_one_minus_tau: clamp of 1 - τ in the clean-chunk parametrization.
         num_inference_steps: Euler steps of the sampler (10).
+        image_augment: train-time image augmentation in the learner's batch sampler, one of
+            ``"none"``, ``"shift"`` (random shift by up to ``augment_pad`` px) or ``"crop"``
+            (random crop ``2·augment_pad`` px smaller, resized back); see
+            :mod:`habc_policy.core.images`. Never applied at serving time.
+        augment_pad: pixels of the shift / crop margin.
+        privileged_state_dim: trailing proprio dims that come from the simulator's privileged
+            ``/habc/env_state`` (0: joints only). A policy with any cannot run on a real robot.
     """
 
     horizon: int = 50
@@ -71,6 +79,9 @@ class FlowPolicyConfig:
     time_schedule: str = "uniform"
     min_one_minus_tau: float = 0.05
     num_inference_steps: int = 10
+    image_augment: str = "none"
+    augment_pad: int = 4
+    privileged_state_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -98,6 +109,16 @@ class FlowPolicyConfig:
             raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
         _check_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
         _check_choice("time_schedule", self.time_schedule, TIME_SCHEDULES)
+        _check_choice("image_augment", self.image_augment, IMAGE_AUGMENTS)
+        for name in ("augment_pad", "privileged_state_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.privileged_state_dim >= self.proprio_dim:
+            raise ValueError(
+                f"privileged_state_dim {self.privileged_state_dim} must be < proprio_dim "
+                f"{self.proprio_dim}"
+            )
         if not 0.0 < self.min_one_minus_tau < 1.0:
             raise ValueError(f"min_one_minus_tau must be in (0, 1), got {self.min_one_minus_tau}")
         object.__setattr__(self, "camera_names", tuple(self.camera_names))

@@ -9,11 +9,15 @@ name                           type                                what
 =============================  ==================================  ============================
 ``/joint_states`` (sub)        ``sensor_msgs/JointState``          proprioception; its stamp is
                                                                    the observation time
-``/habc/env_state`` (sub)      ``std_msgs/Float32MultiArray``      sim only: appended to the
+``/habc/env_state`` (sub)      ``std_msgs/Float32MultiArray``      ``backend: sim`` only:
+                                                                   appended to the
                                                                    proprioception of state-only
                                                                    policies trained with it
 ``/cameras/<cam>/image_raw``   ``sensor_msgs/Image``               one per camera the policy
 (sub)                                                              was trained on
+``/habc/episode_event`` (sub)  ``habc_msgs/EpisodeEvent``          the prompt of each started
+                                                                   episode (as recorded) is
+                                                                   the one served
 ``/habc/action_chunk`` (pub)   ``habc_msgs/ActionChunk``           stamped with the observation
                                                                    time, checkpoint id, learner
                                                                    step
@@ -32,6 +36,15 @@ current one (``execute_rows`` minus the measured latency in rows minus a margin)
 newest observation, so the next chunk arrives before the current one's executable rows run
 out. It never computes from an observation older than ``max_observation_age_s`` (a dead driver
 gives no chunks, and the arbiter then holds).
+
+Policies with cameras: the frames must be at most ``max_image_age_s`` old (a frozen or dead
+camera: nothing is published, the arbiter holds) and at most ``max_camera_joint_skew_s`` (one
+control period, 0.02 s) apart, and the joint state paired with them is the one stamped nearest
+to them, within ``max_camera_joint_skew_s`` (:func:`pair_observation`). An image policy trained
+by the learner has joints-only proprioception, so ``use_env_state: auto`` never reads
+``/habc/env_state`` for it; on ``backend: arx`` the topic is not even subscribed, and a
+checkpoint that needs the simulator's privileged state (``privileged_state_dim > 0``) is
+refused at start and at every announcement.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
-from habc_msgs.msg import ActionChunk
+from habc_msgs.msg import ActionChunk, EpisodeEvent
 from habc_msgs.srv import AnnounceCheckpoint
 from habc_policy.core.checkpoint import (
     MANIFEST_NAME,
@@ -74,6 +87,9 @@ TOPIC_ACTION_CHUNK = "/habc/action_chunk"
 TOPIC_HEARTBEAT = "/habc/policy_heartbeat"
 SERVICE_ANNOUNCE = "/habc/announce_checkpoint"
 USE_ENV_STATE = ("auto", "true", "false")
+BACKENDS = ("sim", "arx")
+TOPIC_EPISODE_EVENT = "/habc/episode_event"
+JOINT_HISTORY = 50  # joint states kept to pair with camera frames (1 s at 50 Hz)
 
 
 def camera_topic(camera: str) -> str:
@@ -96,6 +112,10 @@ class ServerParams:
     torch_threads: int
     checkpoint_roots: tuple[str, ...] = ()
     heartbeat_hz: float = 100.0
+    backend: str = "sim"
+    max_image_age_s: float = 0.2
+    follow_episode_prompt: bool = True
+    max_camera_joint_skew_s: float = 0.02
 
     @classmethod
     def declare(cls, node: Any) -> ServerParams:
@@ -123,7 +143,19 @@ class ServerParams:
                 if r.strip()
             ),
             heartbeat_hz=float(d(node, "heartbeat_hz", 100.0, "heartbeat rate (Hz)")),
+            backend=d(node, "backend", "sim", f"robot backend, one of {BACKENDS}"),
+            max_image_age_s=float(
+                d(node, "max_image_age_s", 0.2, "older camera frames are refused: hold")
+            ),
+            follow_episode_prompt=bool(
+                d(node, "follow_episode_prompt", True, "serve each episode's recorded prompt")
+            ),
+            max_camera_joint_skew_s=float(
+                d(node, "max_camera_joint_skew_s", 0.02, "frames/joints pairing tolerance (s)")
+            ),
         )
+        if p.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {p.backend!r}")
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' must name a checkpoint directory or root")
         if not p.prompt.strip():
@@ -134,7 +166,12 @@ class ServerParams:
             raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
         if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
             raise ValueError("execute_rows >= 1, margin_rows >= 0 and torch_threads >= 1 needed")
-        for name in ("control_period_s", "max_observation_age_s"):
+        for name in (
+            "control_period_s",
+            "max_observation_age_s",
+            "max_image_age_s",
+            "max_camera_joint_skew_s",
+        ):
             value = getattr(p, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -188,11 +225,62 @@ def image_to_array(msg: Image, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def check_compatible(new: LoadedPolicy, old: LoadedPolicy | None, execute_rows: int) -> str:
+def privileged_refusal(config: Any, backend: str) -> str:
+    """Why a policy cannot run on ``backend`` for lack of privileged simulator state ("": it
+    can). A real robot has no ``/habc/env_state``."""
+    if backend == "sim" or getattr(config, "privileged_state_dim", 0) == 0:
+        return ""
+    return (
+        f"the checkpoint needs privileged simulator state (/habc/env_state, "
+        f"{getattr(config, 'privileged_state_dim', 0)} of its {config.proprio_dim} proprio dims), which "
+        f"backend {backend!r} does not have: refused. Serve an image policy trained with "
+        f"cameras and joints only (habc-learn --cameras top,left_wrist,right_wrist)"
+    )
+
+
+def pair_observation(
+    frame_stamps: dict[str, float],
+    joint_history: list[tuple[float, np.ndarray]],
+    now: float,
+    max_skew_s: float,
+    max_image_age_s: float,
+) -> tuple[float, np.ndarray] | str:
+    """The joint state that goes with the newest camera frames, or why there is none.
+
+    The frames (one per camera, stamped at capture) must be at most ``max_image_age_s`` old and
+    at most ``max_skew_s`` (one control period by default) apart; the joint state is the one
+    stamped nearest to the newest frame, and it must lie within ``max_skew_s`` of it.
+    """
+    newest, oldest = max(frame_stamps.values()), min(frame_stamps.values())
+    stale = {c: now - t for c, t in frame_stamps.items() if now - t > max_image_age_s}
+    if stale:
+        ages = ", ".join(f"{c} {age:.3f} s" for c, age in sorted(stale.items()))
+        return f"camera frames too old ({ages} > max_image_age_s {max_image_age_s}): holding"
+    if newest - oldest > max_skew_s:
+        return (
+            f"camera frames {newest - oldest:.3f} s apart (> max_camera_joint_skew_s "
+            f"{max_skew_s} s): waiting for one capture of every camera"
+        )
+    if not joint_history:
+        return "no joint state yet"
+    stamp, q = min(joint_history, key=lambda item: abs(item[0] - newest))
+    if abs(stamp - newest) > max_skew_s:
+        return (
+            f"no joint state within max_camera_joint_skew_s ({max_skew_s} s) of the camera "
+            f"frames (nearest {abs(stamp - newest):.3f} s away)"
+        )
+    return stamp, q
+
+
+def check_compatible(
+    new: LoadedPolicy, old: LoadedPolicy | None, execute_rows: int, backend: str = "sim"
+) -> str:
     """Why ``new`` cannot replace ``old`` ("" when it can)."""
     c = new.config
     if c.horizon < execute_rows:
         return f"horizon {c.horizon} < execute_rows {execute_rows}"
+    if why := privileged_refusal(c, backend):
+        return why
     if old is None:
         return ""
     o = old.config
@@ -216,7 +304,7 @@ class PolicyServer(Node):
         else:
             path = resolve_checkpoint(p.checkpoint)
             policy = load_policy(path, p.device)
-        if why := check_compatible(policy, None, p.execute_rows):
+        if why := check_compatible(policy, None, p.execute_rows, p.backend):
             raise CheckpointError(f"{path}: {why}")
         self._policy = policy
         # Announced checkpoints load only from these (default: the root the server started
@@ -227,14 +315,19 @@ class PolicyServer(Node):
         )
         self._lock = threading.Lock()
         self._joints: tuple[float, np.ndarray] | None = None  # (stamp s, positions)
+        self._joint_history: deque[tuple[float, np.ndarray]] = deque(maxlen=JOINT_HISTORY)
         self._env: np.ndarray | None = None
-        self._images: dict[str, Image] = {}
+        self._images: dict[str, tuple[float, Image]] = {}  # camera -> (stamp s, newest frame)
+        self._prompt = p.prompt
         self._seq = 0
         self._latencies: deque[float] = deque(maxlen=20)
         self._stop = threading.Event()
         self._pub = self.create_publisher(ActionChunk, TOPIC_ACTION_CHUNK, 10)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
-        self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        if p.backend == "sim":  # a real robot has no privileged state to read
+            self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        if p.follow_episode_prompt:
+            self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10)
         for cam in policy.config.camera_names:
             self.create_subscription(
                 Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
@@ -278,14 +371,29 @@ class PolicyServer(Node):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self._joints = (stamp, np.asarray(msg.position, dtype=np.float32))
+            self._joint_history.append(self._joints)
 
     def _on_env(self, msg: Float32MultiArray) -> None:
         with self._lock:
             self._env = np.asarray(msg.data, dtype=np.float32)
 
     def _on_image(self, camera: str, msg: Image) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
-            self._images[camera] = msg
+            self._images[camera] = (stamp, msg)
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        """The prompt recorded with the episode is the one the policy is given."""
+        if msg.event == EpisodeEvent.EVENT_START and msg.prompt:
+            with self._lock:
+                changed, self._prompt = msg.prompt != self._prompt, msg.prompt
+            if changed:
+                self.get_logger().info(f"episode {msg.episode_id}: prompt {msg.prompt!r}")
+
+    @property
+    def prompt(self) -> str:
+        with self._lock:
+            return self._prompt
 
     # Observation --------------------------------------------------------------------------
     def _observation(
@@ -294,23 +402,39 @@ class PolicyServer(Node):
         """(stamp, proprio, images) of the newest observation, or why there is none."""
         with self._lock:
             joints, env, images = self._joints, self._env, dict(self._images)
+            history = list(self._joint_history)
         if joints is None:
             return "no joint state yet"
-        stamp, q = joints
         cfg = policy.config
-        env_dim = None if env is None else int(env.shape[0])
-        if use_env_state(self.params.use_env_state, cfg.proprio_dim, q.shape[0], env_dim):
-            if env is None:
-                return "no env state yet"
-            q = np.concatenate([q, env])
-        if q.shape[0] != cfg.proprio_dim:
-            return f"proprio has {q.shape[0]} dims, the policy expects {cfg.proprio_dim}"
+        if why := privileged_refusal(cfg, self.params.backend):
+            return why
         imgs = None
         if cfg.camera_names:
             missing = [c for c in cfg.camera_names if c not in images]
             if missing:
                 return f"no image yet from {missing}"
-            imgs = {c: image_to_array(images[c], cfg.image_size) for c in cfg.camera_names}
+            paired = pair_observation(
+                {c: images[c][0] for c in cfg.camera_names},
+                history,
+                self.get_clock().now().nanoseconds * 1e-9,
+                self.params.max_camera_joint_skew_s,
+                self.params.max_image_age_s,
+            )
+            if isinstance(paired, str):
+                return paired
+            joints = paired
+            imgs = {c: image_to_array(images[c][1], cfg.image_size) for c in cfg.camera_names}
+        stamp, q = joints
+        env_dim = None if env is None else int(env.shape[0])
+        feed_env = self.params.backend == "sim" and use_env_state(  # a robot has no such state
+            self.params.use_env_state, cfg.proprio_dim, q.shape[0], env_dim
+        )
+        if feed_env:
+            if env is None:
+                return "no env state yet"
+            q = np.concatenate([q, env])
+        if q.shape[0] != cfg.proprio_dim:
+            return f"proprio has {q.shape[0]} dims, the policy expects {cfg.proprio_dim}"
         return stamp, q, imgs
 
     # Worker -------------------------------------------------------------------------------
@@ -355,7 +479,7 @@ class PolicyServer(Node):
             t0 = time.perf_counter()
             seed = None if p.seed < 0 else p.seed * 100_003 + self._seq
             try:
-                chunk = policy.sample_actions(proprio, self.params.prompt, images=images, seed=seed)
+                chunk = policy.sample_actions(proprio, self.prompt, images=images, seed=seed)
             except Exception as exc:  # never kill the worker: log, hold, retry
                 self.get_logger().error(
                     f"inference failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
@@ -431,11 +555,11 @@ class PolicyServer(Node):
                 f"announced learner step {req.learner_step} but the manifest says "
                 f"{new.learner_step}"
             )
-        if why := check_compatible(new, old, self.params.execute_rows):
+        if why := check_compatible(new, old, self.params.execute_rows, self.params.backend):
             raise CheckpointError(why)
         obs = self._observation(new)
         if not isinstance(obs, str):  # a trial chunk on the live observation
-            chunk = new.sample_actions(obs[1], self.params.prompt, images=obs[2], seed=0)
+            chunk = new.sample_actions(obs[1], self.prompt, images=obs[2], seed=0)
             if chunk.shape != (new.config.horizon, new.config.action_dim):
                 raise CheckpointError(f"trial chunk has shape {chunk.shape}")
             if not np.all(np.isfinite(chunk)):
