@@ -347,6 +347,8 @@ AUTHORITY_COLORS = {
 def segments_text(segments: list) -> str:
     """``policy 0–119, human 120–184, …`` (inclusive step ranges)."""
     return ", ".join(f"{name} {a}–{b - 1}" for name, a, b in segments)
+
+
 def vision_policy_config(args: argparse.Namespace, proprio_dim: int, action_dim: int):
     """The image policy of ``--policy vision``: the learner's defaults for a new one."""
     from habc_learner.learn import LearnerJobConfig

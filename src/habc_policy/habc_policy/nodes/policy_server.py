@@ -228,11 +228,12 @@ def image_to_array(msg: Image, size: tuple[int, int]) -> np.ndarray:
 def privileged_refusal(config: Any, backend: str) -> str:
     """Why a policy cannot run on ``backend`` for lack of privileged simulator state ("": it
     can). A real robot has no ``/habc/env_state``."""
-    if backend == "sim" or getattr(config, "privileged_state_dim", 0) == 0:
+    privileged = getattr(config, "privileged_state_dim", 0)  # a remote policy declares none
+    if backend == "sim" or privileged == 0:
         return ""
     return (
         f"the checkpoint needs privileged simulator state (/habc/env_state, "
-        f"{getattr(config, 'privileged_state_dim', 0)} of its {config.proprio_dim} proprio dims), which "
+        f"{privileged} of its {config.proprio_dim} proprio dims), which "
         f"backend {backend!r} does not have: refused. Serve an image policy trained with "
         f"cameras and joints only (habc-learn --cameras top,left_wrist,right_wrist)"
     )
