@@ -236,11 +236,16 @@ def _has_joy(env: dict[str, str]) -> bool:
 def test_arx_without_hardware_stops_the_launch_nonzero(
     env: dict[str, str], run_dir: Path, launches: list[Launch]
 ) -> None:
-    """The driver refuses the real arms with sim safety values and exits; it is required."""
-    launch = Launch(env, *_graph_args(run_dir), "backend:=arx", "task:=fold_towel")
-    launches.append(launch)
-    rc = launch.wait(120.0)
-    assert rc != 0, launch.output[-3000:]
-    assert "simulation's safety settings" in launch.output
-    assert "required node arx_x5_driver exited with code 2" in launch.output
-    assert launch.wait_group_empty() == [], launch.output[-3000:]
+    """The driver refuses the real arms with sim safety values and exits; it is required. With
+    the arx default (policy:=vision) it first refuses cameras without serials."""
+    for policy, why in (
+        ("policy:=state", "simulation's safety settings"),
+        ("policy:=vision", "arx.camera_serials has 0 entries"),
+    ):
+        launch = Launch(env, *_graph_args(run_dir), "backend:=arx", "task:=fold_towel", policy)
+        launches.append(launch)
+        rc = launch.wait(120.0)
+        assert rc != 0, launch.output[-3000:]
+        assert why in launch.output, launch.output[-3000:]
+        assert "required node arx_x5_driver exited with code 2" in launch.output
+        assert launch.wait_group_empty() == [], launch.output[-3000:]

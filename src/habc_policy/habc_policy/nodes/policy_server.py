@@ -158,8 +158,11 @@ class ServerParams:
             raise ValueError(f"backend must be one of {BACKENDS}, got {p.backend!r}")
         if not p.checkpoint:
             raise ValueError("parameter 'checkpoint' must name a checkpoint directory or root")
-        if not p.prompt.strip():
-            raise ValueError("parameter 'prompt' is empty: give the task's language prompt")
+        if not p.prompt.strip() and not p.follow_episode_prompt:
+            raise ValueError(
+                "parameter 'prompt' is empty: give the task's language prompt (or "
+                "follow_episode_prompt: true to take it from each episode's start event)"
+            )
         if not (math.isfinite(p.heartbeat_hz) and p.heartbeat_hz >= 10.0):
             raise ValueError(f"heartbeat_hz must be >= 10, got {p.heartbeat_hz}")
         if p.use_env_state not in USE_ENV_STATE:
@@ -310,9 +313,15 @@ class PolicyServer(Node):
         self._policy = policy
         # Announced checkpoints load only from these (default: the root the server started
         # from): anyone on the DDS domain can call the announce service.
-        start_root = Path(p.checkpoint) if (Path(p.checkpoint) / "LATEST").exists() else path.parent
+        # A remote policy has no start folder: without configured roots nothing is announced in.
+        if isinstance(path, str):
+            start_roots: tuple[Path, ...] = ()
+        elif (Path(p.checkpoint) / "LATEST").exists():
+            start_roots = (Path(p.checkpoint),)
+        else:
+            start_roots = (path.parent,)
         self._roots = tuple(
-            str(Path(r).expanduser().resolve()) for r in (p.checkpoint_roots or (start_root,))
+            str(Path(r).expanduser().resolve()) for r in (p.checkpoint_roots or start_roots)
         )
         self._lock = threading.Lock()
         self._joints: tuple[float, np.ndarray] | None = None  # (stamp s, positions)
@@ -465,6 +474,8 @@ class PolicyServer(Node):
                 obs = self._observation(policy)
             except ValueError as exc:
                 obs = str(exc)
+            if not isinstance(obs, str) and not self.prompt.strip():
+                obs = "no prompt yet: waiting for an episode's start event"
             if isinstance(obs, str) or now - obs[0] > p.max_observation_age_s:
                 why = obs if isinstance(obs, str) else f"observation {now - obs[0]:.3f} s old"
                 if why != last_why:
