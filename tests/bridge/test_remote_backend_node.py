@@ -23,10 +23,16 @@ SEED = 5
 
 
 def prompt_of_config() -> str:
+    """The prompt the node starts with: the last of its parameter files that sets one."""
     import yaml
 
-    doc = yaml.safe_load((CONFIG / "policy_server.yaml").read_text())
-    return doc["policy_server"]["ros__parameters"]["prompt"]
+    from tests.nodes.conftest import PARAMS_FILE
+
+    prompt = ""
+    for name in PARAMS_FILE["policy_server"]:
+        doc = yaml.safe_load((CONFIG / name).read_text())
+        prompt = doc["policy_server"]["ros__parameters"].get("prompt", prompt)
+    return prompt
 
 
 def test_remote_backend_serves_holds_and_reconnects(ros_env: dict[str, str], tmp_path: Path):
