@@ -478,8 +478,10 @@ class PolicyServer(Node):
                 obs = "no prompt yet: waiting for an episode's start event"
             if isinstance(obs, str) or now - obs[0] > p.max_observation_age_s:
                 why = obs if isinstance(obs, str) else f"observation {now - obs[0]:.3f} s old"
-                if why != last_why:
-                    self.get_logger().warning(f"not serving: {why}", throttle_duration_sec=2.0)
+                # A new reason is logged as soon as the throttle allows (not lost to it).
+                if why != last_why and self.get_logger().warning(
+                    f"not serving: {why}", throttle_duration_sec=2.0
+                ):
                     last_why = why
                 self._stop.wait(0.005)
                 continue
