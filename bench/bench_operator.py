@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="episode limit (task default)")
     p.add_argument("--list", action="store_true", help="one line per takeover episode")
     p.add_argument("--handback-level", type=int, default=None, help="(default: the task's)")
+    p.add_argument(
+        "--handback-ticks", type=int, default=25, help="the arbiter's hand-back ramp (ticks)"
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     task=args.task,
                     prompt=robot.prompt,
                     sample_seed=seed,
+                    handback_ticks=args.handback_ticks,
                 )
                 if watched:
                     results.append(r)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"task {args.task}, checkpoint {policy.checkpoint_id} (step {policy.learner_step})")
     print(
         f"operator: intervention rate {args.intervention_rate}, hand-back {args.release}, "
-        f"one-arm {args.one_arm}; {len(results)} episodes in {wall:.0f} s "
+        f"one-arm {args.one_arm}, ramp {args.handback_ticks} ticks; {len(results)} episodes in {wall:.0f} s "
         f"({wall / max(len(results), 1):.2f} s per episode)"
     )
     if baseline:

@@ -278,6 +278,36 @@ def test_one_arm_takeover_takes_the_arm_at_fault_and_hands_it_back() -> None:
     assert model.mask == (True, True)
 
 
+def test_a_takeover_that_holds_to_the_end_takes_every_arm() -> None:
+    # Measured bug (transfer-cube, 100 episodes): a last takeover of the picking arm alone held
+    # to the end while the policy kept the receiving arm, so the expert's handover could never
+    # happen and 16 % of takeover episodes timed out. Here: the left arm did its part, the right
+    # did not, which would be a one-arm takeover of the right arm.
+    right_at_fault = Signals(True, False, False, 0.0, milestone=Milestone(0, (True, False)))
+    # The second of max_takeovers=2 holds to the end: both arms, though one is at fault.
+    model = TakeoverModel(_release_config(max_takeovers=2, min_control_steps=0))
+    model.reset(seed=0, horizon=400)
+    assert model.update(right_at_fault).takeover and model.mask == (False, True)
+    for _ in range(3):
+        model.update(_at(0, (True, True)))
+    assert model.state == "watching" and model.releases == 1
+    assert model.update(right_at_fault).takeover and model.mask == (True, True)
+    # So does every takeover of an operator told not to release.
+    model = TakeoverModel(_release_config(release=False))
+    model.reset(seed=0, horizon=400)
+    assert model.update(right_at_fault).takeover and model.mask == (True, True)
+    # A one-arm takeover whose arm is back on track with too few steps left to hand back:
+    # the operator keeps control and widens it to every arm (60 steps left at the takeover,
+    # the right arm done 12 steps later: 48 < 50 left).
+    model = TakeoverModel(_release_config(min_control_steps=0, release_confirm_steps=1))
+    model.reset(seed=0, horizon=60)
+    assert model.update(right_at_fault).takeover and model.mask == (False, True)
+    for _ in range(10):
+        assert model.update(_at(0, (True, False))).takeover and model.mask == (False, True)
+    assert model.update(_at(0, (True, True))).takeover, "too late to hand back"
+    assert model.mask == (True, True)
+
+
 def _hold_scene(task_objects: dict, grip: dict, sites: dict) -> SceneState:
     return SceneState(
         q={"left": np.zeros(6), "right": np.zeros(6)},

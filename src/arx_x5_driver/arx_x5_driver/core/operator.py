@@ -16,8 +16,8 @@ Three pieces, each usable alone:
   until the scene is back on track** and releases the deadman: the arbiter then ramps control
   back to the policy (hand-back) and the policy finishes the episode, the post-takeover suffix
   that HABC's credit rule is about. It may take over again later in the same episode (at most
-  ``max_takeovers`` times; the last one holds to the end), and it keeps control when fewer
-  than ``min_suffix_steps`` steps are left. Like a human, it does not take over a scene it
+  ``max_takeovers`` times; the last one holds to the end and takes every arm), and it keeps
+  control (then of every arm) when fewer than ``min_suffix_steps`` steps are left. Like a human, it does not take over a scene it
   cannot recover (an object off the table or out of the arms' reach, as the expert's
   ``scene_recoverable`` says): the episode then stays a plain failure instead of becoming a
   "demonstration" of flailing. A ROS node drives the same object: ``takeover``
@@ -105,7 +105,7 @@ class OperatorConfig:
         min_control_steps: least steps of a takeover before it may hand back.
         min_suffix_steps: keep control when fewer steps than this are left in the episode
             (a human does not hand back with a second to go).
-        max_takeovers: takeovers per episode; the last one holds to the end.
+        max_takeovers: takeovers per episode; the last one holds to the end, with every arm.
         one_arm: take over only the arm at fault when one arm has the problem.
     """
 
@@ -468,6 +468,10 @@ class TakeoverModel:
             on_track = all(done for done, mine in zip(m.arm_done, self.mask) if mine)
         self._track_steps = self._track_steps + 1 if on_track else 0
         left = None if self.horizon is None else self.horizon - self._step
+        if left is not None and left < cfg.min_suffix_steps and on_track and not all(self.mask):
+            # Too late to hand back: the operator finishes the task itself, with every arm
+            # (the other arm's part, e.g. transfer-cube's handover, needs it too).
+            self.mask = (True,) * self.n_arms
         return (
             self._track_steps >= cfg.release_confirm_steps
             and self._control_steps >= cfg.min_control_steps
@@ -515,7 +519,10 @@ class TakeoverModel:
     def _take(self, signals: Signals) -> None:
         self.state = "in_control"
         self.takeovers += 1
-        self.mask = self._arms_at_fault(signals)
+        # A takeover that holds to the end (no hand-back, or the last one allowed) takes every
+        # arm: the operator finishes the task itself, and the rest of it needs both arms.
+        holds = not self.config.release or self.takeovers >= self.config.max_takeovers
+        self.mask = (True,) * self.n_arms if holds else self._arms_at_fault(signals)
         self._control_steps = 0
         self._track_steps = 0
         self._start_level = 0 if signals.milestone is None else signals.milestone.level
