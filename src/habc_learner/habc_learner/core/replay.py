@@ -389,16 +389,25 @@ class ReplayStore:
         load_images: bool = True,
         next_images: bool = True,
         augment: bool = False,
+        shard: slice | None = None,
+        augment_rng: np.random.Generator | None = None,
     ) -> Batch:
         """:meth:`sample_indices` then :meth:`gather`; with ``augment``, the configured image
-        augmentation (drawn from ``rng``, independently per sample and camera, s and s')."""
+        augmentation (drawn from ``augment_rng``, default ``rng``, independently per sample and
+        camera, s and s'). ``shard``: keep only these rows of the ``batch_size`` drawn (a
+        data-parallel rank's share of the global batch, :mod:`habc_learner.core.distributed`)."""
         rows = self.sample_indices(batch_size, mixing, rng, proportional, split)
+        if shard is not None:
+            rows = rows[shard]
         batch = self.gather(rows, load_images, next_images)
         if augment and self.config.image_augment != "none":
             kind, pad = self.config.image_augment, self.config.augment_pad
+            aug_rng = rng if augment_rng is None else augment_rng
             for images in (batch.images, batch.next_images):
                 for cam, value in images.items():
-                    images[cam] = torch.from_numpy(augment_images(value.numpy(), kind, pad, rng))
+                    images[cam] = torch.from_numpy(
+                        augment_images(value.numpy(), kind, pad, aug_rng)
+                    )
         return batch
 
     def all_proprio_actions(
