@@ -198,6 +198,14 @@ class ReplayStore:
         self._dirty = True
         return index
 
+    def window_robot_ids(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The robot id of each window at ``rows`` (all windows by default), through its
+        episode (fleet ingest; "" for episodes of no fleet)."""
+        self._rebuild()
+        robots = np.array([e.robot_id for e in self._episodes] or [""], dtype=object)
+        index = self._table.episode_index if rows is None else self._table.episode_index[rows]
+        return robots[index]
+
     def add_episodes(self, episodes: Iterable[Episode]) -> None:
         for episode in episodes:
             self.add_episode(episode)

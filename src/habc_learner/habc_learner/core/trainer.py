@@ -193,6 +193,7 @@ class RoundSummary:
     checkpoint: Path | None = None
     checkpoint_id: str | None = None
     notes: tuple[str, ...] = ()  # what a person must know, e.g. a method's source had no data
+    by_robot: tuple[str, ...] = ()  # fleet ingest: success and takeovers per robot
 
     def line(self) -> str:
         """One console line with the headline statistics."""
@@ -220,6 +221,7 @@ class RoundSummary:
         if self.validation.get("critic_val/stopped_at", -1) >= 0:
             parts.append(f"critic_stopped_at={self.validation['critic_val/stopped_at']:.0f}")
         parts += [f"NOTE: {n}" for n in self.notes]
+        parts += list(self.by_robot)
         return " | ".join(parts)
 
 
@@ -298,6 +300,8 @@ class Trainer:
                 "run it on one process"
             )
         self._ddp: nn.Module | None = None
+        #: extra JSON files written into every checkpoint (e.g. the learner job's config).
+        self.checkpoint_json: dict[str, Any] = {}
         self._augment_rng: np.random.Generator | None = None
         expected = config.replay_config()
         if store.config.window != expected.window:
@@ -1056,7 +1060,10 @@ class Trainer:
             self.normalizer,
             self.learner_step,
             extra_tensor_files=extra_tensor_files,
-            extra_json_files={STATE_FILE: json.loads(json.dumps(state, default=float))},
+            extra_json_files={
+                STATE_FILE: json.loads(json.dumps(state, default=float)),
+                **self.checkpoint_json,
+            },
             extra_manifest={
                 "method": self.method.name,
                 "round_index": self.round_index,
