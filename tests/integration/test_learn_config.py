@@ -36,9 +36,12 @@ def test_yaml_then_cli_overrides_and_the_old_flags(tmp_path: Path) -> None:
     assert config.policy.cameras == ("top",) and config.policy.image_size == (48, 64)
     assert config.bag_dirs == (Path("a"), Path("b"))
     old = L.parse_cli(
-        "--bags x --out o --steps 3 --min-new 2 --batch-size 16 --threads 1 --watch "
-        "--no-env-state --cameras top,left_wrist --image-size 32 --augment crop "
-        "--augment-pad 2 --init ckpt".split()
+        [
+            *("--bags", "x", "--out", "o", "--steps", "3", "--min-new", "2"),
+            *("--batch-size", "16", "--threads", "1", "--watch", "--no-env-state"),
+            *("--cameras", "top,left_wrist", "--image-size", "32", "--augment", "crop"),
+            *("--augment-pad", "2", "--init", "ckpt"),
+        ]
     )
     assert (old.bag_dirs, old.out_dir, old.steps_per_round, old.min_new_episodes) == (
         (Path("x"),),
@@ -69,7 +72,7 @@ def test_help_lists_the_methods_and_every_knob_with_its_default(
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for method in METHODS:
         assert method in text
-    for key, default in L.flat_defaults().items():
+    for key in L.flat_defaults():
         assert f"--{key} " in text, key
     assert "--critic.efficiency_target str (one of td, mc; default: mc)" in text
     assert "--critic.lr float (default: 0.0003)" in text
@@ -125,7 +128,7 @@ def test_the_node_parameters_are_the_config_keys() -> None:
     assert config.critic.efficiency_target == "td" and config.count_demos is False
     assert config.policy.cameras == ("top", "left_wrist") and config.image_size == (48, 64)
     assert config.policy.hidden_dim == 128 and config.policy.horizon is None
-    with pytest.raises(ValueError, match="critic.efficiency_target='x' is not one of"):
+    with pytest.raises(ValueError, match=r"critic\.efficiency_target='x' is not one of"):
         L.from_node_parameters({**defaults, "critic.efficiency_target": "x"})
 
 
