@@ -76,6 +76,30 @@ def _trajectory(method: str, batch_size: int, dist: D.DistContext) -> dict[str, 
     return out
 
 
+def _early_stopping_round(dist: D.DistContext) -> float:
+    """A round in which the critic stops early (patience 1, held-out BCE every step): DDP must
+    carry on with the actor alone. Returns the step the critic stopped at (-1: never)."""
+    import dataclasses
+
+    import torch
+
+    from habc_learner.core.trainer import Trainer, TrainerConfig
+    from tests.learner.test_trainer import make_store
+
+    torch.set_num_threads(1)
+    policy, critic = _policy_and_critic()
+    critic = dataclasses.replace(
+        critic, validation_fraction=0.5, early_stopping_patience=1, validate_every=1, lr=0.05
+    )
+    config = TrainerConfig(
+        method="habc", policy=policy, critic=critic, batch_size=B, progress=False, seed=3
+    )
+    trainer = Trainer(config, make_store(config, per_scenario=1), dist)
+    summary = trainer.run_round(8)
+    assert summary.learner_step == 8
+    return summary.validation["critic_val/stopped_at"]
+
+
 def _rank(rank: int, world: int, port: int, result: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -87,6 +111,7 @@ def _rank(rank: int, world: int, port: int, result: str) -> None:
     ctx = D.init("cpu", timeout_s=600)
     try:
         runs = {m: _trajectory(m, B, ctx) for m in METHODS}
+        runs["stopped_at"] = _early_stopping_round(ctx)
         if ctx.is_main:
             Path(result).write_text(json.dumps(runs))
     finally:
@@ -106,6 +131,7 @@ def test_two_ranks_follow_one_rank_with_the_doubled_batch(tmp_path: Path) -> Non
         _rank, args=(2, _free_port(), str(result)), nprocs=2, join=True, start_method="spawn"
     )
     ranks = json.loads(result.read_text())
+    assert 0 <= ranks["stopped_at"] < 8  # the critic stopped and the actor trained on
     for method in METHODS:
         ref = _trajectory(method, 2 * B, D.SINGLE)
         for key, rtol in RTOL.items():

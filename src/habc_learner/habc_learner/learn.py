@@ -474,9 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             for path, reason in found.skipped:
                 say(f"habc-learn: skipped {path.name}: {reason}", flush=True)
             for path, episode_id, first in found.duplicates:
-                say(
-                    f"habc-learn: duplicate episode {episode_id} in {path} (of {first})", flush=True
-                )
+                say(f"habc-learn: duplicate episode {episode_id}: {path} (of {first})", flush=True)
             if found.used:
                 say(
                     f"habc-learn: {len(found.used)} new episode(s), {len(job.pending)} pending",

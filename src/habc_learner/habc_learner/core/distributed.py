@@ -162,13 +162,17 @@ class LearnerModules(nn.Module):
         return step(*args, **kwargs)
 
 
-def wrap(ctx: DistContext, modules: Mapping[str, nn.Module], device: torch.device) -> nn.Module:
-    """DDP over ``modules`` (rank 0's weights are broadcast to every rank on construction);
-    ``find_unused_parameters`` because a round may stop training the critic early."""
+def wrap(
+    ctx: DistContext,
+    modules: Mapping[str, nn.Module],
+    device: torch.device,
+    find_unused: bool = False,
+) -> nn.Module:
+    """DDP over ``modules`` (rank 0's weights are broadcast to every rank on construction).
+    ``find_unused``: some steps leave parameters out of the differentiated outputs (the critic
+    after early stopping); DDP then looks for them every step (an extra graph traversal)."""
     from torch.nn.parallel import DistributedDataParallel
 
     parent = LearnerModules(modules)
     ids = [device.index or 0] if device.type == "cuda" else None
-    return DistributedDataParallel(
-        parent, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
-    )
+    return DistributedDataParallel(parent, device_ids=ids, find_unused_parameters=find_unused)

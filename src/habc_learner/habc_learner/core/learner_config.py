@@ -252,6 +252,9 @@ LEGACY_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
 def translate_legacy(argv: list[str]) -> list[str]:
     """Rewrite the old flags (``--bags A B --min-new 3 --cameras top,left``) as config keys."""
     out: list[str] = []
@@ -273,8 +276,11 @@ def translate_legacy(argv: list[str]) -> list[str]:
         elif kind in ("value", "csv") and not eq and i < len(argv):
             values.append(argv[i])
             i += 1
-        if kind == "true":
-            out += [f"--{key}", "true"]
+        if kind == "true":  # "--watch", or "--watch true" (the config key's own spelling)
+            if not eq and i < len(argv) and argv[i].lower() in BOOL_WORDS:
+                values = [argv[i]]
+                i += 1
+            out += [f"--{key}", values[0] if values else "true"]
         elif kind == "false":
             out += [f"--{key}", "false"]
         elif kind == "list":

@@ -504,15 +504,17 @@ class Trainer:
         actions = normalizer.normalize_action(batch.actions)
         images = batch.images or None
         self.policy.train()
+        train_critic = not self._validation.stopped
         if self.dist.enabled:  # actor and critic under one DDP: its backward averages grads
             if self._ddp is None:
-                self._ddp = D.wrap(self.dist, self._trainable_modules(), self.device)
-            out = self._ddp(self._step_losses, batch, q, actions, images, run_step)
+                ccfg = cfg.critic
+                stops = ccfg.early_stopping_patience > 0 and ccfg.validation_fraction > 0
+                self._ddp = D.wrap(self.dist, self._trainable_modules(), self.device, stops)
+            out = self._ddp(self._step_losses, batch, q, actions, images, run_step, train_critic)
         else:
-            out = self._step_losses(batch, q, actions, images, run_step)
+            out = self._step_losses(batch, q, actions, images, run_step, train_critic)
         actor_loss, critic_total, info, w_tilde, w, gate = out
 
-        train_critic = not self._validation.stopped
         self.actor_optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
@@ -552,6 +554,7 @@ class Trainer:
         actions: Tensor,
         images: dict[str, Tensor] | None,
         run_step: int,
+        train_critic: bool = True,
     ) -> tuple[Tensor, Tensor, dict[str, float], Tensor, Tensor, Tensor]:
         """The differentiable part of a step: actor loss, critic loss, logged scalars, w̃, w, g.
 
@@ -611,6 +614,8 @@ class Trainer:
                 actor_loss = actor_loss * (world * w.sum() / w_all.sum().clamp_min(1e-6))
                 a_info["loss/actor"] = float(actor_loss.detach())
         info.update(a_info)
+        if not train_critic:  # a stopped critic is left out of the differentiated outputs
+            critic_total = critic_total.detach()
         return actor_loss, critic_total, info, w_tilde, w, gate
 
     def _dual_critic_terms(
