@@ -132,7 +132,7 @@ def main() -> None:
     print(
         f"== DDP scaling: habc learner steps, {args.steps} timed (+{args.warmup} warmup), "
         f"{args.threads} torch thread(s) per rank, device {args.device}, "
-        f"{os.cpu_count()} CPU cores visible"
+        f"{os.cpu_count()} CPU cores visible, load average {os.getloadavg()[0]:.1f}"
     )
     for policy in args.policies.split(","):
         batch = args.state_batch if policy == "state" else args.image_batch
@@ -153,7 +153,7 @@ def main() -> None:
         print(
             f"{policy:>10}: batch {batch}/rank | 1 rank {one:8.1f} windows/s | 2 ranks "
             f"{two:8.1f} windows/s | efficiency {two / (2 * one):.2f} "
-            f"({time.perf_counter() - t0:.0f} s)",
+            f"({time.perf_counter() - t0:.0f} s, load average now {os.getloadavg()[0]:.1f})",
             flush=True,
         )
 

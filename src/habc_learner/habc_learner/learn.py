@@ -141,8 +141,13 @@ class LearnerJob:
         self.store = ReplayStore(self._trainer_config(None).replay_config())
         self.trainer: Trainer | None = None
         self.last_summary: RoundSummary | None = None
-        # Episodes consumed by earlier rounds are training data again after a restart.
+        # Episodes consumed by earlier rounds are training data again after a restart. Rank 0
+        # reads first (it fills the image cache), then the others (cache hits).
+        if not dist.is_main:
+            D.barrier(dist)
         self._reload_consumed()
+        if dist.is_main:
+            D.barrier(dist)
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self) -> dict:

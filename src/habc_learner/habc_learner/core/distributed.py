@@ -107,6 +107,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op on one process)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
 def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (picklable objects: paths, decisions)."""
     if not ctx.enabled:
