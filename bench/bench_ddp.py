@@ -89,8 +89,23 @@ def _rank(rank: int, world: int, port: int, args: dict, result: str) -> None:
     if world > 1:
         torch.distributed.barrier()
     wall = time.perf_counter() - t0
+    comm: dict[str, float] = {}
+    if world > 1:  # what a step's communication costs on its own, without the compute
+        params = [p for m in trainer._trainable_modules().values() for p in m.parameters()]
+        flat = torch.zeros(sum(p.numel() for p in params if p.requires_grad))
+        info = trainer.train_step()
+        for name, fn in (
+            ("allreduce_ms", lambda: torch.distributed.all_reduce(flat)),
+            ("scalars_ms", lambda: D.mean_over_ranks(ctx, info)),
+        ):
+            torch.distributed.barrier()
+            t = time.perf_counter()
+            for _ in range(args["steps"]):
+                fn()
+            comm[name] = (time.perf_counter() - t) / args["steps"] * 1e3
+        comm["params"] = float(flat.numel())
     if rank == 0:
-        Path(result).write_text(json.dumps({"wall_s": wall}))
+        Path(result).write_text(json.dumps({"wall_s": wall, **comm}))
     D.shutdown()
 
 
@@ -100,8 +115,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(world: int, args: dict) -> float:
-    """Windows per second of ``world`` ranks (wall time of the timed steps on rank 0)."""
+def measure(world: int, args: dict) -> dict[str, float]:
+    """``rate`` (windows per second of ``world`` ranks, wall time of the timed steps on rank 0),
+    ``step_ms``; with 2 ranks also the cost of one gradient-sized gloo all-reduce and of the
+    logged scalars' exchange, measured alone."""
     with tempfile.TemporaryDirectory() as tmp:
         result = str(Path(tmp) / "result.json")
         if world == 1:
@@ -114,8 +131,10 @@ def measure(world: int, args: dict) -> float:
                 join=True,
                 start_method="spawn",
             )
-        wall = json.loads(Path(result).read_text())["wall_s"]
-    return world * args["batch"] * args["steps"] / wall
+        measured = json.loads(Path(result).read_text())
+    measured["rate"] = world * args["batch"] * args["steps"] / measured["wall_s"]
+    measured["step_ms"] = measured["wall_s"] / args["steps"] * 1e3
+    return measured
 
 
 def main() -> None:
@@ -147,12 +166,15 @@ def main() -> None:
         t0 = time.perf_counter()
         one = measure(1, common)
         if args.single_gpu:
-            print(f"{policy:>10}: 1 process, batch {batch}: {one:8.1f} windows/s")
+            print(f"{policy:>10}: 1 process, batch {batch}: {one['rate']:8.1f} windows/s")
             continue
         two = measure(2, common)
         print(
-            f"{policy:>10}: batch {batch}/rank | 1 rank {one:8.1f} windows/s | 2 ranks "
-            f"{two:8.1f} windows/s | efficiency {two / (2 * one):.2f} "
+            f"{policy:>10}: batch {batch}/rank | 1 rank {one['rate']:8.1f} windows/s "
+            f"({one['step_ms']:.0f} ms/step) | 2 ranks {two['rate']:8.1f} windows/s "
+            f"({two['step_ms']:.0f} ms/step) | efficiency {two['rate'] / (2 * one['rate']):.2f} | "
+            f"alone: all-reduce of {two['params'] / 1e6:.2f} M grads {two['allreduce_ms']:.1f} ms, "
+            f"scalars {two['scalars_ms']:.1f} ms "
             f"({time.perf_counter() - t0:.0f} s, load average now {os.getloadavg()[0]:.1f})",
             flush=True,
         )
