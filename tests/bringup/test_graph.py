@@ -238,12 +238,12 @@ def test_policy_vision_wires_cameras_and_drops_env_state() -> None:
     assert "publish_env_state:=false" in specs["arx_x5_driver"].ros_args()
     assert specs["episode_recorder"].overrides["cameras"] == "top,left_wrist"
     learner = specs["learner"].overrides
-    assert learner["cameras"] == "top,left_wrist" and learner["image_size"] == "32"
+    assert learner["policy.cameras"] == "top,left_wrist" and learner["policy.image_size"] == "32"
     assert specs["policy_server"].overrides["backend"] == "sim"
     # The state graph leaves the parameter files' values alone.
     state = {s.name: s for s in resolve(graph, {})}
     assert "publish_env_state" not in state["arx_x5_driver"].overrides
-    assert "cameras" not in state["learner"].overrides
+    assert "policy.cameras" not in state["learner"].overrides
     arx = {s.name: s for s in resolve(graph, {"backend": "arx"})}
     assert arx["policy_server"].overrides["backend"] == "arx"
     assert arx["arx_x5_driver"].overrides["publish_env_state"] is False

@@ -102,7 +102,7 @@ def test_learner_node_trains_and_announces(ros_env: dict[str, str], tmp_path: Pa
 
 
 def test_image_size_parameter_forms(ros_env: dict[str, str]) -> None:
-    from habc_learner.nodes.learner_node import parse_image_size
+    from habc_learner.core.learner_config import parse_image_size
 
     assert parse_image_size(96) == (96, 96)
     assert parse_image_size([48, 64]) == (48, 64)

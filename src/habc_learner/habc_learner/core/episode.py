@@ -104,6 +104,7 @@ class Episode:
         arm_slices: per arm, the [lo, hi) slice of action dims, e.g. ((0, 7), (7, 14)).
         images: camera name -> lazy :data:`ImageLoader` (never loaded eagerly).
         is_demonstration: an SFT demonstration (every window is demo data).
+        robot_id: the robot that recorded it (fleet ingest: its folder name; "" otherwise).
     """
 
     episode_id: str
@@ -120,6 +121,7 @@ class Episode:
     success_step: int | None = None
     images: Mapping[str, ImageLoader] = field(default_factory=dict)
     is_demonstration: bool = False
+    robot_id: str = ""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

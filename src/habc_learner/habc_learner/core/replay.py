@@ -198,6 +198,14 @@ class ReplayStore:
         self._dirty = True
         return index
 
+    def window_robot_ids(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The robot id of each window at ``rows`` (all windows by default), through its
+        episode (fleet ingest; "" for episodes of no fleet)."""
+        self._rebuild()
+        robots = np.array([e.robot_id for e in self._episodes] or [""], dtype=object)
+        index = self._table.episode_index if rows is None else self._table.episode_index[rows]
+        return robots[index]
+
     def add_episodes(self, episodes: Iterable[Episode]) -> None:
         for episode in episodes:
             self.add_episode(episode)
@@ -389,16 +397,25 @@ class ReplayStore:
         load_images: bool = True,
         next_images: bool = True,
         augment: bool = False,
+        shard: slice | None = None,
+        augment_rng: np.random.Generator | None = None,
     ) -> Batch:
         """:meth:`sample_indices` then :meth:`gather`; with ``augment``, the configured image
-        augmentation (drawn from ``rng``, independently per sample and camera, s and s')."""
+        augmentation (drawn from ``augment_rng``, default ``rng``, independently per sample and
+        camera, s and s'). ``shard``: keep only these rows of the ``batch_size`` drawn (a
+        data-parallel rank's share of the global batch, :mod:`habc_learner.core.distributed`)."""
         rows = self.sample_indices(batch_size, mixing, rng, proportional, split)
+        if shard is not None:
+            rows = rows[shard]
         batch = self.gather(rows, load_images, next_images)
         if augment and self.config.image_augment != "none":
             kind, pad = self.config.image_augment, self.config.augment_pad
+            aug_rng = rng if augment_rng is None else augment_rng
             for images in (batch.images, batch.next_images):
                 for cam, value in images.items():
-                    images[cam] = torch.from_numpy(augment_images(value.numpy(), kind, pad, rng))
+                    images[cam] = torch.from_numpy(
+                        augment_images(value.numpy(), kind, pad, aug_rng)
+                    )
         return batch
 
     def all_proprio_actions(

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from habc_learner.core import calibration as cal
 from habc_learner.core import critic as C
+from habc_learner.core import distributed as D
 from habc_learner.core import weights as W
 from habc_learner.core.critic import CriticConfig, DualHeadCritic, ParentValueHead
 from habc_learner.core.ire_vla import IRE_VLA_FILE, IreVlaLearner
@@ -192,6 +193,7 @@ class RoundSummary:
     checkpoint: Path | None = None
     checkpoint_id: str | None = None
     notes: tuple[str, ...] = ()  # what a person must know, e.g. a method's source had no data
+    by_robot: tuple[str, ...] = ()  # fleet ingest: success and takeovers per robot
 
     def line(self) -> str:
         """One console line with the headline statistics."""
@@ -219,6 +221,7 @@ class RoundSummary:
         if self.validation.get("critic_val/stopped_at", -1) >= 0:
             parts.append(f"critic_stopped_at={self.validation['critic_val/stopped_at']:.0f}")
         parts += [f"NOTE: {n}" for n in self.notes]
+        parts += list(self.by_robot)
         return " | ".join(parts)
 
 
@@ -283,10 +286,23 @@ def optimizer_from_tensors(
 class Trainer:
     """Round-based trainer for any registered method over a :class:`ReplayStore`."""
 
-    def __init__(self, config: TrainerConfig, store: ReplayStore) -> None:
+    def __init__(
+        self, config: TrainerConfig, store: ReplayStore, dist: D.DistContext = D.SINGLE
+    ) -> None:
         self.config = config
         self.method = config.method_config
         self.store = store
+        #: data-parallel place of this process (:mod:`habc_learner.core.distributed`).
+        self.dist = dist
+        if dist.enabled and self.method.ire_vla is not None:
+            raise ValueError(
+                f"method {self.method.name!r} (iRe-VLA stages) does not run data-parallel yet: "
+                "run it on one process"
+            )
+        self._ddp: nn.Module | None = None
+        #: extra JSON files written into every checkpoint (e.g. the learner job's config).
+        self.checkpoint_json: dict[str, Any] = {}
+        self._augment_rng: np.random.Generator | None = None
         expected = config.replay_config()
         if store.config.window != expected.window:
             raise ValueError(
@@ -362,11 +378,15 @@ class Trainer:
     # ------------------------------------------------------------------------------ lifecycle
     @classmethod
     def resume(
-        cls, config: TrainerConfig, store: ReplayStore, checkpoint: str | Path | None = None
+        cls,
+        config: TrainerConfig,
+        store: ReplayStore,
+        checkpoint: str | Path | None = None,
+        dist: D.DistContext = D.SINGLE,
     ) -> Trainer:
         """A trainer continuing the run of ``checkpoint`` (default: the latest under
         ``config.checkpoint_dir``); a fresh trainer when there is none yet."""
-        trainer = cls(config, store)
+        trainer = cls(config, store, dist)
         if checkpoint is None:
             if config.checkpoint_dir is None:
                 raise ValueError("resume needs a checkpoint path or config.checkpoint_dir")
@@ -388,7 +408,7 @@ class Trainer:
 
     @property
     def writer(self) -> SummaryWriter | None:
-        if self._writer is None and self.config.log_dir is not None:
+        if self._writer is None and self.config.log_dir is not None and self.dist.is_main:
             self._writer = SummaryWriter(self.config.log_dir, purge_step=self.learner_step)
         return self._writer
 
@@ -466,8 +486,9 @@ class Trainer:
             self.select_recap_threshold()
         uses_critic = method.uses_critic_features
         t_data = time.perf_counter()
+        world = self.dist.world_size
         batch = self.store.sample(
-            cfg.batch_size,
+            cfg.batch_size * world,  # the global batch; this rank keeps its shard
             method.mixing_dict,
             self.rng,
             proportional=method.proportional,
@@ -475,14 +496,80 @@ class Trainer:
             load_images=bool(cfg.policy.camera_names),
             next_images=uses_critic,
             augment=True,
+            shard=D.shard_rows(self.dist, cfg.batch_size * world) if self.dist.enabled else None,
+            augment_rng=self._augment_rng,
         ).to(self.device)
         t_compute = time.perf_counter()
         q = normalizer.normalize_proprio(batch.proprio)
         actions = normalizer.normalize_action(batch.actions)
         images = batch.images or None
         self.policy.train()
+        train_critic = not self._validation.stopped
+        if self.dist.enabled:  # actor and critic under one DDP: its backward averages grads
+            if self._ddp is None:
+                ccfg = cfg.critic
+                stops = ccfg.early_stopping_patience > 0 and ccfg.validation_fraction > 0
+                self._ddp = D.wrap(self.dist, self._trainable_modules(), self.device, stops)
+            out = self._ddp(self._step_losses, batch, q, actions, images, run_step, train_critic)
+        else:
+            out = self._step_losses(batch, q, actions, images, run_step, train_critic)
+        actor_loss, critic_total, info, w_tilde, w, gate = out
+
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_total if train_critic else actor_loss).backward()
+        info["grad_norm/actor"] = float(
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        )
+        self.actor_optimizer.step()
+        if self.critic_optimizer is not None and train_critic:
+            params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
+            info["grad_norm/critic"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            self.critic_optimizer.step()
+        info["critic/stopped"] = float(not train_critic)
+        if self.critic is not None and self.critic_target is not None and train_critic:
+            C.polyak_update(self.critic_target, self.critic, cfg.critic.polyak_tau)
+        if self.parent is not None and self.parent_target is not None:
+            C.polyak_update(self.parent_target, self.parent, cfg.critic.polyak_tau)
+
+        info.update(self._weight_stats(batch, w_tilde, w, gate))
+        now = time.perf_counter()
+        info["time/data_s"] = t_compute - t_data  # sample + image load + augment
+        info["time/compute_s"] = now - t_compute  # forward, backward, optimizer steps
+        self.learner_step += 1
+        return D.mean_over_ranks(self.dist, info)
+
+    def _trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules the optimizers train (what data-parallel training wraps)."""
+        modules = {"policy": self.policy, "critic": self.critic, "parent": self.parent}
+        if self.config.critic.features == "own":
+            modules["critic_encoder"] = self.critic_encoder
+        return {k: m for k, m in modules.items() if m is not None}
+
+    def _step_losses(
+        self,
+        batch: Batch,
+        q: Tensor,
+        actions: Tensor,
+        images: dict[str, Tensor] | None,
+        run_step: int,
+        train_critic: bool = True,
+    ) -> tuple[Tensor, Tensor, dict[str, float], Tensor, Tensor, Tensor]:
+        """The differentiable part of a step: actor loss, critic loss, logged scalars, w̃, w, g.
+
+        On W ranks the flow noise is the global batch's (this rank's rows of it), Eq. 8 is
+        normalized over the global batch and the weight-sum reduction is rescaled to the global
+        Σ w, so DDP's gradient mean is the gradient of the global batch's actor loss."""
+        method = self.method
+        normalizer = self.ensure_normalizer()
+        uses_critic = method.uses_critic_features
         features = self.policy.encode(q, batch.prompt_tokens, images)
-        noise, tau = self.policy.draw_noise_and_tau(len(batch), self.generator, self.device)
+        world = self.dist.world_size
+        noise, tau = self.policy.draw_noise_and_tau(len(batch) * world, self.generator, self.device)
+        if self.dist.enabled:
+            shard = D.shard_rows(self.dist, len(batch) * world)
+            noise, tau = noise[shard], tau[shard]
         per_sample = self.policy.per_sample_loss(
             features, actions, batch.action_mask, noise, tau, entry_mean=method.entry_mean
         )
@@ -513,35 +600,23 @@ class Trainer:
                 inputs.update(extra)
 
         w_tilde, gate = compute_w_tilde(method, WeightInputs(**inputs))
-        w = W.normalize_weights(w_tilde, method.normalization_eps)
-        actor_loss, a_info = W.weighted_actor_loss(per_sample, w, method.actor_reduction)
+        if not self.dist.enabled:
+            w = W.normalize_weights(w_tilde, method.normalization_eps)
+            actor_loss, a_info = W.weighted_actor_loss(per_sample, w, method.actor_reduction)
+        else:  # Eq. 8 over the global batch; the weight sum's denominator is global too
+            w_all = W.normalize_weights(
+                D.all_gather_cat(self.dist, w_tilde), method.normalization_eps
+            )
+            n = len(w_tilde)
+            w = w_all[self.dist.rank * n : (self.dist.rank + 1) * n]
+            actor_loss, a_info = W.weighted_actor_loss(per_sample, w, method.actor_reduction)
+            if method.actor_reduction == "weight_sum":
+                actor_loss = actor_loss * (world * w.sum() / w_all.sum().clamp_min(1e-6))
+                a_info["loss/actor"] = float(actor_loss.detach())
         info.update(a_info)
-
-        train_critic = not self._validation.stopped
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.zero_grad(set_to_none=True)
-        (actor_loss + critic_total if train_critic else actor_loss).backward()
-        info["grad_norm/actor"] = float(
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-        )
-        self.actor_optimizer.step()
-        if self.critic_optimizer is not None and train_critic:
-            params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
-            info["grad_norm/critic"] = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            self.critic_optimizer.step()
-        info["critic/stopped"] = float(not train_critic)
-        if self.critic is not None and self.critic_target is not None and train_critic:
-            C.polyak_update(self.critic_target, self.critic, cfg.critic.polyak_tau)
-        if self.parent is not None and self.parent_target is not None:
-            C.polyak_update(self.parent_target, self.parent, cfg.critic.polyak_tau)
-
-        info.update(self._weight_stats(batch, w_tilde, w, gate))
-        now = time.perf_counter()
-        info["time/data_s"] = t_compute - t_data  # sample + image load + augment
-        info["time/compute_s"] = now - t_compute  # forward, backward, optimizer steps
-        self.learner_step += 1
-        return info
+        if not train_critic:  # a stopped critic is left out of the differentiated outputs
+            critic_total = critic_total.detach()
+        return actor_loss, critic_total, info, w_tilde, w, gate
 
     def _dual_critic_terms(
         self, batch: Batch, phi: Tensor, phi_next: Tensor
@@ -849,6 +924,10 @@ class Trainer:
         for note in notes:
             LOG.warning(note)
         dropped_before = self.store.num_dropped
+        if self.dist.enabled:  # each rank augments its shard with its own stream
+            self._augment_rng = np.random.default_rng(
+                [self.config.seed, self.dist.rank, self.round_index]
+            )
         self._ece_bins[:] = 0.0
         self._validation = CriticValidation()
         validating = self.critic is not None and self.config.critic.validation_fraction > 0
@@ -858,10 +937,11 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         stage = f" ({self.ire.stage})" if self.ire is not None else ""
+        progress = self.config.progress and self.dist.is_main
         bar = tqdm(
             range(steps),
             desc=f"{self.method.name} round {self.round_index}{stage}",
-            disable=not self.config.progress,
+            disable=not progress,
             leave=False,
             dynamic_ncols=True,
         )
@@ -877,7 +957,7 @@ class Trainer:
                 for key, value in info.items():
                     if not math.isnan(value):
                         writer.add_scalar(key, value, self.learner_step)
-            if self.config.progress and self.learner_step % 10 == 0:
+            if progress and self.learner_step % 10 == 0:
                 bar.set_postfix(
                     {
                         k.split("/")[-1]: f"{sums[k] / counts[k]:.3g}"
@@ -910,10 +990,10 @@ class Trainer:
                 writer.add_scalar("critic/p_v_ece_round", summary.ece, self.learner_step)
             writer.flush()
         self.round_index += 1
-        if self.config.checkpoint_dir is not None:
+        if self.config.checkpoint_dir is not None and self.dist.is_main:  # rank 0 writes
             summary.checkpoint = self.save_checkpoint()
             summary.checkpoint_id = ckpt.read_manifest(summary.checkpoint)["checkpoint_id"]
-        if self.config.progress:
+        if progress:
             tqdm.write(summary.line())
         return summary
 
@@ -985,7 +1065,10 @@ class Trainer:
             self.normalizer,
             self.learner_step,
             extra_tensor_files=extra_tensor_files,
-            extra_json_files={STATE_FILE: json.loads(json.dumps(state, default=float))},
+            extra_json_files={
+                STATE_FILE: json.loads(json.dumps(state, default=float)),
+                **self.checkpoint_json,
+            },
             extra_manifest={
                 "method": self.method.name,
                 "round_index": self.round_index,

@@ -4,7 +4,8 @@ The work is :class:`habc_learner.learn.LearnerJob` — the same code path as ``h
 in a worker thread so the node stays responsive. After each round the checkpoint (written
 atomically by the trainer) is announced to the policy server through
 ``habc_msgs/srv/AnnounceCheckpoint``; the server verifies and hot-swaps it.
-Parameters: see ``config/learner.yaml``.
+Parameters: the keys of :class:`~habc_learner.core.learner_config.LearnerConfig` (see
+``config/learner.yaml``) plus ``announce_service``.
 """
 
 from __future__ import annotations
@@ -17,70 +18,35 @@ from pathlib import Path
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from habc_learner.learn import LearnerJob, LearnerJobConfig
+from habc_learner.core.learner_config import (
+    from_node_parameters,
+    node_parameter_defaults,
+)
+from habc_learner.learn import LearnerJob
 from habc_learner.nodes import run_node
 from habc_msgs.srv import AnnounceCheckpoint
-
-
-def parse_image_size(value: object) -> tuple[int, int]:
-    """``image_size`` as N, [H, W], "N" or "HxW" -> (H, W); ValueError naming the forms."""
-    try:
-        if isinstance(value, str):
-            parts = [int(v) for v in value.lower().replace("x", " ").split()]
-        elif isinstance(value, int):
-            parts = [value]
-        else:
-            parts = [int(v) for v in value]  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2:
-        raise ValueError(f"image_size must be N, [H, W], 'N' or 'HxW', got {value!r}")
-    return parts[0], parts[1]
 
 
 class LearnerNode(Node):
     def __init__(self) -> None:
         super().__init__("learner")
-        p = self.declare_parameter
-        bag_dirs = [Path(d) for d in p("bag_dirs", ["runs/bags"]).value]
-        init = str(p("init_checkpoint", "").value)
-        self.poll_period_s = float(p("poll_period_s", 5.0).value)
-        service = str(p("announce_service", "/habc/announce_checkpoint").value)
-        threads = int(p("torch_threads", 1).value)
+        # Every learner knob is a parameter, under its LearnerConfig key (critic.lr, policy.
+        # cameras, …); learner_config is the one mapping between the two.
+        any_type = ParameterDescriptor(dynamic_typing=True)
+        values = {
+            key: self.declare_parameter(key, default, any_type).value
+            for key, default in node_parameter_defaults().items()
+        }
+        config = from_node_parameters(values)
+        service = str(self.declare_parameter("announce_service", "/habc/announce_checkpoint").value)
+        self.poll_period_s = config.poll_period_s
+        bag_dirs = list(config.bag_dirs)
         for d in bag_dirs:
             d.mkdir(parents=True, exist_ok=True)
-        self.job = LearnerJob(
-            LearnerJobConfig(
-                bag_dirs=tuple(bag_dirs),
-                out_dir=Path(str(p("out_dir", "runs/learner").value)),
-                method=str(p("method", "habc").value),
-                steps_per_round=int(p("steps_per_round", 1000).value),
-                min_new_episodes=int(p("min_new_episodes", 10).value),
-                init_checkpoint=Path(init) if init else None,
-                batch_size=int(p("batch_size", 256).value),
-                device=str(p("device", "cpu").value),
-                use_env_state=bool(p("use_env_state", True).value),
-                count_demos=bool(p("count_demos", False).value),
-                cameras=tuple(
-                    c.strip() for c in str(p("cameras", "").value).split(",") if c.strip()
-                ),
-                image_size=parse_image_size(
-                    p(
-                        "image_size",
-                        [96, 96],
-                        ParameterDescriptor(dynamic_typing=True),  # N, [H, W] or "N" / "HxW"
-                    ).value
-                ),
-                image_augment=str(p("image_augment", "shift").value),
-                augment_pad=int(p("augment_pad", 4).value),
-                progress=False,
-            )
-        )
+        self.job = LearnerJob(config)
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(config.torch_threads)
         self.announce = self.create_client(AnnounceCheckpoint, service)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="learner", daemon=True)
@@ -102,6 +68,8 @@ class LearnerNode(Node):
                 found = self.job.scan()
                 for path, reason in found.skipped:
                     self.get_logger().warn(f"skipped bag {path.name}: {reason}")
+                for path, episode_id, first in found.duplicates:
+                    self.get_logger().warn(f"duplicate episode {episode_id}: {path} (of {first})")
                 if found.used:
                     self.get_logger().info(
                         f"{len(found.used)} new episode(s), {len(self.job.pending)} pending"
