@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from habc_learner.core.bag_reader import read_episode
-from habc_learner.core.episode import HUMAN, POLICY, Outcome
+from habc_learner.core.episode import HUMAN, NONE, POLICY, Outcome
 from habc_learner.core.labeling import LabelingConfig, Source, label_episode
 from habc_learner.sim_rollouts import run_rollout
 
@@ -156,6 +156,42 @@ def test_non_finite_policy_output_never_reaches_the_robot(robot) -> None:
     )
     assert not r.success and r.failure == "non_finite_action" and r.steps == 0
     assert robot.status().step == 0  # no command was executed
+
+
+def test_chunk_safety_clamps_reach_the_bag_as_nobodys_steps(robot, tmp_path: Path) -> None:
+    """The arbiter's chunk-level safety step in-process: a policy 0.2 rad away in one joint
+    moves there at the 1 rad/s limit (0.02 rad per tick, 10 clamped steps); those steps are
+    recorded clamped and read back as nobody's; then the policy runs unclamped."""
+    from habc_policy.core.chunk_safety import ChunkSafetyConfig
+
+    obs = robot.reset(seed=2)
+    home = robot.hold_position().astype(np.float32)
+    target = home.copy()
+    target[0] += 0.2
+    limits = ChunkSafetyConfig(
+        action_dim=14,
+        max_jump=[1.0],
+        max_velocity=[1.0] + [30.0] * 13,
+        max_acceleration=[1e4],
+        period_s=robot.spec.control_period,
+    )
+    r = run_rollout(
+        robot,
+        seed=2,
+        policy=ConstantPolicy(target),
+        episode_id="clamped",
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=tmp_path / "clamped",
+        seam="rtc",
+        chunk_safety=limits,
+    )
+    assert obs is not None and r.clamped_steps == 10 and r.hold_steps == 0
+    ep = read_episode(tmp_path / "clamped", use_env_state=False)
+    assert ep.actions[:10, 0] == pytest.approx(home[0] + 0.02 * np.arange(1, 11), abs=1e-5)
+    assert ep.authority[:10].tolist() == [[NONE, NONE]] * 10
+    assert (ep.authority[10:] == POLICY).all()
+    assert ep.actions[10:, 0] == pytest.approx(target[0])
 
 
 @pytest.mark.slow
