@@ -72,3 +72,29 @@ def test_unknown_position_and_bad_config() -> None:
         ChunkSafetyConfig(2, [1.0], [1.0, 1.0, 1.0], [1.0], 0.02)
     with pytest.raises(ValueError, match="max_jump must be finite and > 0"):
         ChunkSafetyConfig(2, [0.0], [1.0], [1.0], 0.02)
+
+
+def test_only_the_policy_arms_dimensions_are_bounded() -> None:
+    from habc_policy.core.authority import ArbiterConfig, AuthorityArbiter, JoyState
+
+    arbiter = AuthorityArbiter(ArbiterConfig(arm_slices=((0, 1), (1, 2))))
+    assert arbiter.policy_dims().tolist() == [True, True]
+    # The deadman (4) with the first arm's takeover button (6): arm 0 is the operator's.
+    arbiter.step(
+        0.0,
+        joy=JoyState(0.0, [0, 0, 0, 0, 1, 0, 1, 0]),
+        teleop=None,
+        policy_row=None,
+        estop=False,
+        measured_position=np.zeros(2),
+    )
+    mask = arbiter.policy_dims()
+    assert mask.tolist() == [False, True]
+    g = guard()
+    g.reset(np.array([0.0, 0.0]))
+    # Arm 0's 0.9 rad is not the policy's to bound; arm 1's 0.3 step is clamped to 0.2.
+    row = g.check(np.array([0.9, 0.3]), mask)
+    assert row.action == pytest.approx([0.9, 0.2]) and row.limits == (LIMIT_VELOCITY,)
+    assert g.check(np.array([0.9, 0.3]), np.zeros(2, bool)).action.tolist() == pytest.approx(
+        [0.9, 0.3]
+    )

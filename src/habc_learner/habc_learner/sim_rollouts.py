@@ -217,7 +217,7 @@ def run_rollout(
                     pending = None
                 policy_row = scheduler.select(now_s)
                 if policy_row is not None and guard is not None:
-                    checked = guard.check(policy_row.action)
+                    checked = guard.check(policy_row.action, arbiter.policy_dims())
                     if checked.action is None:
                         policy_row, refused = None, HOLD_CHUNK_JUMP
                     else:

@@ -199,6 +199,14 @@ class AuthorityArbiter:
     def modes(self) -> tuple[Mode, ...]:
         return tuple(self._modes)
 
+    def policy_dims(self) -> np.ndarray:
+        """Action dimensions of the arms in ``POLICY`` mode (bool ``[d]``): the ones the
+        chunk-level safety step bounds (a hand-back ramps from the operator's action)."""
+        mask = np.zeros(self.config.action_dim, dtype=bool)
+        for (lo, hi), mode in zip(self.config.arm_slices, self._modes):
+            mask[lo:hi] = mode is Mode.POLICY
+        return mask
+
     def reset(self, hold_position: np.ndarray | None = None) -> None:
         """Back to policy control (new episode); ``hold_position`` seeds the hold action."""
         n = len(self.config.arm_slices)

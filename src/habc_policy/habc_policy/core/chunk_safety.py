@@ -11,7 +11,10 @@ per dimension against the last executed action ``a_{t−1}`` (and the one before
    ``Δ ← clip(Δ, Δ_{t−1} − A·Δt², Δ_{t−1} + A·Δt²)`` with ``Δ_{t−1} = a_{t−1} − a_{t−2}``,
    then the velocity bound again (velocity wins), and ``a_t = a_{t−1} + Δ``.
 
-A clamped row is executed but is not the policy's choice: the arbiter sets
+Only the dimensions of arms the policy drives (``mask``: arms in ``POLICY`` mode) are bounded:
+a human-driven arm's row is not used, and the hand-back ramp blends from the operator's last
+action, so its steps are small by construction. A clamped row is executed but is not the
+policy's choice: the arbiter sets
 ``ExecutedCommand.clamped`` and the learner neither labels nor imitates that step (as for a
 driver clamp). Every clamp and refusal is counted per limit (``counts``, on ``/diagnostics``).
 The driver's own safety layer stays the last check. Pure numpy, ROS-free.
@@ -106,27 +109,33 @@ class ChunkSafety:
         if a.shape == (self.config.action_dim,) and np.all(np.isfinite(a)):
             self._prev, self._last = self._last, a.copy()
 
-    def check(self, row: np.ndarray) -> SafeRow:
-        """Bound ``row`` against the last executed action (unchanged when none is known)."""
+    def check(self, row: np.ndarray, mask: np.ndarray | None = None) -> SafeRow:
+        """Bound ``row`` against the last executed action (unchanged when none is known), in
+        the dimensions where ``mask`` is true (all when ``None``)."""
         r = np.asarray(row, dtype=np.float64)
-        if r.shape != (self.config.action_dim,):
-            raise ValueError(f"row has shape {r.shape}, expected ({self.config.action_dim},)")
-        self.counts["rows"] += 1
+        d = self.config.action_dim
+        if r.shape != (d,):
+            raise ValueError(f"row has shape {r.shape}, expected ({d},)")
+        on = np.ones(d, bool) if mask is None else np.asarray(mask, dtype=bool).reshape(d)
         last = self._last
-        if last is None or not np.all(np.isfinite(r)):
+        if last is None or not on.any() or not np.all(np.isfinite(r)):
             return SafeRow(r.astype(np.float32))
+        self.counts["rows"] += 1
+        jump = np.where(on, self._jump, np.inf)
+        vel = np.where(on, self._vel_step, np.inf)
+        acc_step = np.where(on, self._acc_step, np.inf)
         step = r - last
-        if np.any(np.abs(step) > self._jump):
+        if np.any(np.abs(step) > jump):
             self.counts[LIMIT_JUMP] += 1
             return SafeRow(None, (LIMIT_JUMP,))
         limits: list[str] = []
-        clamped = np.clip(step, -self._vel_step, self._vel_step)
+        clamped = np.clip(step, -vel, vel)
         if np.any(clamped != step):
             limits.append(LIMIT_VELOCITY)
         if self._prev is not None:
             before = last - self._prev
-            acc = np.clip(clamped, before - self._acc_step, before + self._acc_step)
-            acc = np.clip(acc, -self._vel_step, self._vel_step)
+            acc = np.clip(clamped, before - acc_step, before + acc_step)
+            acc = np.clip(acc, -vel, vel)
             if np.any(acc != clamped):
                 limits.append(LIMIT_ACCELERATION)
             clamped = acc

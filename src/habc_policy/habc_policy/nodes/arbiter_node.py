@@ -297,6 +297,7 @@ class ArbiterNode(Node):
         self._axes: tuple[float, ...] = ()
         self._teleop: TeleopCommand | None = None
         self._measured: np.ndarray | None = None
+        self._measured_after = -math.inf  # measurements stamped before an episode's start
         self._last_action: np.ndarray | None = None
         self._estop = False
         self._episode_id = ""
@@ -404,6 +405,9 @@ class ArbiterNode(Node):
             )
             return
         q = np.asarray(msg.position, dtype=np.float32)
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp and stamp < self._measured_after:
+            return
         if q.shape == (self.params.arbiter.action_dim,) and np.all(np.isfinite(q)):
             self._measured = q
 
@@ -448,10 +452,13 @@ class ArbiterNode(Node):
             start = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             self._episode_id, self._step = "", 0
             self._pending = (msg.episode_id, start if start > 0 else self._now_s())
-            self._arbiter.reset(hold_position=self._measured)
+            # The hold position is the first measurement stamped after the start: one from
+            # before it may show the arm before the driver reset the scene.
+            self._measured, self._measured_after = None, self._pending[1]
+            self._arbiter.reset(hold_position=None)
             self._scheduler.begin_episode(self._pending[1])
             if self._safety is not None:
-                self._safety.reset(self._measured)
+                self._safety.reset(None)
             if self._jog is not None:
                 self._jog.reset(None)
         elif msg.event == EpisodeEvent.EVENT_END:
@@ -552,7 +559,7 @@ class ArbiterNode(Node):
         """The chunk-level safety step on the scheduled row: ``(row, refused, clamped)``."""
         if row is None or self._safety is None:
             return row, "", False
-        res = self._safety.check(row.action)
+        res = self._safety.check(row.action, self._arbiter.policy_dims())
         if res.action is None:
             self.get_logger().warning(
                 f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit; holding",
