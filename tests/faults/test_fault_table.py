@@ -325,17 +325,40 @@ def test_nan_action(graph: Graph) -> None:
 
 
 def test_out_of_limit_action(graph: Graph) -> None:
+    """A chunk of 10 rad is refused by the arbiter's chunk-safety step (10 rad from the last
+    executed action: past the jump limit), so the arm holds and the driver never sees it; the
+    same 10 rad sent straight to the driver (a rogue publisher) is rejected there."""
+    from habc_msgs.msg import ExecutedCommand
+
+    c = graph.client
     t0 = graph.rogue_chunk(np.full((50, 14), 10.0))  # 10 rad: beyond every joint limit
-    graph.client.spin_for(0.6)
-    n, worst, t1, t2 = _rejected_after(graph, t0, "joint_limit")
+    c.spin_for(0.6)
+    after = [m for _, m in graph.commands if stamp_s(m) > t0]
+    refused = [m for m in after if m.hold_reason == "chunk_jump"]
+    assert refused, [m.hold_reason for m in after[-40:]]
+    assert all(float(np.max(np.abs(m.action))) < 5.0 for m in after)  # never sent
+    pub = c.node.create_publisher(ExecutedCommand, "/habc/executed_command", 10)
+    c.spin_until(lambda: pub.get_subscription_count() > 0, 10.0, "the driver")
+    t1 = c.now_s()
+    for _ in range(5):
+        msg = ExecutedCommand(controller=[1, 1], step_index=7778)
+        msg.action = [10.0] * 14
+        pub.publish(msg)
+        c.spin_for(PERIOD)
+    c.spin_for(0.3)
+    c.node.destroy_publisher(pub)
+    n, worst, t2, t3 = _rejected_after(graph, t1, "joint_limit")
     assert worst == 0.0
     record(
         "out-of-limit action (a chunk of 10 rad)",
-        f"held: target moved {worst:.4f} rad on each of the {n} rejected commands (until the "
-        f"server's next chunk), joints {graph.joint_change(t1, t2 + PERIOD):.4f} rad",
+        f"chunk: refused by the arbiter's chunk-safety step, held {len(refused)} ticks (until "
+        f"the server's next chunk); command sent to the driver: held, target moved "
+        f"{worst:.4f} rad on each of the {n} rejected commands, joints "
+        f"{graph.joint_change(t2, t3 + PERIOD):.4f} rad",
         "nothing",
-        "driver WARN `rejected command …: joint_limit: left_waist=10.0000 not in […]; "
-        "holding`, `~/applied_command` hold, /diagnostics WARN",
+        "arbiter WARN `chunk 1000000 row … refused: jump limit; holding` (hold_reason "
+        "`chunk_jump`, /diagnostics counts); driver WARN `rejected command …: joint_limit: "
+        "left_waist=10.0000 not in […]; holding`, `~/applied_command` hold, /diagnostics WARN",
     )
 
 
