@@ -66,6 +66,8 @@ class Figures:
     seam_jerk: list[float] = field(default_factory=list)
     inside_jerk: list[float] = field(default_factory=list)
     hold_reasons: dict[str, int] = field(default_factory=dict)
+    seam_rows: list[int] = field(default_factory=list)  # first row run of each new chunk
+    chunks: int = 0  # chunks that ran
 
 
 def _say(t0: float, msg: str) -> None:
@@ -122,6 +124,13 @@ def add_episode(fig: Figures, bag: Path, success: bool) -> None:
     policy = [all(c == 1 for c in m.controller) for m in commands]
     acts = np.array([np.asarray(m.action, dtype=np.float64) for m in commands])
     seqs = [int(m.chunk_seq) for m in commands]
+    ran = [s for s, p in zip(seqs, policy) if p]
+    fig.chunks += len(set(ran))
+    fig.seam_rows += [
+        int(commands[t].chunk_row)
+        for t in range(1, len(commands))
+        if policy[t] and policy[t - 1] and seqs[t] != seqs[t - 1]
+    ]
     for t in range(1, len(commands)):
         if policy[t] and policy[t - 1]:
             jump = float(np.linalg.norm(acts[t] - acts[t - 1]))
@@ -132,6 +141,12 @@ def add_episode(fig: Figures, bag: Path, success: bool) -> None:
                 fig.seam_jerk.append(jerk)
             elif len(set(seqs[t - 3 : t + 1])) == 1:
                 fig.inside_jerk.append(jerk)
+
+
+def _outcome(bag: Path) -> str:
+    from habc_learner.core import bag_format as bf
+
+    return bf.read_custom_data(bag).get(bf.KEY_OUTCOME, "")
 
 
 def _ratio(seam: list[float], inside: list[float]) -> str:
@@ -261,14 +276,30 @@ def run_graph(args: argparse.Namespace, mode: str, ckpt: Path, env: dict, t0: fl
     return fig
 
 
-def run_in_process(args: argparse.Namespace, mode: str, ckpt: Path) -> Figures:
+def graph_schedule(fig: Figures, execute_rows: int = 25) -> tuple[int, int]:
+    """``(latency_rows, lead_rows)`` of the graph's chunks: the median first row run of a new
+    chunk (rows overdue on arrival) and the rows left in the running chunk when the next was
+    requested (``E − rows per chunk + latency``)."""
+    latency = int(np.median(fig.seam_rows)) if fig.seam_rows else 0
+    per_chunk = fig.steps / max(fig.chunks, 1)
+    lead = round(execute_rows - per_chunk + latency)
+    return latency, min(max(lead, latency), execute_rows - 1)
+
+
+def run_in_process(
+    args: argparse.Namespace,
+    mode: str,
+    ckpt: Path,
+    schedule: tuple[int, int] = (0, 0),
+    tag: str = "",
+) -> Figures:
     from arx_x5_driver.core.factory import make_backend
     from habc_learner.sim_rollouts import run_rollout
     from habc_policy.core.checkpoint import load_policy
 
     policy = load_policy(ckpt)
     limits = chunk_safety_config(args.out / f"graph_{mode}" / "config")
-    folder = args.out / f"inproc_{mode}"
+    folder = args.out / f"inproc{tag}_{mode}"
     if folder.exists():
         import shutil
 
@@ -289,7 +320,8 @@ def run_in_process(args: argparse.Namespace, mode: str, ckpt: Path) -> Figures:
                 sample_seed=seed,
                 seam=mode,
                 chunk_safety=limits,
-                latency_rows=args.latency_rows,
+                latency_rows=schedule[0],
+                lead_rows=schedule[1],
             )
             add_episode(fig, folder / f"inproc-{seed}", r.success)
     return fig
@@ -331,7 +363,9 @@ def main() -> int:
     p.add_argument("--sft-steps", type=int, default=1000)
     p.add_argument("--task", default="transfer_cube")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latency-rows", type=int, default=0, help="in-process simulated latency")
+    p.add_argument(
+        "--reuse-graph", action="store_true", help="read the graph's bags of an earlier run"
+    )
     p.add_argument("--no-learner", action="store_true", help="no learner training beside it")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -362,12 +396,20 @@ def main() -> int:
     results: dict[str, dict[str, Figures]] = {}
     try:
         for mode in modes:
-            graph = run_graph(args, mode, ckpt, env, t0)
+            if args.reuse_graph:
+                graph = Figures()
+                for bag in sorted((args.out / f"graph_{mode}" / "bags" / "rollouts").iterdir()):
+                    add_episode(graph, bag, _outcome(bag) == "success")
+            else:
+                graph = run_graph(args, mode, ckpt, env, t0)
             _say(t0, f"{mode}: graph done; in-process on the same poses")
             inproc = run_in_process(args, mode, ckpt)
-            results[mode] = {"graph": graph, "in-process": inproc}
-            print(summary(mode, "graph", graph))
-            print(summary(mode, "in-process", inproc), flush=True)
+            schedule = graph_schedule(graph)
+            _say(t0, f"{mode}: in-process on the graph's schedule (latency, lead) {schedule}")
+            timed = run_in_process(args, mode, ckpt, schedule, "_graph_schedule")
+            results[mode] = {"graph": graph, "in-process": inproc, "in-process*": timed}
+            for path, fig in results[mode].items():
+                print(summary(mode, path, fig), flush=True)
             (args.out / "results.json").write_text(
                 json.dumps({m: {k: asdict(v) for k, v in r.items()} for m, r in results.items()})
             )
@@ -383,9 +425,12 @@ def main() -> int:
         f"{'off' if args.no_learner else 'training beside the graph'}, "
         f"{time.monotonic() - t0:.0f} s wall"
     )
+    print(
+        "  (in-process*: in-process on the graph's chunk schedule: its measured latency and lead)"
+    )
     for mode, r in results.items():
-        print(summary(mode, "graph", r["graph"]))
-        print(summary(mode, "in-process", r["in-process"]))
+        for path, fig in r.items():
+            print(summary(mode, path, fig))
     return 0
 
 

@@ -117,6 +117,7 @@ def run_rollout(
     seam: str = "switch",
     chunk_safety: Any | None = None,
     latency_rows: int = 0,
+    lead_rows: int | None = None,
 ) -> RolloutResult:
     """Run one episode on a connected ``backend`` until it is done.
 
@@ -139,6 +140,9 @@ def run_rollout(
             (``habc_policy.core.chunk_safety.ChunkSafetyConfig``; ``None``: off).
         latency_rows: simulated inference latency in ticks (0: a chunk is computed and used at
             the tick the running one runs out).
+        lead_rows: request the next chunk when the running one has this many rows left
+            (``None``: ``latency_rows``, so it arrives as the running one runs out); the graph
+            requests earlier (its p99 lead), so its chunks take over sooner.
     """
     if policy is None and operator is None:
         raise ValueError("a rollout needs a policy, an operator, or both")
@@ -152,8 +156,12 @@ def run_rollout(
     from habc_policy.core.chunk_safety import HOLD_CHUNK_JUMP, ChunkSafety
     from habc_policy.core.chunking import Chunk, ChunkScheduler
 
-    if latency_rows < 0 or latency_rows >= execute_rows:
-        raise ValueError(f"latency_rows must be in [0, execute_rows), got {latency_rows}")
+    lead = latency_rows if lead_rows is None else lead_rows
+    if not 0 <= latency_rows <= lead < execute_rows:
+        raise ValueError(
+            f"need 0 <= latency_rows {latency_rows} <= lead_rows {lead} < execute_rows "
+            f"{execute_rows}"
+        )
 
     spec = backend.spec
     arm_slices = tuple((name, lo, hi) for name, lo, hi in backend.arm_slices)
@@ -201,7 +209,7 @@ def run_rollout(
                     human = np.asarray(command.action, dtype=np.float32)
             policy_row, refused, clamped = None, "", False
             if policy is not None and not (takeover and all(mask)):
-                if pending is None and scheduler.rows_left(now_s) <= latency_rows:
+                if pending is None and scheduler.rows_left(now_s) <= lead:
                     actions = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
                     if not np.all(np.isfinite(actions)):
                         # Never forward a non-finite command: the arm stays where it is and
