@@ -219,7 +219,10 @@ def run_rollout(
                     chunk_seq += 1
                     # Observed just after the previous tick: row 0 is this tick's.
                     made = Chunk(actions, now_s - 0.5 * period, period, checkpoint_id, chunk_seq)
-                    pending = (step + latency_rows, made)
+                    # As the graph's arbiter waits for an episode's first chunk (the clock
+                    # starts with it), a chunk with none running is there at once.
+                    delay = latency_rows if scheduler.chunk is not None else 0
+                    pending = (step + delay, made)
                 if pending is not None and step >= pending[0]:
                     scheduler.offer(pending[1], now_s)
                     pending = None
@@ -240,6 +243,7 @@ def run_rollout(
                 teleop=None if human is None else TeleopCommand(now_s, human),
                 policy_row=policy_row,
                 estop=False,
+                measured_position=backend.hold_position() if step == 0 else None,
                 policy_refused=refused,
             )
             controller = [int(c) for c in decision.controllers]
