@@ -194,6 +194,40 @@ def test_chunk_safety_clamps_reach_the_bag_as_nobodys_steps(robot, tmp_path: Pat
     assert ep.actions[10:, 0] == pytest.approx(target[0])
 
 
+def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) -> None:
+    """latency_rows = 2, lead_rows = 16: the first chunk runs at once from row 0 (the graph's
+    arbiter waits for it); the next is requested with 16 rows left (step 9), from that step's
+    observation, and takes over 2 ticks later at its row 2 (the overdue rows skipped); then every
+    9 steps."""
+    from rosbags.rosbag2 import Reader
+
+    from habc_learner.core import bag_format as bf
+
+    robot.reset(seed=4)
+    policy = ConstantPolicy(robot.hold_position())
+    r = run_rollout(
+        robot,
+        seed=4,
+        policy=policy,
+        episode_id="timed",
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=tmp_path / "timed",
+        latency_rows=2,
+        lead_rows=16,
+    )
+    store = bf.typestore()
+    with Reader(tmp_path / "timed") as reader:
+        conns = [c for c in reader.connections if c.topic == bf.TOPIC_EXECUTED_COMMAND]
+        cmds = [store.deserialize_cdr(raw, c.msgtype) for c, _t, raw in reader.messages(conns)]
+    seq_row = [(int(m.chunk_seq), int(m.chunk_row)) for m in cmds[:30]]
+    assert seq_row[:11] == [(0, h) for h in range(11)]
+    assert seq_row[11:20] == [(1, h) for h in range(2, 11)]
+    assert seq_row[20:29] == [(2, h) for h in range(2, 11)]
+    assert r.hold_steps == 0
+    assert policy.calls == (r.steps - 1) // 9 + 1  # requests at steps 0, 9, 18, ...
+
+
 @pytest.mark.slow
 def test_main_job_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     from habc_learner.main_job import main

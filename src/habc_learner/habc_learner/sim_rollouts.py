@@ -114,7 +114,7 @@ def run_rollout(
     base_time_ns: int = BASE_TIME_NS,
     handback_ticks: int = 25,
     safety: Any | None = None,
-    seam: str = "switch",
+    seam: str = "rtc",
     chunk_safety: Any | None = None,
     latency_rows: int = 0,
     lead_rows: int | None = None,
@@ -135,7 +135,8 @@ def run_rollout(
             every command through, as the driver node does; the bag then also holds the
             driver's applied command of each step (``None``: no safety layer, the benchmark's
             default).
-        seam: the arbiter's seam mode (``habc_policy.core.chunking.SEAM_MODES``).
+        seam: the arbiter's seam mode (``habc_policy.core.chunking.SEAM_MODES``; its
+            default, ``DEFAULT_SEAM``).
         chunk_safety: the arbiter's chunk-level safety step
             (``habc_policy.core.chunk_safety.ChunkSafetyConfig``; ``None``: off).
         latency_rows: simulated inference latency in ticks (0: a chunk is computed and used at

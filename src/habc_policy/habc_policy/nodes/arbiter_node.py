@@ -86,7 +86,13 @@ from habc_policy.core.chunk_safety import (
     ChunkSafety,
     ChunkSafetyConfig,
 )
-from habc_policy.core.chunking import SEAM_MODES, Chunk, ChunkScheduler, ScheduledRow
+from habc_policy.core.chunking import (
+    DEFAULT_SEAM,
+    SEAM_MODES,
+    Chunk,
+    ChunkScheduler,
+    ScheduledRow,
+)
 from habc_policy.core.jog import EndEffectorJog, JogConfig
 from habc_policy.nodes import declare
 
@@ -143,7 +149,7 @@ class ArbiterParams:
     measured_topic: str = "/arx_x5_driver/measured_command"
     policy_heartbeat_topic: str = "/habc/policy_heartbeat"
     policy_heartbeat_ticks: int = 2
-    seam: str = "switch"
+    seam: str = DEFAULT_SEAM
     ensemble_decay: float = 0.01
     first_chunk_timeout_s: float = 5.0
     chunk_safety: ChunkSafetyConfig | None = None
@@ -233,7 +239,7 @@ class ArbiterParams:
             )
         p = replace(
             p,
-            seam=d(node, "seam", "switch", f"chunk seam mode, one of {SEAM_MODES}"),
+            seam=d(node, "seam", DEFAULT_SEAM, f"chunk seam mode, one of {SEAM_MODES}"),
             ensemble_decay=float(d(node, "ensemble_decay", 0.01, "ACT ensembling decay m")),
             first_chunk_timeout_s=float(
                 d(node, "first_chunk_timeout_s", 5.0, "episode starts without a chunk after (s)")
