@@ -194,6 +194,30 @@ def test_chunk_safety_clamps_reach_the_bag_as_nobodys_steps(robot, tmp_path: Pat
     assert ep.actions[10:, 0] == pytest.approx(target[0])
 
 
+def test_a_refused_chunk_is_dropped_and_the_next_one_requested(robot, tmp_path: Path) -> None:
+    """A policy 1.5 rad off in one joint (past the 1 rad jump limit): every chunk is dropped
+    on arrival, the arm holds at the reset pose, and the next tick asks for a new chunk."""
+    from habc_policy.core.chunk_safety import ChunkSafetyConfig
+
+    robot.reset(seed=5)
+    home = robot.hold_position().astype(np.float32)
+    far = home.copy()
+    far[0] += 1.5
+    policy = ConstantPolicy(far)
+    limits = ChunkSafetyConfig(14, [1.0], [30.0], [1250.0], robot.spec.control_period)
+    r = run_rollout(
+        robot,
+        seed=5,
+        policy=policy,
+        episode_id="refused",
+        task=TASK,
+        prompt=robot.prompt,
+        chunk_safety=limits,
+    )
+    assert r.hold_steps == r.steps and policy.calls == r.steps
+    np.testing.assert_allclose(robot.hold_position()[0], home[0], atol=0.02)
+
+
 def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) -> None:
     """latency_rows = 2, lead_rows = 16: the first chunk runs at once from row 0 (the graph's
     arbiter waits for it); the next is requested with 16 rows left (step 9), from that step's

@@ -49,7 +49,14 @@ def test_rows_are_bounded_by_hand() -> None:
     # 0.57 rad away in dim 0 (> 0.5): no continuation of the motion, refused.
     jump = g.check(np.array([0.6, 0.15]))
     assert jump.action is None and jump.limits == (LIMIT_JUMP,) and not jump.clamped
-    assert g.counts == {LIMIT_JUMP: 1, LIMIT_VELOCITY: 1, LIMIT_ACCELERATION: 1, "rows": 4}
+    assert g.counts == {
+        LIMIT_JUMP: 1,
+        LIMIT_VELOCITY: 1,
+        LIMIT_ACCELERATION: 1,
+        "rows": 4,
+        "chunks": 0,
+        "dropped_chunks": 0,
+    }
 
 
 def test_velocity_wins_over_acceleration_and_holds_reset_the_motion() -> None:
@@ -98,3 +105,25 @@ def test_only_the_policy_arms_dimensions_are_bounded() -> None:
     assert g.check(np.array([0.9, 0.3]), np.zeros(2, bool)).action.tolist() == pytest.approx(
         [0.9, 0.3]
     )
+
+
+def test_a_new_chunk_too_far_from_the_arm_is_not_admitted() -> None:
+    from habc_policy.core.chunking import Chunk, ChunkScheduler
+
+    g = guard()
+    assert g.admits(np.array([9.0, 9.0]))  # nothing executed yet
+    g.executed(np.array([0.0, 0.0]))
+    s = ChunkScheduler(action_dim=2, execute_rows=4)
+    rows = np.stack([np.linspace(0.2, 0.8, 6), np.zeros(6)], axis=1).astype(np.float32)
+    chunk = Chunk(rows, 1.00, 0.02, "c", 0)
+    # Offered at 1.06 its row 2 (0.44) would run first: within the 0.5 jump limit.
+    assert s.first_row(chunk, 1.06)[0] == pytest.approx(0.44)
+    assert g.admits(s.first_row(chunk, 1.06))
+    # At 1.10 its row 4 (0.68) would: too far from 0.0, the chunk is not admitted.
+    assert not g.admits(s.first_row(chunk, 1.10))
+    # Only the policy's dimensions count.
+    assert g.admits(s.first_row(chunk, 1.10), np.array([False, True]))
+    assert g.counts["chunks"] == 4 and g.counts["dropped_chunks"] == 1
+    # An episode's first chunk runs from row 0 (0.2): admitted.
+    s.begin_episode(0.5)
+    assert s.first_row(chunk, 1.10)[0] == pytest.approx(0.2)

@@ -225,13 +225,16 @@ def run_rollout(
                     delay = latency_rows if scheduler.chunk is not None else 0
                     pending = (step + delay, made)
                 if pending is not None and step >= pending[0]:
-                    scheduler.offer(pending[1], now_s)
+                    first = scheduler.first_row(pending[1], now_s)
+                    if guard is None or guard.admits(first, arbiter.policy_dims()):
+                        scheduler.offer(pending[1], now_s)  # else dropped, as the arbiter does
                     pending = None
                 policy_row = scheduler.select(now_s)
                 if policy_row is not None and guard is not None:
                     checked = guard.check(policy_row.action, arbiter.policy_dims())
-                    if checked.action is None:
+                    if checked.action is None:  # dropped, as the arbiter node does
                         policy_row, refused = None, HOLD_CHUNK_JUMP
+                        scheduler.clear()
                     else:
                         policy_row = replace(policy_row, action=checked.action)
                         clamped = checked.clamped

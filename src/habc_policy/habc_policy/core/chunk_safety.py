@@ -5,7 +5,10 @@ per dimension against the last executed action ``a_{t−1}`` (and the one before
 
 1. **jump**: a row farther than ``J`` from ``a_{t−1}`` in any dimension is no continuation of
    the motion (a corrupt or mis-stamped chunk): it is refused and the arm holds
-   (``chunk_jump``); ``|r − a_{t−1}| ≤ J``;
+   (``chunk_jump``) until the next chunk (the arbiter drops the refused one, so no seam
+   blends from it); ``|r − a_{t−1}| ≤ J``. A new chunk is judged the same way on arrival, on
+   its row for that tick as served (:meth:`ChunkSafety.admits`): one too far is dropped and
+   the running chunk runs on, before any seam could blend the arm towards it;
 2. **velocity**: the step is clamped, ``Δ = clip(r − a_{t−1}, −V·Δt, V·Δt)``;
 3. **acceleration**: the change of the step is clamped,
    ``Δ ← clip(Δ, Δ_{t−1} − A·Δt², Δ_{t−1} + A·Δt²)`` with ``Δ_{t−1} = a_{t−1} − a_{t−2}``,
@@ -96,7 +99,14 @@ class ChunkSafety:
         self._acc_step = np.asarray(c.max_acceleration) * c.period_s**2
         self._last: np.ndarray | None = None
         self._prev: np.ndarray | None = None
-        self.counts = {LIMIT_JUMP: 0, LIMIT_VELOCITY: 0, LIMIT_ACCELERATION: 0, "rows": 0}
+        self.counts = {
+            LIMIT_JUMP: 0,
+            LIMIT_VELOCITY: 0,
+            LIMIT_ACCELERATION: 0,
+            "rows": 0,
+            "chunks": 0,
+            "dropped_chunks": 0,
+        }
 
     def reset(self, last_action: np.ndarray | None = None) -> None:
         """A new episode: ``last_action`` (e.g. the measured position) seeds ``a_{t−1}``."""
@@ -108,6 +118,22 @@ class ChunkSafety:
         a = np.asarray(action, dtype=np.float64)
         if a.shape == (self.config.action_dim,) and np.all(np.isfinite(a)):
             self._prev, self._last = self._last, a.copy()
+
+    def admits(self, row: np.ndarray, mask: np.ndarray | None = None) -> bool:
+        """Whether a new chunk's first row to run lies within the jump limit of the last
+        executed action (masked dimensions). Judged on the chunk as served, before any seam
+        blends it: a blend must not walk the arm towards a corrupt chunk. Counts ``chunks``
+        and ``dropped_chunks``."""
+        r = np.asarray(row, dtype=np.float64).reshape(-1)
+        d = self.config.action_dim
+        on = np.ones(d, bool) if mask is None else np.asarray(mask, dtype=bool).reshape(d)
+        self.counts["chunks"] += 1
+        if self._last is None or r.shape != (d,) or not on.any():
+            return True
+        if np.any(np.abs(r - self._last)[on] > self._jump[on]):
+            self.counts["dropped_chunks"] += 1
+            return False
+        return True
 
     def check(self, row: np.ndarray, mask: np.ndarray | None = None) -> SafeRow:
         """Bound ``row`` against the last executed action (unchanged when none is known), in

@@ -306,6 +306,14 @@ class ChunkScheduler:
             action = temporal_ensemble(np.stack(rows), self.ensemble_decay).astype(np.float32)
         return ScheduledRow(action, chunk.checkpoint_id, chunk.seq, row)
 
+    def first_row(self, chunk: Chunk, now_s: float) -> np.ndarray:
+        """The row of ``chunk`` (as served) that would run first if offered at ``now_s``: row 0
+        for an episode's first chunk, else its latency-compensated row (the last one when all
+        are overdue)."""
+        if self._anchor_first:
+            return chunk.actions[0]
+        return chunk.actions[min(row_at(chunk.stamp_s, chunk.period_s, now_s), chunk.horizon - 1)]
+
     def rows_left(self, now_s: float) -> int:
         """Executable rows left in the held chunk at ``now_s`` (0 when none)."""
         chunk = self.chunk

@@ -370,7 +370,16 @@ class ArbiterNode(Node):
         except ValueError as exc:
             self.get_logger().warning(f"dropped chunk: {exc}", throttle_duration_sec=1.0)
             return
-        if why := self._scheduler.offer(chunk, self._now_s()):
+        now = self._now_s()
+        first = self._scheduler.first_row(chunk, now)
+        if self._safety is not None and not self._safety.admits(first, self._arbiter.policy_dims()):
+            self.get_logger().warning(
+                f"dropped chunk {chunk.seq}: its first row to run is past the jump limit from "
+                "the last executed action (chunk_safety.max_jump); the running chunk runs on",
+                throttle_duration_sec=1.0,
+            )
+            return
+        if why := self._scheduler.offer(chunk, now):
             self.get_logger().warning(f"dropped chunk: {why}", throttle_duration_sec=1.0)
             return
         self._chunk_learner_step = {(chunk.checkpoint_id, chunk.seq): int(msg.learner_step)}
@@ -567,8 +576,11 @@ class ArbiterNode(Node):
             return row, "", False
         res = self._safety.check(row.action, self._arbiter.policy_dims())
         if res.action is None:
+            # The chunk is dropped: it never ran, so the next one is not inpainted from it.
+            self._scheduler.clear()
             self.get_logger().warning(
-                f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit; holding",
+                f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit; holding "
+                "until the next chunk",
                 throttle_duration_sec=1.0,
             )
             return None, HOLD_CHUNK_JUMP, False
