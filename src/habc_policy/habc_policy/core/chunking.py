@@ -130,8 +130,8 @@ SEAM_RTC = "rtc"
 SEAM_MODES = (SEAM_SWITCH, SEAM_ENSEMBLE, SEAM_RTC)
 #: The arbiter's and the in-process rollouts' default: through the sim graph with a learner
 #: training beside it (bench/bench_chunks.py, 50 episodes per mode) ``rtc`` made seams as smooth
-#: as the inside of a chunk (jump ratio 1.00, jerk 1.07) and matched in-process success
-#: (76 % vs 78 %); ``switch``: 4.2 / 2.3 and 38 % vs 64 %; ``ensemble``: 1.9 / 1.2, 62 % vs 84 %.
+#: as the inside of a chunk (jump ratio 1.03, jerk 1.00) and matched in-process success
+#: (76 % vs 76 %); ``switch``: 4.2 / 2.3 and 38 % vs 64 %; ``ensemble``: 1.9 / 1.2, 62 % vs 84 %.
 DEFAULT_SEAM = SEAM_RTC
 
 
