@@ -518,6 +518,10 @@ class ArbiterNode(Node):
                 self._episode_id, self._step = self._pending[0], 0
                 self._pending = None
                 self._counts["episodes"] += 1
+                # Step 0 starts from a clean authority state: a takeover or hand-back ramp
+                # the operator began while the episode waited is not the episode's (an arm
+                # still claimed is the operator's again at this very tick).
+                self._arbiter.reset(hold_position=self._last_action)
             else:
                 self._counts["start_waits"] += 1
         row, refused, clamped = self._safe(row)
