@@ -191,6 +191,7 @@ def test_demos_auto_and_sft_options_from_the_command_line() -> None:
     assert tuned.band == (0.15, 0.5) and tuned.sft_patience == 5 and tuned.val_demos == 4
     fixed = cfg("--task", "transfer_cube", "--demos", "7", "--sft-patience", "0")
     assert not fixed.tune_demos and fixed.demos == 7 and fixed.sft_patience == 0
+    assert fixed.device == "cpu" and cfg("--device", "cuda:1").device == "cuda:1"
     assert not cfg("--task", "transfer_cube").tune_demos  # a tuned task keeps its values
     with pytest.raises(ValueError, match="'auto', got 'many'"):
         cfg("--demos", "many")

@@ -214,3 +214,15 @@ def test_train_to_plateau_stops_after_patience_and_restores_the_start(tmp_path) 
     )
     assert info["steps_run"] == 10 and info["plateau"] and info["best_step"] == 0
     assert trainer.learner_step == 0 and heldout() == pytest.approx(start, rel=1e-6)
+
+
+def test_heldout_loss_over_chosen_rows(tmp_path) -> None:
+    from habc_learner.core.sft_convergence import HeldOutFlowLoss
+
+    torch.set_num_threads(1)
+    trainer, val = _sft_trainer(tmp_path)
+    rows = np.arange(5)
+    sub = HeldOutFlowLoss(trainer, val, seed=0, rows=rows)
+    assert sub.windows == 5 and np.isfinite(sub())
+    with pytest.raises(ValueError, match="no windows"):
+        HeldOutFlowLoss(trainer, val, rows=np.arange(0))

@@ -22,12 +22,20 @@ from habc_learner.core.replay import ReplayStore
 
 
 class HeldOutFlowLoss:
-    """L_val = (1/N) Σ_i ℓ_i over held-out windows, fixed ε and τ (see the module doc)."""
+    """L_val = (1/N) Σ_i ℓ_i over held-out windows (all of ``store``'s, or ``rows``), fixed ε
+    and τ (see the module doc)."""
 
-    def __init__(self, trainer, store: ReplayStore, max_windows: int = 4096, seed: int = 0):
-        if len(store) == 0:
+    def __init__(
+        self,
+        trainer,
+        store: ReplayStore,
+        max_windows: int = 4096,
+        seed: int = 0,
+        rows: np.ndarray | None = None,
+    ):
+        rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+        if len(rows) == 0:
             raise ValueError("the held-out store has no windows")
-        rows = np.arange(len(store))
         if len(rows) > max_windows:
             rows = rows[np.linspace(0, len(rows) - 1, max_windows).astype(int)]
         self.trainer = trainer
