@@ -2058,7 +2058,9 @@ def tune_demos(cfg: ProtocolConfig, counters: Counters | None = None) -> dict[st
     key = _tuning_key(cfg)
     if path.exists():
         rec = json.loads(path.read_text())
-        if any(rec.get("key", {}).get(k) != v for k, v in key.items()):
+        # tuned on the first seed of the invocation that tuned; a later one with other seeds
+        # (e.g. more seeds for the same run) reuses the choice
+        if any(rec.get("key", {}).get(k) != v for k, v in key.items() if k != "seed"):
             raise ValueError(
                 f"{path} was tuned under {rec.get('key')}, this run has {key}: use another "
                 f"--work folder"
