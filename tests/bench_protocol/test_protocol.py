@@ -23,6 +23,7 @@ SMOKE = [
     "--demos", "3",
     "--demo-noise", "0",
     "--sft-steps", "30",
+    "--sft-patience", "0",
     "--rounds", "1",
     "--rollouts", "3",
     "--round-steps", "20",
@@ -177,3 +178,66 @@ def test_wilson_interval_matches_hand_computed_values() -> None:
     assert fmt_rate(13, 20) == "65 % [43, 82]"
     with pytest.raises(ValueError):
         wilson_interval(21, 20)
+
+
+def test_demos_auto_and_sft_options_from_the_command_line() -> None:
+    from habc_learner.protocol import build_parser, config_from_args
+
+    def cfg(*argv: str):
+        return config_from_args(build_parser().parse_args(list(argv)), "x")
+
+    tuned = cfg("--task", "transfer_cube", "--demos", "auto", "--demo-candidates", "2", "5")
+    assert tuned.tune_demos and tuned.demos == 5 and tuned.demo_candidates == (2, 5)
+    assert tuned.band == (0.15, 0.5) and tuned.sft_patience == 5 and tuned.val_demos == 4
+    fixed = cfg("--task", "transfer_cube", "--demos", "7", "--sft-patience", "0")
+    assert not fixed.tune_demos and fixed.demos == 7 and fixed.sft_patience == 0
+    assert fixed.device == "cpu" and cfg("--device", "cuda:1").device == "cuda:1"
+    assert not cfg("--task", "transfer_cube").tune_demos  # a tuned task keeps its values
+    with pytest.raises(ValueError, match="'auto', got 'many'"):
+        cfg("--demos", "many")
+    with pytest.raises(ValueError, match="demo_candidates must be increasing"):
+        cfg("--demos", "auto", "--demo-candidates", "4", "2")
+    with pytest.raises(ValueError, match="needs val_demos >= 1"):
+        cfg("--val-demos", "0")
+    budget = fixed.budget()
+    assert {"sft_patience", "sft_validate_every", "sft_min_delta", "val_demos"} <= set(budget)
+
+
+@pytest.mark.slow
+def test_band_tuning_and_sft_plateau_end_to_end(tmp_path: Path) -> None:
+    """--demos auto on transfer-cube at a tiny budget: the tuner bisects over the candidates
+    with real SFT runs to the held-out plateau, records its probes, and the seed's SFT start
+    reuses the chosen probe's checkpoint (no second SFT)."""
+    pytest.importorskip("gym_aloha")
+    from habc_learner.protocol import build_parser, config_from_args, run_protocol
+
+    argv = [
+        "--task", "transfer_cube", "--seeds", "0", "--methods", "sft",
+        "--demos", "auto", "--demo-candidates", "1", "2", "3", "--tune-episodes", "2",
+        "--val-demos", "1", "--sft-steps", "40", "--sft-validate-every", "10",
+        "--sft-patience", "2", "--rounds", "1", "--round-steps", "5", "--eval-episodes", "2",
+        "--batch-size", "16", "--threads", "1",
+        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    cfg = config_from_args(build_parser().parse_args(argv), "habc-protocol " + " ".join(argv))
+    counters, report = run_protocol(cfg)
+    tuning = json.loads((tmp_path / "work" / "transfer_cube" / "band_tuning.json").read_text())
+    probes = tuning["probes"]
+    assert probes[0]["value"] == 2  # the middle candidate first
+    assert all(p["episodes"] == 2 for p in probes)
+    assert tuning["chosen_demos"] in {p["value"] for p in probes}
+    assert tuning["in_band"] == (0.15 <= probes[-1]["successes"] / 2 <= 0.5)
+    start = json.loads(
+        (tmp_path / "work" / "transfer_cube" / "seed0" / "sft_start" / "round_00.json").read_text()
+    )
+    assert start["demos"]["recorded"] == tuning["chosen_demos"]
+    assert start["demos"]["held_out"] == 1
+    sft = start["sft"]
+    assert sft["history"][0][0] == 0 and sft["steps_run"] <= 40
+    assert start["learner_step"] == sft["best_step"]
+    # tuning SFT runs + 5 steps of the sft round; the start reused its probe's checkpoint
+    tuned_steps = sum(p.get("steps_run", 0) for p in probes if "same_as" not in p)
+    assert counters.train_steps == tuned_steps + 5
+    md = report.read_text()
+    assert "## SFT start" in md and "## Paired differences" in md
+    assert f"**{tuning['chosen_demos']} demonstrations**" in md

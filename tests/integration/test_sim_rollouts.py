@@ -252,8 +252,17 @@ def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) 
     assert policy.calls == (r.steps - 1) // 9 + 1  # requests at steps 0, 9, 18, ...
 
 
+def test_main_job_evaluates_on_50_poses_by_default() -> None:
+    from habc_learner.main_job import StageResult, _parse
+
+    assert _parse([]).eval_episodes == 50
+    # 31 of 50: p̂ = 0.62, Wilson 95 % interval [0.482, 0.741]
+    stage = StageResult("SFT", "c", 0, 31 / 50, 100.0, 50)
+    assert stage.successes == 31 and stage.rate_text() == "62 % [48, 74]"
+
+
 @pytest.mark.slow
-def test_main_job_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+def test_main_job_runs_end_to_end_and_resumes(tmp_path: Path, capsys) -> None:
     from habc_learner.main_job import main
 
     args = [
@@ -281,6 +290,8 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert [s["stage"] for s in stages] == ["SFT", "habc r1"]
     assert stages[0]["learner_step"] == 8 and stages[1]["learner_step"] == 12
     assert stages[0]["checkpoint_id"] != stages[1]["checkpoint_id"]
+    assert stages[0]["successes"] == round(2 * stages[0]["success_rate"])
+    assert "(2 held-out object poses, 95 % Wilson interval)" in capsys.readouterr().out
     assert (tmp_path / "run" / "summary.png").stat().st_size > 1000
     bags = sorted(p.name for p in (tmp_path / "run" / "bags" / "round_01").iterdir())
     assert len(bags) == 2

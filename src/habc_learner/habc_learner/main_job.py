@@ -49,6 +49,16 @@ class StageResult:
     mean_success_length: float
     episodes: int
 
+    @property
+    def successes(self) -> int:
+        return round(self.success_rate * self.episodes)
+
+    def rate_text(self) -> str:
+        """``"62 % [48, 74]"``: success with its 95 % Wilson interval."""
+        from habc_learner.protocol import fmt_rate
+
+        return fmt_rate(self.successes, self.episodes)
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="habc-main", description=__doc__.split("\n\n")[0])
@@ -62,7 +72,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rollouts", type=int, default=20, help="rollout episodes per round")
     p.add_argument("--round-steps", type=int, default=600, help="gradient steps per round")
     p.add_argument("--method", default="habc", help="learner method of the online rounds")
-    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per stage")
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=50,
+        help="held-out evaluation episodes per stage (the 95 %% Wilson interval is printed)",
+    )
     p.add_argument(
         "--takeover-fraction",
         type=float,
@@ -241,10 +256,14 @@ def plot(stages: list[StageResult], path: Path) -> None:
 
     names = [s.stage for s in stages]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax1.bar(names, [100 * s.success_rate for s in stages], color="#3a7")
+    from habc_learner.protocol import wilson_interval
+
+    ci = np.array([wilson_interval(s.successes, s.episodes) for s in stages]).T * 100
+    rates = np.array([100 * s.success_rate for s in stages])
+    ax1.bar(names, rates, color="#3a7", yerr=[rates - ci[0], ci[1] - rates], capsize=4)
     ax1.set_ylabel("success rate (%)")
     ax1.set_ylim(0, 100)
-    ax1.set_title(f"success over {stages[0].episodes} held-out episodes")
+    ax1.set_title(f"success over {stages[0].episodes} held-out episodes (95 % Wilson)")
     for i, s in enumerate(stages):
         ax1.text(i, 100 * s.success_rate + 2, f"{100 * s.success_rate:.0f}%", ha="center")
     ax2.bar(names, [s.mean_success_length for s in stages], color="#37a")
@@ -302,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         sft_ckpt = sft.save_checkpoint()
     stages = [evaluate(args, sft_ckpt, "SFT")]
     say(
-        f"SFT: success {100 * stages[-1].success_rate:.0f}% "
+        f"SFT: success {stages[-1].rate_text()} (95 % interval) "
         f"({stages[-1].checkpoint_id}, step {stages[-1].learner_step})"
     )
 
@@ -348,15 +367,17 @@ def main(argv: list[str] | None = None) -> int:
                 say(summary.line())
             current = trainer.save_checkpoint()
         stages.append(evaluate(args, current, f"{args.method} r{k}"))
-        say(f"round {k}: success {100 * stages[-1].success_rate:.0f}%")
+        say(f"round {k}: success {stages[-1].rate_text()} (95 % interval)")
 
     summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps([s.__dict__ for s in stages], indent=2))
+    summary_path.write_text(
+        json.dumps([{**s.__dict__, "successes": s.successes} for s in stages], indent=2)
+    )
     plot(stages, out / "summary.png")
-    say("results (held-out object poses):")
+    say(f"results ({args.eval_episodes} held-out object poses, 95 % Wilson interval):")
     for s in stages:
         print(
-            f"  {s.stage:<12} success {100 * s.success_rate:5.1f}%  "
+            f"  {s.stage:<12} success {s.rate_text():<16}  "
             f"mean successful length {s.mean_success_length:6.1f}  checkpoint {s.checkpoint_id}"
         )
     say(f"wrote {summary_path}, {out / 'summary.png'}, TensorBoard logs in {out / 'tensorboard'}")

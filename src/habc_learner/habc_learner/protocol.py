@@ -67,6 +67,9 @@ ALOHA_TASKS = ("transfer_cube", "insertion")
 DEFAULT_METHODS = ("sft", "imit_dagger", "imit_recap", "habc_v", "habc")
 DEFAULT_STEP2 = ("habc", "habc_ir")
 EVAL_SEED_BASE = 1_000_000  # evaluation poses never overlap training seeds (< 1e6)
+VAL_DEMO_OFFSET = 5_000  # held-out demonstrations of seed k: demo_seed(k, 5000 + j)
+TUNE_POSE_OFFSET = 50_000  # poses of the band tuner's cheap success estimate
+DEFAULT_DEMO_CANDIDATES = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 SEED_STRIDE = 100_000  # demo, rollout and evaluation seeds of experiment seed k: k * stride + …
 RECORD_VERSION = 1
 #: The paper's sanity figures (``HABC_METHOD.md``).
@@ -144,7 +147,14 @@ class ProtocolConfig:
         seeds: experiment seeds (each: its own demos, SFT, rollouts and evaluation poses).
         methods: step-1 methods (registry names). step2_methods / step2_from / step2_rounds:
             step 2 (0 rounds: no step 2).
-        demos, demo_noise, sft_steps: SFT start (quality knob: expert noise σ).
+        demos, demo_noise, sft_steps: SFT start (quality knob: expert noise σ). With
+            ``sft_patience`` > 0, SFT runs to the plateau of the flow loss on ``val_demos``
+            held-out demonstration episodes (evaluated every ``sft_validate_every`` steps, an
+            improvement is ``sft_min_delta`` relative), at most ``sft_steps`` steps, and keeps
+            the best weights; 0: exactly ``sft_steps`` steps, no held-out demonstrations.
+        tune_demos: choose ``demos`` among ``demo_candidates`` so that the SFT start's success
+            on ``tune_episodes`` tuning poses (first seed) lies in ``band``
+            (:func:`tune_demos`); the choice is recorded in ``work/<task>/band_tuning.json``.
         rounds, rollouts, round_steps: online rounds, rollout episodes per round, gradient
             steps per round. takeover_fraction: the operator's intervention rate.
             rollout_steps: step limit of the rollout episodes (``None``: the task's evaluation
@@ -155,6 +165,8 @@ class ProtocolConfig:
             (``None``: the method's own, 500). trace_episodes: episodes per critic trace.
         work: bags, checkpoints, round records. out: report root (``out/<task>/``).
         threads: torch threads per worker. jobs: seeds run in parallel processes.
+        device: torch device of the learner (``cpu``, ``cuda``); rollouts and evaluation run
+            the policy on the CPU beside the simulator.
         command: the command line recorded in the report.
     """
 
@@ -164,6 +176,14 @@ class ProtocolConfig:
     demos: int = 20
     demo_noise: float = 0.01
     sft_steps: int = 1500
+    sft_patience: int = 5
+    sft_validate_every: int = 100
+    sft_min_delta: float = 0.01
+    val_demos: int = 4
+    tune_demos: bool = False
+    demo_candidates: tuple[int, ...] = DEFAULT_DEMO_CANDIDATES
+    band: tuple[float, float] = (0.15, 0.50)
+    tune_episodes: int = 20
     rounds: int = 3
     rollouts: int = 100
     round_steps: int = 6000
@@ -181,13 +201,14 @@ class ProtocolConfig:
     out: str = "docs/results"
     threads: int = 1
     jobs: int = 1
+    device: str = "cpu"
     command: str = ""
 
     def __post_init__(self) -> None:
         from habc_learner.core.methods import get_method
 
         object.__setattr__(self, "task", normalize_task(self.task))
-        for name in ("seeds", "methods", "step2_methods"):
+        for name in ("seeds", "methods", "step2_methods", "demo_candidates", "band"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in (*self.methods, *self.step2_methods, self.step2_from):
             base, variants = split_variant(name)
@@ -223,6 +244,29 @@ class ProtocolConfig:
             raise ValueError(f"takeover_fraction must be in [0, 1], got {self.takeover_fraction}")
         if self.rollout_steps is not None and self.rollout_steps < 1:
             raise ValueError(f"rollout_steps must be >= 1 (or None), got {self.rollout_steps}")
+        if self.sft_patience < 0 or self.sft_validate_every < 1 or self.val_demos < 0:
+            raise ValueError(
+                f"sft_patience and val_demos must be >= 0 and sft_validate_every >= 1, got "
+                f"{self.sft_patience}, {self.val_demos}, {self.sft_validate_every}"
+            )
+        if self.sft_patience and self.val_demos < 1:
+            raise ValueError("SFT to a plateau (sft_patience > 0) needs val_demos >= 1")
+        if not 0.0 <= self.sft_min_delta < 1.0:
+            raise ValueError(f"sft_min_delta must be in [0, 1), got {self.sft_min_delta}")
+        if self.val_demos > 999:
+            raise ValueError(f"val_demos must be <= 999, got {self.val_demos}")
+        if self.tune_demos:
+            c = self.demo_candidates
+            if not c or any(n < 1 for n in c) or list(c) != sorted(set(c)):
+                raise ValueError(f"demo_candidates must be increasing and >= 1, got {c}")
+            if max(c) > 4999:
+                raise ValueError(f"demo_candidates must be <= 4999, got {max(c)}")
+            if len(self.band) != 2 or not 0.0 <= self.band[0] <= self.band[1] <= 1.0:
+                raise ValueError(f"band must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.band}")
+            if self.tune_episodes < 1:
+                raise ValueError(f"tune_episodes must be >= 1, got {self.tune_episodes}")
+        elif self.demos > 4999:
+            raise ValueError(f"demos must be <= 4999, got {self.demos}")
         if self.demo_noise < 0:
             raise ValueError(f"demo_noise must be >= 0, got {self.demo_noise}")
         if self.batch_size < 1 or self.threads < 1 or self.jobs < 1:
@@ -246,6 +290,10 @@ class ProtocolConfig:
         "demos",
         "demo_noise",
         "sft_steps",
+        "sft_patience",
+        "sft_validate_every",
+        "sft_min_delta",
+        "val_demos",
         "rollouts",
         "round_steps",
         "takeover_fraction",
@@ -278,6 +326,22 @@ def rollout_seed(seed: int, round_index: int, i: int) -> int:
 
 def eval_seed(seed: int, i: int) -> int:
     return EVAL_SEED_BASE + seed * 10_000 + i
+
+
+def val_demo_seed(seed: int, j: int) -> int:
+    """Held-out demonstration j of experiment seed k (SFT's validation loss only)."""
+    return demo_seed(seed, VAL_DEMO_OFFSET + j)
+
+
+def sft_name(successful_demos: int) -> str:
+    """Checkpoint folder of the SFT start on the first ``successful_demos`` successful
+    demonstrations of a seed (the band tuner's probe and the seed's start share it)."""
+    return f"sft_ok{successful_demos}"
+
+
+def tune_seed(seed: int, i: int) -> int:
+    """Pose i of the band tuner's success estimate (disjoint from demos, rollouts, eval)."""
+    return seed * SEED_STRIDE + TUNE_POSE_OFFSET + i
 
 
 #: Method variants, ``--methods habc+mc``: the registry's method with a learner option changed
@@ -389,6 +453,7 @@ class SeedRun:
         self.args = SimpleNamespace(backend=cfg.backend, task=cfg.task)
         self.demos: list = []
         self.dims: tuple[int, int] = (0, 0)
+        self.sft_step = cfg.sft_steps  # learner step of the SFT start (set by sft_start)
         self._episode_cache: dict[str, list] = {}
 
     def say(self, msg: str) -> None:
@@ -416,6 +481,8 @@ class SeedRun:
             progress=False,
         )
         done = [r for r in results if r is not None]
+        if done:
+            self._episode_cache.pop(str(folder), None)  # the folder has new bags
         if source == "demo":
             self.counters.demos += len(done)
         else:
@@ -437,6 +504,81 @@ class SeedRun:
     def rollout_folder(self, producer: str) -> Path:
         return self.root / "rollouts" / producer
 
+    def demo_episodes(self, n: int) -> tuple[list, int]:
+        """The successful ones among the first ``n`` demonstrations of this seed (recorded if
+        missing), and how many were recorded (the folder may hold more: the band tuner's pool)."""
+        folder = self.root / "demos"
+        seeds = [demo_seed(self.seed, i) for i in range(n)]
+        self.record(folder, seeds, source="demo", noise=self.cfg.demo_noise)
+        want = {f"demo-{s:07d}" for s in seeds}
+        episodes = [e for e in self.read(folder) if e.episode_id in want]
+        return [e for e in episodes if e.outcome.value == "success"], len(episodes)
+
+    def val_demo_episodes(self) -> list:
+        """Held-out demonstration episodes for SFT's validation loss (successful ones only);
+        none when SFT runs a fixed number of steps."""
+        cfg = self.cfg
+        if not cfg.sft_patience:
+            return []
+        folder = self.root / "val_demos"
+        seeds = [val_demo_seed(self.seed, j) for j in range(cfg.val_demos)]
+        self.record(folder, seeds, source="demo", noise=cfg.demo_noise)
+        ok = [e for e in self.read(folder) if e.outcome.value == "success"]
+        if not ok:
+            raise RuntimeError(
+                f"seed {self.seed}: none of the {cfg.val_demos} held-out demonstrations "
+                f"succeeded at demo_noise={cfg.demo_noise}; raise val_demos"
+            )
+        return ok
+
+    def train_sft(self, demos: list, val: list, name: str) -> tuple[Path, dict[str, Any]]:
+        """An SFT checkpoint on ``demos``: to the plateau of the held-out flow loss on ``val``
+        (``sft_patience`` > 0, at most ``sft_steps`` steps, best weights kept) or exactly
+        ``sft_steps`` steps. Reused when ``checkpoints/<name>`` holds a finished one."""
+        from habc_learner.core.power import PlateauStopper
+        from habc_learner.core.replay import ReplayStore
+        from habc_learner.core.sft_convergence import HeldOutFlowLoss, train_to_plateau
+        from habc_learner.core.trainer import Trainer
+        from habc_policy.core import checkpoint as ckpt_io
+
+        cfg = self.cfg
+        self.dims = (demos[0].proprio_dim, demos[0].action_dim)
+        tcfg = self.trainer_config("sft", name, cfg.sft_steps)
+        info_path = Path(tcfg.checkpoint_dir) / "sft_training.json"
+        latest = ckpt_io.latest_checkpoint(tcfg.checkpoint_dir)
+        if latest is not None and info_path.exists():
+            return latest, json.loads(info_path.read_text())
+        store = ReplayStore(tcfg.replay_config())
+        store.add_episodes(demos)
+        with Trainer(tcfg, store) as trainer:  # a crashed half run starts over
+            if cfg.sft_patience:
+                vstore = ReplayStore(tcfg.replay_config())
+                vstore.add_episodes(val)
+                info = train_to_plateau(
+                    trainer,
+                    HeldOutFlowLoss(trainer, vstore, seed=self.seed),
+                    max_steps=cfg.sft_steps,
+                    validate_every=cfg.sft_validate_every,
+                    stopper=PlateauStopper(cfg.sft_patience, cfg.sft_min_delta),
+                    say=self.say,
+                )
+            else:
+                t0 = time.monotonic()
+                summary = trainer.run_round(cfg.sft_steps)
+                info = {
+                    "steps_run": cfg.sft_steps,
+                    "best_step": trainer.learner_step,
+                    "plateau": None,
+                    "train_s": time.monotonic() - t0,
+                    "means": dict(summary.means),
+                }
+            ckpt = trainer.save_checkpoint()
+        info["demos"] = len(demos)
+        info["val_demos"] = len(val)
+        self.counters.train_steps += int(info["steps_run"])
+        _write_json(info_path, info)
+        return ckpt, info
+
     # -------------------------------------------------------------------------- learner
     def trainer_config(self, method, name: str, steps: int):
         from habc_learner.core.critic import CriticConfig
@@ -455,6 +597,7 @@ class SeedRun:
             batch_size=self.cfg.batch_size,
             steps_per_round=steps,
             seed=self.seed,
+            device=self.cfg.device,
             checkpoint_dir=str(self.root / "checkpoints" / name),
             log_dir=str(self.root / "tensorboard" / name),
             log_every=10,
@@ -473,17 +616,19 @@ class SeedRun:
         return store
 
     # -------------------------------------------------------------------------- evaluation
-    def evaluate(self, checkpoint: Path) -> dict[str, Any]:
-        """Success and length over the fresh evaluation poses, no takeovers, no bags."""
+    def evaluate(self, checkpoint: Path, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+        """Success and length over the fresh evaluation poses (or ``seeds``), no takeovers, no
+        bags; ``episodes`` holds [success, steps, failure] per pose in pose order."""
         from arx_x5_driver.core.factory import make_backend
         from habc_learner.sim_rollouts import run_rollout
         from habc_policy.core.checkpoint import load_policy
 
         policy = load_policy(checkpoint)
         episodes = []
+        if seeds is None:
+            seeds = [eval_seed(self.seed, i) for i in range(self.cfg.eval_episodes)]
         with make_backend(self.cfg.backend, task=self.cfg.task) as robot:
-            for i in range(self.cfg.eval_episodes):
-                s = eval_seed(self.seed, i)
+            for s in seeds:
                 r = run_rollout(
                     robot,
                     seed=s,
@@ -528,18 +673,14 @@ class SeedRun:
         cfg = self.cfg
         self.root.mkdir(parents=True, exist_ok=True)
         # 1. demonstrations -> bags -> episodes
-        folder = self.root / "demos"
-        seeds = [demo_seed(self.seed, i) for i in range(cfg.demos)]
-        self.record(folder, seeds, source="demo", noise=cfg.demo_noise)
-        episodes = self.read(folder)
-        self.demos = [e for e in episodes if e.outcome.value == "success"]
-        self.say(f"{len(self.demos)}/{len(episodes)} demonstrations succeeded (σ={cfg.demo_noise})")
+        self.demos, n_recorded = self.demo_episodes(cfg.demos)
+        self.say(f"{len(self.demos)}/{n_recorded} demonstrations succeeded (σ={cfg.demo_noise})")
         if not self.demos:
             raise RuntimeError(
                 f"seed {self.seed}: no successful demonstration at demo_noise={cfg.demo_noise}"
             )
         self.dims = (self.demos[0].proprio_dim, self.demos[0].action_dim)
-        sft_ckpt = self.sft_start(len(episodes))
+        sft_ckpt = self.sft_start(n_recorded)
         # 2. step 1 (a method that fails is reported and the others go on)
         for name in cfg.methods:
             method = method_config(cfg, name)
@@ -591,23 +732,26 @@ class SeedRun:
         rec = self.load_record("sft_start", 0)
         if rec is not None:
             self.counters.rounds_skipped += 1
+            self.sft_step = int(rec["learner_step"])
             return Path(rec["checkpoint"])
-        from habc_learner.core.trainer import Trainer
+        from habc_policy.core.checkpoint import read_manifest
 
         t0 = time.monotonic()
-        tcfg = self.trainer_config("sft", "sft_start", self.cfg.sft_steps)
-        store = self.store_for(tcfg, [])
-        with Trainer.resume(tcfg, store) as trainer:
-            summary = None
-            if trainer.learner_step < self.cfg.sft_steps:
-                n = self.cfg.sft_steps - trainer.learner_step
-                summary = trainer.run_round(n)
-                self.counters.train_steps += n
-            ckpt = trainer.save_checkpoint()
-            learner_step = trainer.learner_step
+        val = self.val_demo_episodes()
+        ckpt, sft_info = self.train_sft(self.demos, val, sft_name(len(self.demos)))
+        learner_step = int(read_manifest(ckpt)["learner_step"])
+        self.sft_step = learner_step
         train_s = time.monotonic() - t0
         ev = self.evaluate(ckpt)
-        self.say(f"SFT start: success {100 * ev['success_rate']:.0f}% at step {learner_step}")
+        plateau = (
+            f" (held-out flow loss plateau: {sft_info['plateau']}, {sft_info['steps_run']} steps "
+            f"run)"
+            if self.cfg.sft_patience
+            else ""
+        )
+        self.say(
+            f"SFT start: success {100 * ev['success_rate']:.0f}% at step {learner_step}{plateau}"
+        )
         record = {
             "version": RECORD_VERSION,
             "task": self.cfg.task,
@@ -618,8 +762,15 @@ class SeedRun:
             "budget": self.cfg.budget(),
             "checkpoint": str(ckpt),
             "learner_step": learner_step,
-            "demos": {"recorded": n_demos_recorded, "successful": len(self.demos)},
-            "train": _train_stats(summary),
+            "demos": {
+                "recorded": n_demos_recorded,
+                "successful": len(self.demos),
+                "held_out": len(val),
+            },
+            "sft": {k: v for k, v in sft_info.items() if k != "means"},
+            "train": {
+                k: v for k, v in sft_info.get("means", {}).items() if not k.startswith("batch/")
+            },
             "eval": ev,
             "wall_s": {"train": train_s, "eval": time.monotonic() - t0 - train_s},
         }
@@ -639,7 +790,8 @@ class SeedRun:
         step: int,
     ) -> Path:
         """Round ``k`` of method ``name``: rollouts of ``prev_ckpt`` (its lineage's newest
-        producer), training to ``sft_steps + k * round_steps``, analysis, evaluation."""
+        producer), training to ``sft_step + k * round_steps`` (``sft_step``: the SFT start's
+        learner step), analysis, evaluation."""
         rec = self.load_record(name, k)
         if rec is not None:
             self.counters.rounds_skipped += 1
@@ -667,7 +819,7 @@ class SeedRun:
         wall["rollouts"] = time.monotonic() - t0
 
         t1 = time.monotonic()
-        target = cfg.sft_steps + k * cfg.round_steps
+        target = self.sft_step + k * cfg.round_steps
         tcfg = self.trainer_config(method, name, cfg.round_steps)
         store = self.store_for(tcfg, producers)
         new_rows = _rows_of_folder(store, self.rollout_folder(producers[-1])) if producers else None
@@ -679,7 +831,7 @@ class SeedRun:
                 else:
                     continue_run(trainer, prev_ckpt)
             # The critic of the previous round on rollouts it has never trained on.
-            if new_rows is not None and len(new_rows) and trainer.learner_step > cfg.sft_steps:
+            if new_rows is not None and len(new_rows) and trainer.learner_step > self.sft_step:
                 analysis["fresh"] = analyse(
                     trainer, store, new_rows, traces=cfg.trace_episodes, trace_rows=new_rows
                 )
@@ -1196,7 +1348,14 @@ def render_markdown(cfg, recs, invocations, compute_s: float, figures: list[str]
         f"- seeds done: {seeds_done} of {list(cfg.seeds)}; backend `{cfg.backend}`",
         f"- SFT start: {cfg.demos} scripted demonstrations, quality knob σ = {cfg.demo_noise} "
         f"({'waypoint offset, m' if cfg.backend == 'sim' else 'action noise'}); only successful "
-        f"ones used; {cfg.sft_steps} SFT steps",
+        f"ones used; "
+        + (
+            f"SFT to the plateau of the flow loss on {cfg.val_demos} held-out demonstrations "
+            f"(every {cfg.sft_validate_every} steps, patience {cfg.sft_patience}, "
+            f"{cfg.sft_min_delta:.0%} relative; at most {cfg.sft_steps} steps; best weights kept)"
+            if cfg.sft_patience
+            else f"{cfg.sft_steps} SFT steps"
+        ),
         f"- step 1: {cfg.rounds} rounds × {cfg.rollouts} rollouts (operator takes over in "
         f"~{100 * cfg.takeover_fraction:.0f} % of failing episodes) then {cfg.round_steps} "
         f"gradient steps (batch {cfg.batch_size}, warmup "
@@ -1278,6 +1437,8 @@ def render_markdown(cfg, recs, invocations, compute_s: float, figures: list[str]
             if any(c != "–" for c in cells):
                 lines.append(f"| `{m}` | {k} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += render_paired(cfg, recs)
+    lines += render_sft_start(cfg, recs)
     errors = sorted(cfg.task_dir().glob("seed*/*/error.json"))
     if errors:
         lines += ["## Methods that failed", ""]
@@ -1288,6 +1449,129 @@ def render_markdown(cfg, recs, invocations, compute_s: float, figures: list[str]
     lines += render_analysis(cfg, recs)
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
+
+
+def _outcomes(recs, method: str, round_index: int) -> dict[int, list[int]]:
+    """seed -> per-pose success (0/1, pose order) of (method, round); round 0: the SFT start."""
+    want = ("sft_start", 0) if round_index == 0 else (method, round_index)
+    return {
+        r["seed"]: [int(e[0]) for e in r["eval"]["episodes"]]
+        for r in recs
+        if (r["method"], r["round"]) == want
+    }
+
+
+def paired_rows(recs, pairs: Sequence[tuple[str, int, str, int]], n_boot: int = 10_000):
+    """For each (method A, round a, method B, round b): the paired difference A − B over the
+    seeds both have, on the same poses, with its two-level bootstrap 95 % interval
+    (:func:`habc_learner.core.power.paired_bootstrap`); None where no seed has both."""
+    from habc_learner.core.power import paired_bootstrap
+
+    out = []
+    for ma, ka, mb, kb in pairs:
+        a, b = _outcomes(recs, ma, ka), _outcomes(recs, mb, kb)
+        seeds = sorted(s for s in a if s in b and len(a[s]) == len(b[s]))
+        iv = (
+            paired_bootstrap([a[s] for s in seeds], [b[s] for s in seeds], n_boot=n_boot)
+            if seeds
+            else None
+        )
+        out.append(((ma, ka, mb, kb), iv))
+    return out
+
+
+def render_paired(cfg, recs) -> list[str]:
+    """Paired differences against SFT (the same steps on demos), the SFT start and between
+    the methods, with bootstrap intervals over seeds and poses."""
+    last = cfg.rounds
+    if last < 1:
+        return []
+    names = list(cfg.methods)
+    pairs: list[tuple[str, int, str, int]] = []
+    for m in names:
+        pairs.append((m, last, "sft_start", 0))
+    for m in names:
+        if m != "sft" and "sft" in names:
+            pairs.append((m, last, "sft", last))
+    others = [m for m in names if m != "sft"]
+    for i, m in enumerate(others):
+        for m2 in others[i + 1 :]:
+            pairs.append((m, last, m2, last))
+    if cfg.step2_rounds:
+        end = cfg.rounds + cfg.step2_rounds
+        s2 = list(cfg.step2_methods)
+        for i, m in enumerate(s2):
+            pairs.append((m, end, cfg.step2_from, last))
+            for m2 in s2[i + 1 :]:
+                pairs.append((m, end, m2, end))
+    lines = [
+        "## Paired differences (percentage points, bootstrap 95 % intervals)",
+        "",
+        "A − B on the same evaluation poses of each seed: mean over seeds of the per-seed mean "
+        "difference; interval: two-level percentile bootstrap (seeds with replacement, then "
+        "each drawn seed's pose pairs with replacement), 10 000 replicates. **bold**: the "
+        "interval excludes 0.",
+        "",
+        "| A | B | Δ (A − B) [95 % CI] | seeds | poses per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for (ma, ka, mb, kb), iv in paired_rows(recs, pairs):
+        la = "SFT start" if ma == "sft_start" else f"`{ma}` r{ka}"
+        lb = "SFT start" if mb == "sft_start" else f"`{mb}` r{kb}"
+        if iv is None:
+            lines.append(f"| {la} | {lb} | – | 0 | – |")
+            continue
+        txt = iv.format()
+        lines.append(
+            f"| {la} | {lb} | {'**' + txt + '**' if iv.excludes_zero else txt} | {iv.seeds} "
+            f"| {iv.poses // iv.seeds} |"
+        )
+    lines.append("")
+    return lines
+
+
+def render_sft_start(cfg, recs) -> list[str]:
+    """The converged SFT start per seed, and the band tuner's probes."""
+    lines = ["## SFT start", ""]
+    tuning_path = cfg.task_dir() / "band_tuning.json"
+    if tuning_path.exists():
+        t = json.loads(tuning_path.read_text())
+        lines += [
+            f"Weakness knob, tuned automatically (`--demos auto`, seed {t.get('seed')}): "
+            f"**{t['chosen_demos']} demonstrations** at σ = {cfg.demo_noise}, "
+            f"{'inside' if t['in_band'] else 'NOT inside'} the band "
+            f"{t['key']['band'][0]:.0%}–{t['key']['band'][1]:.0%} on "
+            f"{t['key']['tune_episodes']} tuning poses ({t['wall_s'] / 60:.1f} min). Probes:",
+            "",
+            "| demos | successful | SFT step (best held-out loss) | plateau | success on "
+            "tuning poses |",
+            "|---|---|---|---|---|",
+        ]
+        for p in t["probes"]:
+            lines.append(
+                f"| {p['value']} | {p.get('successful_demos', '–')} | {p.get('sft_step', '–')} "
+                f"| {p.get('plateau', '–')} | {fmt_rate(p['successes'], p['episodes'])} |"
+            )
+        lines.append("")
+    rows = sorted((r for r in recs if r["method"] == "sft_start"), key=lambda r: r["seed"])
+    if rows:
+        lines += [
+            "| seed | demos (successful / held out) | SFT step | steps run | held-out plateau "
+            "| best held-out flow loss | success (95 % Wilson) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            sft = r.get("sft", {})
+            n = len(r["eval"]["episodes"])
+            ok = sum(int(e[0]) for e in r["eval"]["episodes"])
+            best = sft.get("best_loss")
+            lines.append(
+                f"| {r['seed']} | {r['demos']['successful']} / {r['demos'].get('held_out', 0)} "
+                f"| {r['learner_step']} | {sft.get('steps_run', '–')} | {sft.get('plateau', '–')} "
+                f"| {f'{best:.4f}' if isinstance(best, float) else '–'} | {fmt_rate(ok, n)} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _cell(recs, method: str, k: int, seed: int) -> str:
@@ -1730,11 +2014,137 @@ def _run_seed(cfg: ProtocolConfig, seed: int) -> Counters:
     return SeedRun(cfg, seed).run()
 
 
+#: What the band tuner's choice depends on (the online budget does not enter it).
+TUNING_FIELDS = (
+    "task",
+    "demo_noise",
+    "sft_steps",
+    "sft_patience",
+    "sft_validate_every",
+    "sft_min_delta",
+    "val_demos",
+    "batch_size",
+)
+
+
+def _tuning_key(cfg: ProtocolConfig) -> dict[str, Any]:
+    return json.loads(
+        json.dumps(
+            {
+                **{k: getattr(cfg, k) for k in TUNING_FIELDS},
+                "seed": cfg.seeds[0],
+                "demo_candidates": list(cfg.demo_candidates),
+                "band": list(cfg.band),
+                "tune_episodes": cfg.tune_episodes,
+            }
+        )
+    )
+
+
+def tune_demos(cfg: ProtocolConfig, counters: Counters | None = None) -> dict[str, Any]:
+    """The weakness knob: the number of demonstrations (at the task's quality σ) that puts
+    the converged SFT start in ``cfg.band``.
+
+    On the first seed: record the largest candidate's demonstrations once, then bisect over
+    ``cfg.demo_candidates`` (:func:`~habc_learner.core.power.tune_monotone_knob`); each probe
+    trains SFT on the first n demonstrations (to the held-out plateau, like the real start)
+    and estimates its success on ``cfg.tune_episodes`` tuning poses, which no evaluation
+    uses. The record (``work/<task>/band_tuning.json``) is reused by a later invocation with
+    the same budget; the first seed's SFT start reuses the chosen probe's checkpoint.
+    """
+    from habc_learner.core.power import tune_monotone_knob
+
+    path = cfg.task_dir() / "band_tuning.json"
+    key = _tuning_key(cfg)
+    if path.exists():
+        rec = json.loads(path.read_text())
+        # tuned on the first seed of the invocation that tuned; a later one with other seeds
+        # (e.g. more seeds for the same run) reuses the choice
+        if any(rec.get("key", {}).get(k) != v for k, v in key.items() if k != "seed"):
+            raise ValueError(
+                f"{path} was tuned under {rec.get('key')}, this run has {key}: use another "
+                f"--work folder"
+            )
+        return rec
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.monotonic()
+    run = SeedRun(dataclasses.replace(cfg, demos=max(cfg.demo_candidates)), cfg.seeds[0])
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.demo_episodes(max(cfg.demo_candidates))
+    val = run.val_demo_episodes()
+    details: dict[int, dict[str, Any]] = {}
+    by_successful: dict[int, tuple[int, int]] = {}
+
+    def estimate(n: int) -> tuple[int, int]:
+        demos, recorded = run.demo_episodes(n)
+        if not demos:
+            run.say(f"band tuning: 0/{recorded} demonstrations succeeded at n={n}")
+            details[n] = {"successful_demos": 0, "success": 0}
+            return 0, cfg.tune_episodes
+        if len(demos) in by_successful:  # the same training set as an earlier probe
+            details[n] = {
+                **details[by_successful[len(demos)][0]],
+                "same_as": by_successful[len(demos)][0],
+            }
+            return by_successful[len(demos)][1], cfg.tune_episodes
+        ckpt, info = run.train_sft(demos, val, sft_name(len(demos)))
+        seeds = [tune_seed(cfg.seeds[0], i) for i in range(cfg.tune_episodes)]
+        ev = run.evaluate(ckpt, seeds=seeds)
+        ok = round(ev["success_rate"] * len(seeds))
+        details[n] = {
+            "successful_demos": len(demos),
+            "success": ok,
+            "sft_step": ev["learner_step"],
+            "plateau": info.get("plateau"),
+            "steps_run": info.get("steps_run"),
+        }
+        run.say(
+            f"band tuning: n={n} demos ({len(demos)} successful) -> SFT step "
+            f"{ev['learner_step']}, success {fmt_rate(ok, len(seeds))} on the tuning poses"
+        )
+        by_successful[len(demos)] = (n, ok)
+        return ok, len(seeds)
+
+    result = tune_monotone_knob(list(cfg.demo_candidates), estimate, tuple(cfg.band))
+    rec = {
+        "key": key,
+        "chosen_demos": int(result.value),
+        "in_band": result.in_band,
+        "probes": [{**p, **details.get(p["value"], {})} for p in result.to_dict()["probes"]],
+        "wall_s": time.monotonic() - t0,
+        "seed": cfg.seeds[0],
+    }
+    _write_json(path, rec)
+    run.say(
+        f"band tuning: chose {result.value} demonstrations "
+        f"({'in' if result.in_band else 'NOT in'} the band {cfg.band}) after "
+        f"{len(result.probes)} probes, {rec['wall_s'] / 60:.1f} min"
+    )
+    if counters is not None:
+        counters.add(run.counters)
+    return rec
+
+
+def resolve_demos(cfg: ProtocolConfig, counters: Counters | None = None, *, tune: bool = True):
+    """``cfg`` with ``demos`` fixed: the band tuner's choice when ``cfg.tune_demos`` (tuned now
+    unless ``tune`` is False, then the recorded choice is required)."""
+    if not cfg.tune_demos:
+        return cfg
+    path = cfg.task_dir() / "band_tuning.json"
+    if not tune and not path.exists():
+        raise ValueError(f"{path} does not exist: run the protocol (it tunes the demos) first")
+    rec = tune_demos(cfg, counters)
+    return dataclasses.replace(cfg, demos=rec["chosen_demos"], tune_demos=False)
+
+
 def run_protocol(cfg: ProtocolConfig) -> tuple[Counters, Path]:
     """Run (or resume) every seed, then write the report; return what was done and its path."""
     t0 = time.monotonic()
     cfg.task_dir().mkdir(parents=True, exist_ok=True)
     total = Counters()
+    cfg = resolve_demos(cfg, total)
     if cfg.jobs > 1 and len(cfg.seeds) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -1774,9 +2184,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--demos",
-        type=int,
         default=None,
-        help="scripted demonstrations (default: the task's tuned value)",
+        help="scripted demonstrations, or 'auto': tune their number into --band (default: the "
+        "task's tuned value; 'auto' for a task without one)",
+    )
+    p.add_argument(
+        "--demo-candidates",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_DEMO_CANDIDATES),
+        help="--demos auto: the numbers of demonstrations the tuner chooses from",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=[0.15, 0.50],
+        metavar=("LO", "HI"),
+        help="--demos auto: the SFT start's target success band",
+    )
+    p.add_argument(
+        "--tune-episodes",
+        type=int,
+        default=20,
+        help="--demos auto: tuning poses per probe (the cheap success estimate)",
     )
     p.add_argument(
         "--demo-noise",
@@ -1784,7 +2215,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="demo quality knob: expert noise σ (default: the task's tuned value)",
     )
-    p.add_argument("--sft-steps", type=int, default=None, help="SFT gradient steps")
+    p.add_argument(
+        "--sft-steps",
+        type=int,
+        default=None,
+        help="SFT gradient steps: the cap when SFT runs to the plateau (--sft-patience > 0), "
+        "else exactly these",
+    )
+    p.add_argument(
+        "--sft-patience",
+        type=int,
+        default=5,
+        help="SFT stops after this many held-out evaluations without a --sft-min-delta "
+        "relative improvement of the flow loss on --val-demos held-out demonstrations "
+        "(0: a fixed --sft-steps)",
+    )
+    p.add_argument("--sft-validate-every", type=int, default=100)
+    p.add_argument("--sft-min-delta", type=float, default=0.01)
+    p.add_argument("--val-demos", type=int, default=4, help="held-out demonstrations (SFT plateau)")
     p.add_argument("--rounds", type=int, default=3, help="step-1 online rounds")
     p.add_argument("--rollouts", type=int, default=100, help="rollout episodes per round")
     p.add_argument("--round-steps", type=int, default=6000, help="gradient steps per round")
@@ -1823,6 +2271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results", help="report root (<out>/<task>/)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--jobs", type=int, default=1, help="seeds in parallel processes")
+    p.add_argument("--device", default="cpu", help="torch device of the learner (cpu, cuda)")
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -1834,13 +2283,28 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
     task = normalize_task(args.task)
     d = TASK_DEFAULTS.get(task, _METAWORLD)
+    demos = args.demos if args.demos is not None else (d.demos if task in TASK_DEFAULTS else "auto")
+    if str(demos) != "auto":
+        try:
+            demos = int(demos)
+        except ValueError:
+            raise ValueError(f"--demos must be an integer or 'auto', got {demos!r}") from None
+    tune = demos == "auto"
     return ProtocolConfig(
         task=task,
         seeds=tuple(args.seeds),
         methods=tuple(args.methods),
-        demos=args.demos if args.demos is not None else d.demos,
+        demos=max(args.demo_candidates) if tune else demos,
         demo_noise=args.demo_noise if args.demo_noise is not None else d.demo_noise,
         sft_steps=args.sft_steps if args.sft_steps is not None else d.sft_steps,
+        sft_patience=args.sft_patience,
+        sft_validate_every=args.sft_validate_every,
+        sft_min_delta=args.sft_min_delta,
+        val_demos=args.val_demos,
+        tune_demos=tune,
+        demo_candidates=tuple(args.demo_candidates),
+        band=tuple(args.band),
+        tune_episodes=args.tune_episodes,
         rounds=args.rounds,
         rollouts=args.rollouts,
         round_steps=args.round_steps,
@@ -1858,6 +2322,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
         out=args.out,
         threads=args.threads,
         jobs=args.jobs,
+        device=args.device,
         command=command,
     )
 
@@ -1874,7 +2339,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("arx_x5_driver").setLevel(logging.ERROR)
     if args.report_only:
-        report = write_report(cfg, None, Counters())
+        report = write_report(resolve_demos(cfg, tune=False), None, Counters())
         print(f"wrote {report}")
         return 0
     counters, report = run_protocol(cfg)
