@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"task {args.task}, checkpoint {policy.checkpoint_id} (step {policy.learner_step})")
     print(
         f"operator: intervention rate {args.intervention_rate}, hand-back {args.release}, "
-        f"one-arm {args.one_arm}, ramp {args.handback_ticks} ticks; {len(results)} episodes in {wall:.0f} s "
+        f"one-arm {args.one_arm}, ramp {args.handback_ticks} ticks; "
+        f"{len(results)} episodes in {wall:.0f} s "
         f"({wall / max(len(results), 1):.2f} s per episode)"
     )
     if baseline:

@@ -17,12 +17,13 @@ Three pieces, each usable alone:
   back to the policy (hand-back) and the policy finishes the episode, the post-takeover suffix
   that HABC's credit rule is about. It may take over again later in the same episode (at most
   ``max_takeovers`` times; the last one holds to the end and takes every arm), and it keeps
-  control (then of every arm) when fewer than ``min_suffix_steps`` steps are left. Like a human, it does not take over a scene it
-  cannot recover (an object off the table or out of the arms' reach, as the expert's
-  ``scene_recoverable`` says): the episode then stays a plain failure instead of becoming a
-  "demonstration" of flailing. A ROS node drives the same object: ``takeover``
-  maps to the joystick deadman being held, ``mask`` to the arms whose teleop command is
-  published (one takeover button per arm), ``action`` to the teleop command itself.
+  control (then of every arm) when fewer than ``min_suffix_steps`` steps are left. Like a
+  human, it does not take over a scene it cannot recover (an object off the table or out of
+  the arms' reach, as the expert's ``scene_recoverable`` says): the episode then stays a
+  plain failure instead of becoming a "demonstration" of flailing. A ROS node drives the same
+  object: ``takeover`` maps to the joystick deadman being held, ``mask`` to the arms whose
+  teleop command is published (one takeover button per arm), ``action`` to the teleop
+  command itself.
 
 "Back on track" is a task-progress milestone (:func:`aloha_milestone`,
 :func:`metaworld_milestone`), defined next to the monitor:
