@@ -37,6 +37,23 @@ def test_metaworld_task_runs_with_its_expert() -> None:
 
 
 @pytest.mark.sim
+def test_metaworld_hold_position_is_in_the_command_space() -> None:
+    # The arbiter's hold target: zero end-effector deltas and the last gripper command (open
+    # after a reset), not the 9 measured joint positions.
+    with make_backend("metaworld", task="reach-v3") as robot:
+        robot.reset(3)
+        np.testing.assert_array_equal(robot.hold_position(), [0.0, 0.0, 0.0, -1.0])
+        before = robot.observe().env_state
+        robot.command(robot.hold_position())
+        assert before is not None
+        np.testing.assert_allclose(robot.observe().env_state[:3], before[:3], atol=2e-3)
+        robot.command([0.5, 0.0, 0.0, 0.7])
+        np.testing.assert_array_equal(robot.hold_position(), [0.0, 0.0, 0.0, 0.7])
+        robot.reset(4)
+        assert robot.hold_position()[3] == -1.0
+
+
+@pytest.mark.sim
 def test_metaworld_operator_takes_over_a_stalled_policy() -> None:
     with make_backend("metaworld", task="reach-v3") as robot:
         operator = ScriptedOperator.for_backend("metaworld", "reach-v3")

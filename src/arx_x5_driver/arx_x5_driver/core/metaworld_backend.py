@@ -47,6 +47,7 @@ class MetaWorldBackend(EpisodicBackend):
         self._qpos_adr: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._dof_adr: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._obs: npt.NDArray[np.float64] | None = None
+        self._grip = -1.0  # the last gripper command (hold_position)
         self._spec = RobotSpec(
             action_names=("dx", "dy", "dz", "gripper"),
             arm_slices=(("arm", 0, 4),),
@@ -130,8 +131,14 @@ class MetaWorldBackend(EpisodicBackend):
         self._env.set_task(bench.train_tasks[self.seed % TASKS_PER_SEED])
         obs, _ = self._env.reset()
         self._obs = np.asarray(obs, dtype=np.float64)
+        self._grip = -1.0  # Meta-World resets with the gripper open
         self._reset_status(started=True)
         return self.observe()
+
+    def hold_position(self) -> npt.NDArray[np.float64]:
+        """The command that moves nothing (``[4]``): zero end-effector deltas, and the
+        gripper's last command (the command space is deltas, not joint positions)."""
+        return np.array([0.0, 0.0, 0.0, self._grip], dtype=np.float64)
 
     def observe(self) -> Observation:
         self._require_connected()
@@ -153,6 +160,7 @@ class MetaWorldBackend(EpisodicBackend):
         self._require_connected()
         self._check_can_step()
         a = check_action(action, self.spec, self.config.out_of_limits, LOG)
+        self._grip = float(a[3])
         obs, reward, _, truncated, info = self._env.step(a.astype(np.float32))
         self._obs = np.asarray(obs, dtype=np.float64)
         self._record_step(
