@@ -85,9 +85,9 @@ def _few_threads() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture
-def tiny_policy_config() -> FlowPolicyConfig:
-    """A small actor for 14-dim bimanual chunks of H = 50 (fast on CPU)."""
+def small_policy_config() -> FlowPolicyConfig:
+    """A small actor for 14-dim bimanual chunks of H = 50 (fast on CPU); also for processes
+    that cannot take fixtures (spawned ranks)."""
     return FlowPolicyConfig(
         horizon=50,
         action_dim=14,
@@ -99,6 +99,12 @@ def tiny_policy_config() -> FlowPolicyConfig:
         prompt_dim=8,
         prompt_buckets=64,
     )
+
+
+@pytest.fixture
+def tiny_policy_config() -> FlowPolicyConfig:
+    """A small actor for 14-dim bimanual chunks of H = 50 (fast on CPU)."""
+    return small_policy_config()
 
 
 @pytest.fixture

@@ -32,19 +32,9 @@ RTOL = {"loss/actor": 1e-4, "loss/flow_unweighted": 1e-4, "loss/critic": 8e-2}
 
 def _policy_and_critic():
     from habc_learner.core.critic import CriticConfig
-    from habc_policy.core.configuration_flow import FlowPolicyConfig
+    from tests.conftest import small_policy_config
 
-    policy = FlowPolicyConfig(
-        horizon=50,
-        action_dim=14,
-        proprio_dim=15,
-        feature_dim=32,
-        hidden_dim=64,
-        num_blocks=2,
-        time_embed_dim=16,
-        prompt_dim=8,
-        prompt_buckets=64,
-    )
+    policy = small_policy_config()
     return policy, CriticConfig(
         hidden_dim=32, num_layers=1, validation_fraction=0.0, early_stopping_patience=0
     )
