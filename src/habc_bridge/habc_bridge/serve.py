@@ -72,13 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cameras={service.metadata['cameras']}; {server.describe()}",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
-    return 0
+    return server.run()
 
 
 if __name__ == "__main__":

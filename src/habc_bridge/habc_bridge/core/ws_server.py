@@ -135,6 +135,16 @@ class PolicyWebsocketServer:
         """Block serving until :meth:`shutdown` (or Ctrl-C in the caller)."""
         self._server.serve_forever()
 
+    def run(self) -> int:
+        """A command's main loop: serve until Ctrl-C, then shut down; exit status 0."""
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.shutdown()
+        return 0
+
     def start(self) -> PolicyWebsocketServer:
         """Serve from a daemon thread; returns self."""
         self._thread = threading.Thread(target=self.serve_forever, name="ws-server", daemon=True)
