@@ -141,3 +141,27 @@ def test_driver_record_sets_actions_end_and_success_step(tmp_path: Path) -> None
     # Without the driver's record (in-process rollouts) the executed commands stand.
     write_episode(tmp_path / "plain", make_episode("plain"))
     assert read_episode(tmp_path / "plain").length == T
+
+
+def test_steps_the_driver_never_reported_at_the_end_are_not_steps(tmp_path: Path) -> None:
+    """Steps 0..6 were sent; the driver's record of steps 0..4 is in the bag (step 2's is
+    missing), the recorder closed at the operator's mark before the records of 5 and 6 came.
+    The episode is steps 0..4; step 2, never reported, is nobody's."""
+    meta = bf.EpisodeMeta("ep-t", "transfer_cube", "p", "rollout", (("left", 0, 7),))
+    with bf.EpisodeBagWriter(tmp_path / "ep-t", meta) as w:
+        for t in range(7):
+            t_ns = 1_000_000_000 + t * 20_000_000
+            w.write_joint_state(t_ns, [f"j{i}" for i in range(7)], np.zeros(7))
+            w.write_command(t_ns, step_index=t, controller=[POLICY], action=np.full(7, t))
+            if t < 5 and t != 2:
+                w.write_command(
+                    t_ns + 1000,
+                    step_index=t,
+                    controller=[POLICY],
+                    action=np.full(7, t),
+                    applied=True,
+                )
+        w.finish("failure", "operator")
+    ep = read_episode(tmp_path / "ep-t", use_env_state=False)
+    assert ep.length == 5
+    assert ep.authority[:, 0].tolist() == [POLICY, POLICY, NONE, POLICY, POLICY]

@@ -282,6 +282,18 @@ def _rejected_after(graph: Graph, t0: float, reason: str) -> tuple[int, float, f
     return len(idx), worst, stamp_s(applied[idx[0]]), stamp_s(applied[idx[-1]])
 
 
+def _rogue_chunk_until_rejected(graph: Graph, rows: Any, reason: str) -> float:
+    """Publish the rogue chunk ``rows()`` until the driver rejects a command with ``reason``
+    (at most 5 times: the policy server's next chunk may replace a rogue one before its first
+    row runs). Returns the stamp of the last rogue chunk."""
+    for _ in range(5):
+        t0 = graph.rogue_chunk(rows())
+        graph.client.spin_for(0.6)
+        if any(stamp_s(m) > t0 and m.hold_reason == reason for _, m in graph.applied):
+            break
+    return t0
+
+
 # -- the rows -----------------------------------------------------------------------------
 def test_nan_action(graph: Graph) -> None:
     """A NaN chunk is dropped by the arbiter (the valid chunk runs on); a NaN command sent
@@ -325,8 +337,8 @@ def test_nan_action(graph: Graph) -> None:
 
 
 def test_out_of_limit_action(graph: Graph) -> None:
-    t0 = graph.rogue_chunk(np.full((50, 14), 10.0))  # 10 rad: beyond every joint limit
-    graph.client.spin_for(0.6)
+    # 10 rad: beyond every joint limit
+    t0 = _rogue_chunk_until_rejected(graph, lambda: np.full((50, 14), 10.0), "joint_limit")
     n, worst, t1, t2 = _rejected_after(graph, t0, "joint_limit")
     assert worst == 0.0
     record(
@@ -340,10 +352,12 @@ def test_out_of_limit_action(graph: Graph) -> None:
 
 
 def test_jump_between_chunks(graph: Graph) -> None:
-    rows = np.tile(graph.last_q(), (50, 1))
-    rows[:, 0] += 0.5  # 0.5 rad in one tick: 25 rad/s against the X5's 5
-    t0 = graph.rogue_chunk(rows)
-    graph.client.spin_for(0.6)
+    def rows() -> np.ndarray:
+        out = np.tile(graph.last_q(), (50, 1))
+        out[:, 0] += 0.5  # 0.5 rad in one tick: 25 rad/s against the X5's 5
+        return out
+
+    t0 = _rogue_chunk_until_rejected(graph, rows, "velocity_limit")
     n, worst, t1, t2 = _rejected_after(graph, t0, "velocity_limit")
     assert worst == 0.0
     record(
@@ -461,6 +475,13 @@ def test_joystick_silent_in_human_authority(graph: Graph) -> None:
     )
 
 
+def _skipped(bag_dir: Path) -> str:
+    from habc_learner.core.bag_reader import read_episodes
+
+    _, report = read_episodes(bag_dir)
+    return "; ".join(f"{p.name}: {why}" for p, why in report.skipped)
+
+
 def _complete_episodes(bag_dir: Path) -> list[str]:
     from habc_learner.core.bag_reader import read_episodes
 
@@ -535,9 +556,10 @@ def test_disk_full_mid_episode(graph: Graph) -> None:
     res = graph.end_episode(EpisodeEvent.OUTCOME_SUCCESS)
     assert not res.success and "was lost" in res.message
     ok = graph.start_episode()  # the next episode records again once there is space
-    c.spin_for(0.5)
+    t_ok = c.now_s()
+    c.spin_until(lambda: graph._policy_ticks_since(t_ok) > 10, 30.0, "the policy")
     assert graph.end_episode(EpisodeEvent.OUTCOME_FAILURE).success
-    assert _complete_episodes(graph.bag_dir) == sorted([*before, ok])
+    assert _complete_episodes(graph.bag_dir) == sorted([*before, ok]), _skipped(graph.bag_dir)
     record(
         "disk full mid-episode (4 MiB tmpfs filled)",
         f"not on the control path: the policy drove on ({graph._policy_ticks_since(t0)} policy "

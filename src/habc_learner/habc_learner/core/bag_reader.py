@@ -225,6 +225,12 @@ def read_episode(
         commands = commands[: min(over)]
         if not commands:
             raise BagSkipped("no executed commands: the episode was over before step 0")
+    reported = [step for step in by_step if step < len(commands)]
+    if reported:
+        # The last steps the driver never reported are not known to have run (the recorder
+        # closes at the operator's mark, which may come before the driver's record of the
+        # tick that hit the simulator's time limit): they are not steps of the episode.
+        commands = commands[: max(reported) + 1]
     cmd_t = np.array([t for t, _msg in commands], dtype=np.int64)
     if not joints:
         raise BagSkipped("no joint states")
