@@ -242,12 +242,6 @@ def missing_sources(method: MethodConfig, counts: dict[str, int]) -> list[str]:
     ]
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> float:
-    """Mean over ``mask`` as a float, NaN when empty (logged only when defined)."""
-    n = int(mask.sum())
-    return float(values[mask].mean()) if n else float("nan")
-
-
 def optimizer_to_tensors(
     optimizer: torch.optim.Optimizer, prefix: str
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -710,8 +704,10 @@ class Trainer:
             "loss/parent_value_ce": float(loss.detach()),
             "recap/threshold": self.recap_threshold,
             "recap/heldout_pass_rate": self.recap_heldout_pass_rate,
-            "recap/residual_mean": _masked_mean(residual, rollout),
-            "recap/pass_rate": _masked_mean((residual > self.recap_threshold).float(), rollout),
+            "recap/residual_mean": C.masked_mean_or_nan(residual, rollout),
+            "recap/pass_rate": C.masked_mean_or_nan(
+                (residual > self.recap_threshold).float(), rollout
+            ),
         }
         return loss, info, {"recap_residual": residual, "recap_threshold": self.recap_threshold}
 
@@ -899,11 +895,13 @@ class Trainer:
         stats = {
             "weights/frac_valid": float(valid.float().mean()),
             "weights/w_tilde_mean": float(w_tilde.mean()),
-            "weights/w_mean_valid": _masked_mean(w, valid),
+            "weights/w_mean_valid": C.masked_mean_or_nan(w, valid),
             "weights/w_max": float(w.max()),
             "weights/w_std_valid": float(w[valid].std()) if int(valid.sum()) > 1 else 0.0,
-            "weights/mean_g_success_autonomous": _masked_mean(gate, src == Source.ROLLOUT_SUCCESS),
-            "weights/mean_g_intervention": _masked_mean(gate, src == Source.INTERVENTION),
+            "weights/mean_g_success_autonomous": C.masked_mean_or_nan(
+                gate, src == Source.ROLLOUT_SUCCESS
+            ),
+            "weights/mean_g_intervention": C.masked_mean_or_nan(gate, src == Source.INTERVENTION),
             "weights/ir_active": float(self.ir_active),
             "weights/warmup": float(
                 self.learner_step - self.run_start_step < self.method.warmup_steps
