@@ -395,7 +395,7 @@ def test_raise_mode_refuses_out_of_limit(fake_sdks: types.ModuleType) -> None:
     with _backend(out_of_limits="raise") as robot:
         a = np.zeros(14)
         a[2] = -1.0  # elbow min is -0.1
-        with pytest.raises(ValueError, match="left_elbow"):
+        with pytest.raises(ValueError, match="left_joint3"):
             robot.command(a)
         assert not _FakeController.instances[0].commands
 
@@ -536,3 +536,21 @@ def test_control_path_reads_no_camera_and_capture_reports_frame_numbers(
         assert c.frame_seq["top"] == b.frame_seq["top"]
         np.testing.assert_array_equal(c.images["top"], b.images["top"])
         assert not robot.capture_shares_state
+
+
+def test_x5_joints_carry_the_x5_names_the_arbiter_expects(fake_sdks: types.ModuleType) -> None:
+    """On the X5 the joints are named as its SDK's model names them (joint1..joint6), not as the
+    simulated ViperX's; the arbiter on backend:=arx reads its hold position by the same names."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    with _backend() as robot:
+        names = robot.spec.joint_names
+        assert names[:7] == (*(f"left_joint{i}" for i in range(1, 7)), "left_gripper")
+        assert names[7:] == (*(f"right_joint{i}" for i in range(1, 7)), "right_gripper")
+        assert robot.spec.action_names == names  # joint mode
+    arbiter = yaml.safe_load((REPO_ROOT / "config" / "arbiter_arx.yaml").read_text())
+    assert tuple(arbiter["intervention_arbiter"]["ros__parameters"]["action_names"].split(",")) == (
+        names
+    )
