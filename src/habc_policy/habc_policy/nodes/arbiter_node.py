@@ -57,6 +57,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Header
 
+from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
 from habc_policy.core.authority import (
@@ -72,13 +73,13 @@ from habc_policy.core.jog import EndEffectorJog, JogConfig
 from habc_policy.nodes import declare
 
 NODE_NAME = "intervention_arbiter"
-TOPIC_CHUNK = "/habc/action_chunk"
-TOPIC_JOY = "/joy"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ESTOP = "/estop"
-TOPIC_EPISODE_EVENT = "/habc/episode_event"
-TOPIC_EXECUTED = "/habc/executed_command"
-TOPIC_MARK = "/habc/episode_mark"
+TOPIC_CHUNK = topics.ACTION_CHUNK
+TOPIC_JOY = topics.JOY
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_ESTOP = topics.ESTOP
+TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
+TOPIC_EXECUTED = topics.EXECUTED_COMMAND
+TOPIC_MARK = topics.EPISODE_MARK
 TELEOP_SOURCES = ("topic", "jog")
 JOG_KINEMATICS = ("sim_aloha",)
 DEFAULT_ACTION_NAMES = ",".join(
@@ -121,8 +122,8 @@ class ArbiterParams:
     jog_gripper_speed: float
     action_low: tuple[float, ...]
     action_high: tuple[float, ...]
-    measured_topic: str = "/arx_x5_driver/measured_command"
-    policy_heartbeat_topic: str = "/habc/policy_heartbeat"
+    measured_topic: str = topics.MEASURED_COMMAND
+    policy_heartbeat_topic: str = topics.POLICY_HEARTBEAT
     policy_heartbeat_ticks: int = 2
 
     @classmethod
@@ -168,12 +169,12 @@ class ArbiterParams:
             arbiter=arbiter,
             execute_rows=int(d(node, "execute_rows", 25, "rows of each chunk that may run")),
             teleop_source=d(node, "teleop_source", "topic", f"one of {TELEOP_SOURCES}"),
-            teleop_topic=d(node, "teleop_topic", "/habc/teleop_command", "teleop JointState"),
+            teleop_topic=d(node, "teleop_topic", topics.TELEOP_COMMAND, "teleop JointState"),
             estop_state_topic=d(
-                node, "estop_state_topic", "/arx_x5_driver/estop_latched", "driver's e-stop latch"
+                node, "estop_state_topic", topics.ESTOP_LATCHED, "driver's e-stop latch"
             ),
             end_episode_service=d(
-                node, "end_episode_service", "/habc/end_episode", "EndEpisode on mark buttons"
+                node, "end_episode_service", topics.END_EPISODE, "EndEpisode on mark buttons"
             ),
             jog_axes=tuple(int(v) for v in d(node, "joy.jog_axes", [1, 0, 4], "x, y, z axes")),
             jog_axis_gripper=int(d(node, "joy.jog_axis_gripper", 3, "gripper axis (-1 none)")),
@@ -184,10 +185,10 @@ class ArbiterParams:
             action_low=tuple(float(v) for v in low),
             action_high=tuple(float(v) for v in high),
             measured_topic=d(
-                node, "measured_topic", "/arx_x5_driver/measured_command", "hold position source"
+                node, "measured_topic", topics.MEASURED_COMMAND, "hold position source"
             ),
             policy_heartbeat_topic=d(
-                node, "policy_heartbeat_topic", "/habc/policy_heartbeat", "server heartbeat"
+                node, "policy_heartbeat_topic", topics.POLICY_HEARTBEAT, "server heartbeat"
             ),
             policy_heartbeat_ticks=int(
                 d(node, "policy_heartbeat_ticks", 2, "heartbeat silent this many ticks → hold")
