@@ -38,14 +38,15 @@ name                             type                            what
 Received times (this node's clock) decide freshness: the joystick is silent when its last
 message is older than ``joy_timeout_s`` — a human-held arm then holds (``joystick_silent``).
 With ``teleop_source: jog`` the operator's action comes from the joystick jog instead of the
-teleop topic.
+teleop topic, on the kinematics the backend provides (``jog.kinematics``: ``sim_aloha``, the
+scene's MuJoCo model; ``x5``, the X5 SDK's solver and joint limits, the arx default:
+:mod:`arx_x5_driver.core.kinematics`). A pad alone then corrects the real arms.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Header
 
+from arx_x5_driver.core.kinematics import JOG_KINEMATICS as KINEMATICS
+from arx_x5_driver.core.kinematics import ArmKinematics, jog_kinematics
 from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
@@ -81,7 +84,7 @@ TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
 TOPIC_EXECUTED = topics.EXECUTED_COMMAND
 TOPIC_MARK = topics.EPISODE_MARK
 TELEOP_SOURCES = ("topic", "jog")
-JOG_KINEMATICS = ("sim_aloha",)
+JOG_KINEMATICS = tuple(KINEMATICS)  # every backend provides its arms' kinematics
 DEFAULT_ACTION_NAMES = ",".join(
     f"{arm}_{j}"
     for arm in ("left", "right")
@@ -118,6 +121,7 @@ class ArbiterParams:
     jog_axis_gripper: int
     jog_kinematics: str
     jog_task: str
+    jog_robot_model: str
     jog_linear_speed: float
     jog_gripper_speed: float
     action_low: tuple[float, ...]
@@ -180,6 +184,7 @@ class ArbiterParams:
             jog_axis_gripper=int(d(node, "joy.jog_axis_gripper", 3, "gripper axis (-1 none)")),
             jog_kinematics=d(node, "jog.kinematics", "sim_aloha", f"one of {JOG_KINEMATICS}"),
             jog_task=d(node, "jog.task", "transfer_cube", "sim_aloha scene"),
+            jog_robot_model=d(node, "jog.robot_model", "X5", "x5: the SDK's robot model"),
             jog_linear_speed=float(d(node, "jog.linear_speed", 0.1, "m/s at full stick")),
             jog_gripper_speed=float(d(node, "jog.gripper_speed", 1.0, "1/s at full stick")),
             action_low=tuple(float(v) for v in low),
@@ -209,20 +214,11 @@ class ArbiterParams:
         return p
 
 
-def sim_aloha_kinematics(task: str) -> dict[int, Callable[[np.ndarray], np.ndarray]]:
-    """Fingertip-site forward kinematics of both arms of the simulated scene (MuJoCo)."""
-    import mujoco
-
-    from arx_x5_driver.core.expert import ARM_JOINTS, SITES
-    from arx_x5_driver.core.ik import ArmIk
-    from arx_x5_driver.core.sim_aloha import task_xml_path
-
-    model = mujoco.MjModel.from_xml_path(task_xml_path(task))
-    fks = {}
-    for i, arm in enumerate(("left", "right")):
-        ik = ArmIk(model, [f"vx300s_{arm}/{j}" for j in ARM_JOINTS], SITES[arm])
-        fks[i] = lambda q, ik=ik: ik.forward(q)[0]
-    return fks
+def jog_arm_kinematics(p: ArbiterParams) -> ArmKinematics:
+    """The arms' kinematics the jog runs on (``jog.kinematics``: the sim scene's MuJoCo model or
+    the X5's SDK solver, :mod:`arx_x5_driver.core.kinematics`)."""
+    options = {"sim_aloha": {"task": p.jog_task}, "x5": {"robot_model": p.jog_robot_model}}
+    return jog_kinematics(p.jog_kinematics, **options.get(p.jog_kinematics, {}))
 
 
 class ArbiterNode(Node):
@@ -245,17 +241,20 @@ class ArbiterNode(Node):
         self._step = 0
         self._jog: EndEffectorJog | None = None
         if p.teleop_source == "jog":
+            kinematics = jog_arm_kinematics(p)
+            low, high = kinematics.action_limits(p.action_low, p.action_high, p.arbiter.arm_slices)
             self._jog = EndEffectorJog(
                 JogConfig(
                     arm_slices=p.arbiter.arm_slices,
-                    low=p.action_low,
-                    high=p.action_high,
+                    low=low,
+                    high=high,
                     linear_speed=p.jog_linear_speed,
                     gripper_speed=p.jog_gripper_speed,
                     control_period_s=self._period,
                 ),
-                sim_aloha_kinematics(p.jog_task),
+                kinematics.fk,
             )
+            self.get_logger().info(f"joystick jog on {p.jog_kinematics} kinematics")
         latched = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE,
