@@ -88,3 +88,44 @@ def test_pad_jog_moves_the_x5_arm_along_the_stick(ros_env: dict[str, str], tmp_p
     finally:
         client.close()
         arbiter.stop()
+
+
+def test_without_the_sdk_the_arbiter_runs_and_a_pad_takeover_holds(
+    ros_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No X5 SDK on this machine: the arbiter says so and runs; a takeover without a teleop
+    device holds the arm (NONE, at the hold position), it never moves."""
+    from sensor_msgs.msg import JointState, Joy
+
+    from arx_x5_driver.core.robot import X5_JOINTS, bimanual_action_names
+    from habc_msgs.msg import ExecutedCommand
+
+    env = dict(ros_env)
+    arbiter = NodeProcess("arbiter_node", env, tmp_path, extra_params_files=("arbiter_arx.yaml",))
+    client = RosClient("jog_x5_no_sdk")
+    try:
+        names = list(bimanual_action_names(("left", "right"), X5_JOINTS))
+        start = np.concatenate([Q_LEFT, [0.5], Q_RIGHT, [0.5]])
+        commands = client.record(ExecutedCommand, topics.EXECUTED_COMMAND, 200)
+        measured = client.node.create_publisher(JointState, topics.MEASURED_COMMAND, 10)
+        joy = client.node.create_publisher(Joy, topics.JOY, 10)
+        buttons = [0] * 8
+        buttons[DEADMAN] = 1
+        axes = [0.0] * 6
+        axes[STICK_X] = 1.0
+
+        def feed() -> None:
+            measured.publish(JointState(name=names, position=start.tolist()))
+            joy.publish(Joy(axes=axes, buttons=buttons))
+
+        client.node.create_timer(0.02, feed)
+        client.spin_until(lambda: len(commands) > 60, 60.0, lambda: arbiter.log()[-2000:])
+        assert arbiter.alive()
+        assert "joystick jog unavailable" in arbiter.log() and "arx5_interface" in arbiter.log()
+        late = [m for _, m in commands[-30:]]
+        assert all(list(m.controller) == [0, 0] for m in late), [m.hold_reason for m in late]
+        for m in late:
+            np.testing.assert_allclose(m.action, start, atol=1e-6)
+    finally:
+        client.close()
+        arbiter.stop()

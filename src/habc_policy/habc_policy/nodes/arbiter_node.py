@@ -240,8 +240,16 @@ class ArbiterNode(Node):
         self._episode_id = ""
         self._step = 0
         self._jog: EndEffectorJog | None = None
+        kinematics = None
         if p.teleop_source == "jog":
-            kinematics = jog_arm_kinematics(p)
+            try:
+                kinematics = jog_arm_kinematics(p)
+            except (RuntimeError, OSError, ValueError) as exc:  # e.g. no SDK on this machine
+                self.get_logger().error(
+                    f"joystick jog unavailable ({exc}): a takeover uses {p.teleop_topic}, and "
+                    "holds while nothing publishes there"
+                )
+        if kinematics is not None:
             low, high = kinematics.action_limits(p.action_low, p.action_high, p.arbiter.arm_slices)
             self._jog = EndEffectorJog(
                 JogConfig(
@@ -270,7 +278,7 @@ class ArbiterNode(Node):
         self._heartbeat_sub = self.create_subscription(
             Header, p.policy_heartbeat_topic, self._on_heartbeat, 10
         )
-        if p.teleop_source == "topic":
+        if self._jog is None:  # teleop_source topic, or a jog without kinematics
             self.create_subscription(JointState, p.teleop_topic, self._on_teleop, 10)
         self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, 10)
         self.create_subscription(Bool, p.estop_state_topic, self._on_estop_state, latched)
