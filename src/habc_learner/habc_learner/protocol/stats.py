@@ -83,40 +83,29 @@ def critic_outputs(trainer, store, rows: np.ndarray, chunk: int = 4096) -> dict[
     return out
 
 
+#: A reliability record's keys (the ``calibration`` sections of the round records).
+RELIABILITY_KEYS = (
+    "n",
+    "positives",
+    "bin_count",
+    "bin_mean_p",
+    "bin_mean_y",
+    "ece",
+    "brier",
+    "auroc",
+    "mean_p",
+    "mean_y",
+)
+
+
 def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Binned reliability (count, mean p, mean y per bin), ECE, Brier score and AUROC."""
-    p = np.asarray(p, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    idx = np.clip((p * bins).astype(int), 0, bins - 1)
-    n = np.bincount(idx, minlength=bins).astype(float)
-    sp = np.bincount(idx, weights=p, minlength=bins)
-    sy = np.bincount(idx, weights=y, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mp, my = sp / n, sy / n
-    nz = n > 0
-    ece = float((np.abs(sp[nz] - sy[nz])).sum() / max(n.sum(), 1.0))
-    return {
-        "n": int(n.sum()),
-        "positives": int(y.sum()),
-        "bin_count": n.tolist(),
-        "bin_mean_p": mp.tolist(),
-        "bin_mean_y": my.tolist(),
-        "ece": ece,
-        "brier": float(np.mean((p - y) ** 2)) if len(p) else float("nan"),
-        "auroc": _auroc(p, y),
-        "mean_p": float(p.mean()) if len(p) else float("nan"),
-        "mean_y": float(y.mean()) if len(y) else float("nan"),
-    }
+    """Binned reliability (count, mean p, mean y per bin), ECE, Brier score and AUROC: the
+    figures of :func:`habc_learner.core.calibration.calibration_summary`, in the records'
+    layout (AUROC with tied predictions at their mean rank; ECE NaN without windows)."""
+    from habc_learner.core.calibration import calibration_summary
 
-
-def _auroc(p: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = p[y > 0.5], p[y <= 0.5]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    summary = calibration_summary(p, y, bins)
+    return {k: summary[k] for k in RELIABILITY_KEYS}
 
 
 def analyse(
