@@ -10,14 +10,22 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from habc_learner.core.rounds import write_json_atomic
+from habc_learner.core.rounds import (
+    PHASES,
+    Collected,
+    Learned,
+    RoundEngine,
+    RoundFailure,
+    RoundRecord,
+    write_json_atomic,
+)
 from habc_learner.protocol.config import (
     RECORD_VERSION,
     Counters,
@@ -35,6 +43,9 @@ from habc_learner.protocol.config import (
 )
 from habc_learner.protocol.report import write_report
 from habc_learner.protocol.stats import _mean, analyse, fmt_rate
+
+#: The round records' names of the engine's phases in ``wall_s``.
+WALL_KEYS = ("rollouts", "train", "eval")
 
 
 # ------------------------------------------------------------------------------ one seed
@@ -280,48 +291,49 @@ class SeedRun:
         sft_ckpt = self.sft_start(n_recorded)
         # 2. step 1 (a method that fails is reported and the others go on)
         for name in cfg.methods:
-            method = method_config(cfg, name)
-            prev = sft_ckpt
             (self.root / name / "error.json").unlink(missing_ok=True)
-            try:
-                for k in range(1, cfg.rounds + 1):
-                    lineage = ["sft"] + [f"{name}_r{j}" for j in range(1, k)]
-                    prev = self.online_round(name, method, k, prev, lineage, init="policy", step=1)
-            except Exception as exc:
-                self.fail(name, exc)
+            MethodRounds(
+                self,
+                name,
+                method_config(cfg, name),
+                lambda k, name=name: ["sft"] + [f"{name}_r{j}" for j in range(1, k)],
+                init="policy",
+                step=1,
+            ).run(range(1, cfg.rounds + 1), sft_ckpt)
         # 3. step 2
         base_rec = self.load_record(cfg.step2_from, cfg.rounds) if cfg.step2_rounds else None
         if base_rec is not None:
             base = cfg.step2_from
             base_lineage = ["sft"] + [f"{base}_r{j}" for j in range(1, cfg.rounds + 1)]
             for name in cfg.step2_methods:
-                method = method_config(cfg, name, ir_from_round=cfg.rounds)
-                prev = Path(base_rec["checkpoint"])
                 if name not in cfg.methods:
                     (self.root / name / "error.json").unlink(missing_ok=True)
-                try:
-                    for k in range(cfg.rounds + 1, cfg.rounds + cfg.step2_rounds + 1):
-                        own = [f"{name}_r{j}" for j in range(cfg.rounds + 1, k)]
-                        prev = self.online_round(
-                            name, method, k, prev, base_lineage + own, init="full", step=2
-                        )
-                except Exception as exc:
-                    self.fail(name, exc)
+                MethodRounds(
+                    self,
+                    name,
+                    method_config(cfg, name, ir_from_round=cfg.rounds),
+                    lambda k, name=name: (
+                        base_lineage + [f"{name}_r{j}" for j in range(cfg.rounds + 1, k)]
+                    ),
+                    init="full",
+                    step=2,
+                ).run(
+                    range(cfg.rounds + 1, cfg.rounds + cfg.step2_rounds + 1),
+                    Path(base_rec["checkpoint"]),
+                )
         self.say(
             f"done: {self.counters.rounds_done} rounds run, {self.counters.rounds_skipped} "
             f"reused; {self.counters.rollouts} rollouts, {self.counters.train_steps} steps"
         )
         return self.counters
 
-    def fail(self, method: str, exc: Exception) -> None:
+    def fail(self, method: str, failure: RoundFailure) -> None:
         """Record a method that crashed (its later rounds are skipped, the others run)."""
-        import traceback
-
-        self.say(f"{method} FAILED: {type(exc).__name__}: {exc}")
+        self.say(f"{method} FAILED: {failure.error}")
         self.counters.failures += 1
         write_json_atomic(
             self.root / method / "error.json",
-            {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+            {"error": failure.error, "traceback": failure.traceback},
         )
 
     def sft_start(self, n_demos_recorded: int) -> Path:
@@ -375,60 +387,82 @@ class SeedRun:
         self.counters.rounds_done += 1
         return ckpt
 
-    def online_round(
+
+class MethodRounds:
+    """One method's online rounds of one step as a :class:`~habc_learner.core.rounds.RoundEngine`:
+    the phases (:meth:`collect`, :meth:`learn`, :meth:`evaluate`) and the records
+    (:meth:`load`, :meth:`save`, :meth:`fail`: ``<seed>/<method>/round_<k>.json`` in the
+    protocol's layout, :data:`~habc_learner.protocol.config.RECORD_VERSION`).
+
+    Round ``k``: rollouts of the previous checkpoint (the newest producer of the lineage
+    ``lineage(k)``; none for a method trained on demonstrations only), training to
+    ``sft_step + k * round_steps`` (``sft_step``: the SFT start's learner step) from that
+    checkpoint (``init="policy"``: its weights; ``"full"``: its whole learner state), the
+    analysis, the evaluation.
+    """
+
+    def __init__(
         self,
+        run: SeedRun,
         name: str,
         method,
-        k: int,
-        prev_ckpt: Path,
-        lineage: list[str],
+        lineage: Callable[[int], list[str]],
         *,
         init: str,
         step: int,
-    ) -> Path:
-        """Round ``k`` of method ``name``: rollouts of ``prev_ckpt`` (its lineage's newest
-        producer), training to ``sft_step + k * round_steps`` (``sft_step``: the SFT start's
-        learner step), analysis, evaluation."""
-        rec = self.load_record(name, k)
-        if rec is not None:
-            self.counters.rounds_skipped += 1
-            return Path(rec["checkpoint"])
-        from habc_learner.core.trainer import Trainer
-        from habc_policy.core import checkpoint as ckpt_io
+    ) -> None:
+        self.seed_run = run
+        self.name = name
+        self.method = method
+        self.lineage = lineage
+        self.init = init
+        self.step = step
+
+    def run(self, rounds: Iterable[int], start: Path) -> Path:
+        """Every round of ``rounds`` from ``start`` (reusing recorded ones); a failure is
+        recorded (``error.json``) and ends this method's rounds. The newest checkpoint."""
+        engine = RoundEngine(self.collect, self.learn, self.evaluate, self, on_round=self.said)
+        return engine.run(rounds, start).checkpoint(start)
+
+    # -------------------------------------------------------------------------- phases
+    def collect(self, k: int, policy: Path) -> Collected:
         from habc_policy.core.checkpoint import load_policy
 
-        cfg = self.cfg
-        wall: dict[str, float] = {}
-        t0 = time.monotonic()
+        run, cfg = self.seed_run, self.seed_run.cfg
         rollout_stats: dict[str, Any] = {}
-        producers = lineage if needs_rollouts(method) else []
+        producers = self.lineage(k) if needs_rollouts(self.method) else []
         if producers:
             newest = producers[-1]
-            folder = self.rollout_folder(newest)
-            seeds = [rollout_seed(self.seed, k, i) for i in range(cfg.rollouts)]
-            recorded = self.record(folder, seeds, policy=load_policy(prev_ckpt), source="rollout")
-            rollout_stats = _rollout_stats(self.read(folder))
+            folder = run.rollout_folder(newest)
+            seeds = [rollout_seed(run.seed, k, i) for i in range(cfg.rollouts)]
+            recorded = run.record(folder, seeds, policy=load_policy(policy), source="rollout")
+            rollout_stats = _rollout_stats(run.read(folder))
             rollout_stats["producer"] = newest
             # (counted over the episodes recorded by this invocation; a resumed round misses some)
             rollout_stats["declined_unrecoverable"] = sum(
                 (r.operator_reason or "").startswith("unrecoverable") for r in recorded
             )
-        wall["rollouts"] = time.monotonic() - t0
+        return Collected({"producers": producers, "rollouts": rollout_stats}, producers)
 
-        t1 = time.monotonic()
-        target = self.sft_step + k * cfg.round_steps
-        tcfg = self.trainer_config(method, name, cfg.round_steps)
-        store = self.store_for(tcfg, producers)
-        new_rows = _rows_of_folder(store, self.rollout_folder(producers[-1])) if producers else None
+    def learn(self, k: int, start: Path, collected: Collected) -> Learned:
+        from habc_learner.core.trainer import Trainer
+        from habc_policy.core import checkpoint as ckpt_io
+
+        run, cfg = self.seed_run, self.seed_run.cfg
+        producers: list[str] = collected.data
+        target = run.sft_step + k * cfg.round_steps
+        tcfg = run.trainer_config(self.method, self.name, cfg.round_steps)
+        store = run.store_for(tcfg, producers)
+        new_rows = _rows_of_folder(store, run.rollout_folder(producers[-1])) if producers else None
         analysis: dict[str, Any] = {}
         with Trainer.resume(tcfg, store) as trainer:
             if ckpt_io.latest_checkpoint(tcfg.checkpoint_dir) is None:
-                if init == "policy":
-                    trainer.init_policy_from(prev_ckpt)
+                if self.init == "policy":
+                    trainer.init_policy_from(start)
                 else:
-                    continue_run(trainer, prev_ckpt)
+                    continue_run(trainer, start)
             # The critic of the previous round on rollouts it has never trained on.
-            if new_rows is not None and len(new_rows) and trainer.learner_step > self.sft_step:
+            if new_rows is not None and len(new_rows) and trainer.learner_step > run.sft_step:
                 analysis["fresh"] = analyse(
                     trainer, store, new_rows, traces=cfg.trace_episodes, trace_rows=new_rows
                 )
@@ -436,7 +470,7 @@ class SeedRun:
             if trainer.learner_step < target:
                 n = target - trainer.learner_step
                 summary = trainer.run_round(n)
-                self.counters.train_steps += n
+                run.counters.train_steps += n
             ckpt = ckpt_io.latest_checkpoint(tcfg.checkpoint_dir)
             if summary is None or ckpt is None:
                 ckpt = trainer.save_checkpoint()
@@ -449,45 +483,82 @@ class SeedRun:
                     traces=cfg.trace_episodes,
                     trace_rows=new_rows,
                 )
-        wall["train"] = time.monotonic() - t1
-        t2 = time.monotonic()
-        ev = self.evaluate(ckpt)
-        wall["eval"] = time.monotonic() - t2
-        record = {
-            "version": RECORD_VERSION,
-            "task": cfg.task,
-            "seed": self.seed,
-            "method": name,
-            "round": k,
-            "step": step,
-            "budget": cfg.budget(),
-            "method_config": dataclasses.asdict(method),
-            "checkpoint": str(ckpt),
-            "learner_step": learner_step,
-            "producers": producers,
-            "rollouts": rollout_stats,
+        stats = {
             "store": {} if summary is None else _store_counts(store),
             "train": _train_stats(summary),
             "analysis": analysis,
-            "eval": ev,
-            "wall_s": wall,
         }
-        write_json_atomic(self.record_path(name, k), record)
-        self.counters.rounds_done += 1
+        return Learned(ckpt, learner_step, stats)
+
+    def evaluate(self, k: int, checkpoint: Path) -> dict[str, Any]:
+        return self.seed_run.evaluate(checkpoint)
+
+    # -------------------------------------------------------------------------- records
+    def load(self, k: int) -> RoundRecord | None:
+        rec = self.seed_run.load_record(self.name, k)
+        if rec is None:
+            return None
+        wall = rec.get("wall_s", {})
+        return RoundRecord(
+            round=k,
+            checkpoint=Path(rec["checkpoint"]),
+            learner_step=int(rec["learner_step"]),
+            collect={"producers": rec.get("producers", []), "rollouts": rec.get("rollouts", {})},
+            learn={key: rec.get(key, {}) for key in ("store", "train", "analysis")},
+            evaluate=rec["eval"],
+            wall_s={p: wall.get(w, 0.0) for p, w in zip(PHASES, WALL_KEYS)},
+        )
+
+    def save(self, record: RoundRecord) -> None:
+        run, cfg = self.seed_run, self.seed_run.cfg
+        write_json_atomic(
+            run.record_path(self.name, record.round),
+            {
+                "version": RECORD_VERSION,
+                "task": cfg.task,
+                "seed": run.seed,
+                "method": self.name,
+                "round": record.round,
+                "step": self.step,
+                "budget": cfg.budget(),
+                "method_config": dataclasses.asdict(self.method),
+                "checkpoint": str(record.checkpoint),
+                "learner_step": record.learner_step,
+                "producers": record.collect["producers"],
+                "rollouts": record.collect["rollouts"],
+                "store": record.learn["store"],
+                "train": record.learn["train"],
+                "analysis": record.learn["analysis"],
+                "eval": record.evaluate,
+                "wall_s": {w: record.wall_s[p] for p, w in zip(PHASES, WALL_KEYS)},
+            },
+        )
+
+    def fail(self, failure: RoundFailure) -> None:
+        self.seed_run.fail(self.name, failure)
+
+    def said(self, record: RoundRecord, reused: bool) -> None:
+        """Count the round; one progress line for a round run now."""
+        run = self.seed_run
+        if reused:
+            run.counters.rounds_skipped += 1
+            return
+        run.counters.rounds_done += 1
+        rollout_stats, ev = record.collect["rollouts"], record.evaluate
+        wall = record.wall_s
         ro = (
             f"rollouts {rollout_stats['successes']}/{rollout_stats['episodes']} ok, "
             f"{rollout_stats['takeovers']} takeovers; "
             if rollout_stats
             else ""
         )
-        self.say(
-            f"{name} round {k}: {ro}success {100 * ev['success_rate']:.0f}% "
-            f"(len {ev['mean_success_length']:.0f}) at step {learner_step} "
-            f"[{wall['rollouts']:.0f}+{wall['train']:.0f}+{wall['eval']:.0f}s]"
+        run.say(
+            f"{self.name} round {record.round}: {ro}success {100 * ev['success_rate']:.0f}% "
+            f"(len {ev['mean_success_length']:.0f}) at step {record.learner_step} "
+            f"[{wall['collect']:.0f}+{wall['learn']:.0f}+{wall['evaluate']:.0f}s]"
         )
-        for note in record["train"].get("notes", []):
-            self.say(f"NOTE {note}")
-        return ckpt
+        for note in record.learn["train"].get("notes", []):
+            run.say(f"NOTE {note}")
 
 
 def continue_run(trainer, checkpoint: Path) -> None:
