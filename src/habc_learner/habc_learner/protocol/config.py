@@ -87,6 +87,17 @@ def normalize_task(task: str) -> str:
     )
 
 
+#: Fields the SFT start depends on besides the task and the demonstrations' number.
+SFT_FIELDS = (
+    "demo_noise",
+    "sft_steps",
+    "sft_patience",
+    "sft_validate_every",
+    "sft_min_delta",
+    "val_demos",
+)
+
+
 # ------------------------------------------------------------------------------ configuration
 @dataclass(frozen=True)
 class ProtocolConfig:
@@ -238,12 +249,7 @@ class ProtocolConfig:
     BUDGET_FIELDS: ClassVar[tuple[str, ...]] = (
         "task",
         "demos",
-        "demo_noise",
-        "sft_steps",
-        "sft_patience",
-        "sft_validate_every",
-        "sft_min_delta",
-        "val_demos",
+        *SFT_FIELDS,
         "rollouts",
         "round_steps",
         "takeover_fraction",

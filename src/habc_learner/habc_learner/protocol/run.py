@@ -28,6 +28,7 @@ from habc_learner.core.rounds import (
 )
 from habc_learner.protocol.config import (
     RECORD_VERSION,
+    SFT_FIELDS,
     Counters,
     ProtocolConfig,
     critic_overrides,
@@ -388,6 +389,7 @@ class SeedRun:
         return ckpt
 
 
+@dataclasses.dataclass
 class MethodRounds:
     """One method's online rounds of one step as a :class:`~habc_learner.core.rounds.RoundEngine`:
     the phases (:meth:`collect`, :meth:`learn`, :meth:`evaluate`) and the records
@@ -401,22 +403,12 @@ class MethodRounds:
     analysis, the evaluation.
     """
 
-    def __init__(
-        self,
-        run: SeedRun,
-        name: str,
-        method,
-        lineage: Callable[[int], list[str]],
-        *,
-        init: str,
-        step: int,
-    ) -> None:
-        self.seed_run = run
-        self.name = name
-        self.method = method
-        self.lineage = lineage
-        self.init = init
-        self.step = step
+    seed_run: SeedRun
+    name: str
+    method: Any
+    lineage: Callable[[int], list[str]]
+    init: str
+    step: int
 
     def run(self, rounds: Iterable[int], start: Path) -> Path:
         """Every round of ``rounds`` from ``start`` (reusing recorded ones); a failure is
@@ -653,16 +645,7 @@ def _run_seed(cfg: ProtocolConfig, seed: int) -> Counters:
 
 
 #: What the band tuner's choice depends on (the online budget does not enter it).
-TUNING_FIELDS = (
-    "task",
-    "demo_noise",
-    "sft_steps",
-    "sft_patience",
-    "sft_validate_every",
-    "sft_min_delta",
-    "val_demos",
-    "batch_size",
-)
+TUNING_FIELDS = ("task", *SFT_FIELDS, "batch_size")
 
 
 def _tuning_key(cfg: ProtocolConfig) -> dict[str, Any]:
