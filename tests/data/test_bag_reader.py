@@ -165,3 +165,42 @@ def test_steps_the_driver_never_reported_at_the_end_are_not_steps(tmp_path: Path
     ep = read_episode(tmp_path / "ep-t", use_env_state=False)
     assert ep.length == 5
     assert ep.authority[:, 0].tolist() == [POLICY, POLICY, NONE, POLICY, POLICY]
+
+
+def _late_start_bag(path: Path, first_joint_ms: int, first_move_ms: int) -> None:
+    """Steps 0..5 sent every 20 ms from t = 0; the driver's first joint state comes at
+    ``first_joint_ms`` (the reset pose, 0.3), its first executed command at ``first_move_ms``
+    (the steps before are holds: nothing moved)."""
+    meta = bf.EpisodeMeta("ep-l", "transfer_cube", "p", "rollout", (("left", 0, 7),))
+    ms = 1_000_000
+    with bf.EpisodeBagWriter(path, meta) as w:
+        for t in range(6):
+            t_ns = 1_000_000_000 + t * 20 * ms
+            w.write_command(t_ns, step_index=t, controller=[POLICY], action=np.full(7, 0.3))
+        for k, t_ns in enumerate(range(first_joint_ms * ms, 200 * ms, 20 * ms)):
+            w.write_joint_state(1_000_000_000 + t_ns, [f"j{i}" for i in range(7)], np.full(7, k))
+        for t in range(6):  # the driver's record: steps 0..2 held, 3..5 executed
+            sent = 1_000_000_000 + t * 20 * ms
+            at = sent + 1000 if t < 3 else 1_000_000_000 + first_move_ms * ms + t * 1000
+            w.write_command(
+                at,
+                step_index=t,
+                controller=[POLICY],
+                action=np.full(7, 0.3),
+                applied=True,
+                hold=t < 3,
+            )
+        w.finish("failure", "operator")
+
+
+def test_a_late_first_joint_state_counts_while_the_arm_stood_still(tmp_path: Path) -> None:
+    """A loaded driver publishes its first joint state 150 ms after step 0 (beyond the 100 ms
+    tolerance) but before it executed any command: the arm stood at its reset pose, so the
+    early steps take that state. Had the arm moved before the first state, the bag is
+    skipped as before."""
+    _late_start_bag(tmp_path / "still", first_joint_ms=150, first_move_ms=170)
+    ep = read_episode(tmp_path / "still", use_env_state=False)
+    assert ep.proprio[:, 0].tolist() == [0.0] * 6  # the first joint state, for every step
+    _late_start_bag(tmp_path / "moved", first_joint_ms=150, first_move_ms=120)
+    with pytest.raises(BagSkipped, match="nor before the arm first moved"):
+        read_episode(tmp_path / "moved", use_env_state=False)

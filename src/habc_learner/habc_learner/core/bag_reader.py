@@ -105,15 +105,21 @@ def _image_to_rgb(msg: object, msgtype: str) -> np.ndarray:
 LATE_START_TOLERANCE_NS = 100_000_000
 
 
-def _newest_at_or_before(times: np.ndarray, query: np.ndarray) -> np.ndarray:
+def _newest_at_or_before(
+    times: np.ndarray, query: np.ndarray, still_until: int | None = None
+) -> np.ndarray:
     """Index of the newest ``times`` entry ≤ each ``query`` time.
 
     Steps before the first message get the first message when it came at most
-    :data:`LATE_START_TOLERANCE_NS` later, else -1.
+    :data:`LATE_START_TOLERANCE_NS` later, or when it came no later than ``still_until`` (the
+    first command the driver executed: until then the arm stood still at its reset pose, so
+    the first message shows it as it was), else -1.
     """
     idx = np.searchsorted(times, query, side="right") - 1
     if times.size:
         late = (idx < 0) & (times[0] - query <= LATE_START_TOLERANCE_NS)
+        if still_until is not None:
+            late |= (idx < 0) & (times[0] <= still_until)
         idx = np.where(late, 0, idx)
     return idx
 
@@ -165,6 +171,7 @@ def read_episode(
     store = bf.typestore()
     commands: list[tuple[int, object]] = []
     applied: list[object] = []
+    applied_t: list[int] = []
     joints: list[tuple[int, np.ndarray]] = []
     env: list[tuple[int, np.ndarray]] = []
     camera_times: dict[str, list[int]] = {}
@@ -192,6 +199,7 @@ def read_episode(
                     commands.append((t_ns, msg))
                 elif conn.topic == bf.TOPIC_APPLIED_COMMAND:
                     applied.append(msg)
+                    applied_t.append(t_ns)
                 elif conn.topic == bf.TOPIC_JOINT_STATES:
                     joints.append((t_ns, np.asarray(msg.position, dtype=np.float32)))
                 else:
@@ -235,13 +243,18 @@ def read_episode(
     if not joints:
         raise BagSkipped("no joint states")
     joint_t = np.array([t for t, _q in joints], dtype=np.int64)
-    j_idx = _newest_at_or_before(joint_t, cmd_t)
+    # Node-graph bags: until the driver executed its first command the arm stood still.
+    moved_t = [t for t, m in zip(applied_t, applied) if not m.hold]
+    still_until = min(moved_t) if moved_t else (int(np.iinfo(np.int64).max) if applied else None)
+    j_idx = _newest_at_or_before(joint_t, cmd_t, still_until)
     if j_idx[0] < 0:
-        raise BagSkipped("no joint state at (or within 100 ms of) step 0")
+        raise BagSkipped(
+            "no joint state at (or within 100 ms of) step 0, nor before the arm first moved"
+        )
     q = np.stack([joints[i][1] for i in j_idx])
     if use_env_state and env:
         env_t = np.array([t for t, _s in env], dtype=np.int64)
-        e_idx = _newest_at_or_before(env_t, cmd_t)
+        e_idx = _newest_at_or_before(env_t, cmd_t, still_until)
         if e_idx[0] < 0:
             raise BagSkipped("no env state at (or within 100 ms of) step 0")
         q = np.concatenate([q, np.stack([env[i][1] for i in e_idx])], axis=1)
@@ -271,7 +284,7 @@ def read_episode(
         if cameras is not None and cam not in cameras:
             continue
         times = np.asarray(camera_times.get(topic, []), dtype=np.int64)
-        frame = _newest_at_or_before(times, cmd_t) if times.size else np.array([-1])
+        frame = _newest_at_or_before(times, cmd_t, still_until) if times.size else np.array([-1])
         if frame[0] < 0:
             raise BagSkipped(f"camera {cam!r} has no frame at (or within 100 ms of) step 0")
         frame_of_step[cam] = frame
