@@ -284,7 +284,7 @@ def masked_mean_or_nan(values: Tensor, mask: Tensor) -> float:
     """Mean of ``values`` over ``mask`` for a logged statistic: a float, NaN when the mask is
     empty (an undefined mean is not logged as 0)."""
     n = int(mask.sum())
-    return float(values[mask].mean()) if n else float("nan")
+    return float(values.detach()[mask].mean()) if n else float("nan")
 
 
 def viability_loss(z_v: Tensor, outcome: Tensor, lab_mask: Tensor) -> Tensor:
