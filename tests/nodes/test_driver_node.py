@@ -209,6 +209,33 @@ def test_reset_episode_service(client: RosClient) -> None:
     np.testing.assert_allclose(client.joints[-1][1].position, SIM_HOME, atol=0.05)
 
 
+def test_after_a_reset_old_commands_are_ignored_until_the_next_episode(client: RosClient) -> None:
+    """The arbiter between episodes (episode id "") still runs a chunk of the old scene: after
+    ~/reset_episode such commands are not executed (the arm holds at the reset pose); the next
+    episode's first command is."""
+    from std_srvs.srv import Trigger
+
+    from habc_msgs.msg import ExecutedCommand
+
+    far = SIM_HOME + np.array([0.0, 0.3] + [0.0] * 12, dtype=np.float32)
+    stream(client, [SIM_HOME] * 3)  # commands of no episode ("")
+    assert client.call(Trigger, "/arx_x5_driver/reset_episode", Trigger.Request()).success
+    applied = stream(client, [far] * 10)  # still "": the old scene's chunk
+    assert applied and all(m.hold and m.hold_reason == "no_command" for m in applied)
+    assert not any(np.allclose(m.action, far, atol=1e-4) for m in applied)
+    client.spin_for(0.2)
+    np.testing.assert_allclose(client.joints[-1][1].position, SIM_HOME, atol=0.05)
+    start = len(client.applied)
+    for k in range(5):
+        msg = ExecutedCommand(episode_id="ep-next", step_index=k, controller=[1, 1])
+        msg.action = (SIM_HOME + np.float32(0.01) * (k + 1) * (np.arange(14) == 1)).tolist()
+        client.cmd_pub.publish(msg)
+        client.spin_for(PERIOD)
+    client.spin_for(0.1)
+    ran = [m for _, m in client.applied[start:] if m.episode_id == "ep-next"]
+    assert [m.step_index for m in ran] == [0, 1, 2, 3, 4] and not any(m.hold for m in ran)
+
+
 def test_bad_parameters_fail_fast(ros_env: dict[str, str], tmp_path: Path) -> None:
     proc = NodeProcess("driver_node", ros_env, tmp_path, backend="simm")
     try:

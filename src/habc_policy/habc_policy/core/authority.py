@@ -199,6 +199,14 @@ class AuthorityArbiter:
     def modes(self) -> tuple[Mode, ...]:
         return tuple(self._modes)
 
+    def policy_dims(self) -> np.ndarray:
+        """Action dimensions of the arms in ``POLICY`` mode (bool ``[d]``): the ones the
+        chunk-level safety step bounds (a hand-back ramps from the operator's action)."""
+        mask = np.zeros(self.config.action_dim, dtype=bool)
+        for (lo, hi), mode in zip(self.config.arm_slices, self._modes):
+            mask[lo:hi] = mode is Mode.POLICY
+        return mask
+
     def reset(self, hold_position: np.ndarray | None = None) -> None:
         """Back to policy control (new episode); ``hold_position`` seeds the hold action."""
         n = len(self.config.arm_slices)
@@ -258,6 +266,7 @@ class AuthorityArbiter:
         estop: bool,
         measured_position: np.ndarray | None = None,
         policy_alive: bool = True,
+        policy_refused: str = "",
     ) -> Decision:
         """Decide the action and authority for the tick at ``now_s``.
 
@@ -269,6 +278,8 @@ class AuthorityArbiter:
             measured_position: current joint positions; the hold action until an action was
                 executed once.
             policy_alive: the policy server's heartbeat is fresh (:func:`heartbeat_alive`).
+            policy_refused: why there is no ``policy_row`` although a chunk is fresh (the
+                chunk-level safety step refused it); the hold reason of policy arms.
         """
         cfg = self.config
         if self._last_action is None and measured_position is not None:
@@ -299,7 +310,7 @@ class AuthorityArbiter:
             and teleop.action.shape == (cfg.action_dim,)
         )
         policy_action = None if policy_row is None else np.asarray(policy_row.action, np.float32)
-        policy_hold = HOLD_POLICY_STALE
+        policy_hold = policy_refused or HOLD_POLICY_STALE
         if not policy_alive:  # a dead server's last chunk never runs out its rows
             policy_action, policy_hold = None, HOLD_POLICY_HEARTBEAT
         pad_silent = cfg.pad_supervision_s > 0 and (
