@@ -50,7 +50,12 @@ Chunks run in the ``seam`` mode of :mod:`habc_policy.core.chunking` (``switch`` 
 executed action) before the authority state machine. An episode's clock starts at the first
 tick with a row of a chunk computed after the episode's start event (``step_index`` 0): the
 ticks before it hold and belong to no episode, so an episode never starts with a hold. The
-operator claiming an arm, or ``first_chunk_timeout_s`` without a chunk, starts it at once.
+operator claiming an arm with a teleop command computed after the start (its header stamp),
+or ``first_chunk_timeout_s`` of waiting, starts it at once; a claim without one (a deadman
+held over from the previous scene) keeps it waiting (:func:`~habc_policy.core.authority.
+episode_starts`). Nothing from before the start drives the arm in the episode: teleop
+commands stamped before it are dropped, and the hold position is the first measurement
+stamped after it.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from habc_policy.core.authority import (
     JoyMapping,
     JoyState,
     TeleopCommand,
+    episode_starts,
     heartbeat_alive,
 )
 from habc_policy.core.chunk_safety import (
@@ -302,6 +308,7 @@ class ArbiterNode(Node):
         self._joy: JoyState | None = None
         self._axes: tuple[float, ...] = ()
         self._teleop: TeleopCommand | None = None
+        self._teleop_after = -math.inf  # teleop stamped before an episode's start
         self._measured: np.ndarray | None = None
         self._measured_after = -math.inf  # measurements stamped before an episode's start
         self._last_action: np.ndarray | None = None
@@ -389,6 +396,14 @@ class ArbiterNode(Node):
         self._axes = tuple(float(a) for a in msg.axes)
 
     def _on_teleop(self, msg: JointState) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp and stamp < self._teleop_after:
+            # Computed on an observation from before the episode's start: the previous scene.
+            self.get_logger().info(
+                "teleop command stamped before the episode's start: ignored",
+                throttle_duration_sec=1.0,
+            )
+            return
         names = self.params.action_names
         pos = np.asarray(msg.position, dtype=np.float32)
         if not msg.name:
@@ -470,6 +485,10 @@ class ArbiterNode(Node):
             # The hold position is the first measurement stamped after the start: one from
             # before it may show the arm before the driver reset the scene.
             self._measured, self._measured_after = None, self._pending[1]
+            # Nothing computed on the previous scene drives the arm in this episode: not the
+            # last executed action (the hold position), not the operator's last command (one
+            # stamped before the start is dropped on arrival, see _on_teleop).
+            self._last_action, self._teleop, self._teleop_after = None, None, self._pending[1]
             self._arbiter.reset(hold_position=None)
             self._scheduler.begin_episode(self._pending[1])
             if self._safety is not None:
@@ -507,21 +526,31 @@ class ArbiterNode(Node):
         self._drain_heartbeats()
         now = self._now_s()
         teleop = self._jog_command(now) if self._jog is not None else self._teleop
-        row = self._scheduler.select(now)
-        if self._pending is not None:
+        if self._pending is None:
+            row = self._scheduler.select(now)
+        else:
             claimed = self._arbiter.requested_arms(self._joy, now)
-            if (
-                row is not None
-                or (claimed is not None and any(claimed))
-                or now - self._pending[1] > self.params.first_chunk_timeout_s
+            claiming = claimed is not None and any(claimed)
+            # While an arm is claimed the first chunk is not taken (anchored) yet: it runs
+            # from its row 0 at step 0, whenever the claim lets the episode start.
+            row = None if claiming else self._scheduler.select(now)
+            if episode_starts(
+                chunk_ready=row is not None,
+                claiming=claiming,
+                operator_acting=claiming and self._arbiter.teleop_fresh(teleop, now),
+                waited_s=now - self._pending[1],
+                timeout_s=self.params.first_chunk_timeout_s,
             ):
                 self._episode_id, self._step = self._pending[0], 0
                 self._pending = None
                 self._counts["episodes"] += 1
                 # Step 0 starts from a clean authority state: a takeover or hand-back ramp
                 # the operator began while the episode waited is not the episode's (an arm
-                # still claimed is the operator's again at this very tick).
+                # still claimed is the operator's again at this very tick). The hold
+                # position is this scene's (``_last_action`` was cleared at the start).
                 self._arbiter.reset(hold_position=self._last_action)
+                if row is None:
+                    row = self._scheduler.select(now)
             else:
                 self._counts["start_waits"] += 1
         row, refused, clamped = self._safe(row)
