@@ -31,7 +31,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "bringup.launch.py"
 RUNNER = """
+import signal
 import sys
+# Ctrl-C as in a terminal: a test run started in the background (nohup, `&` in a script)
+# hands its children SIGINT ignored, and launch's handler would then never hear it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import launch
 import launch.actions
 from launch.launch_description_sources import PythonLaunchDescriptionSource

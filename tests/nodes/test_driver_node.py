@@ -231,9 +231,12 @@ def test_after_a_reset_old_commands_are_ignored_until_the_next_episode(client: R
         msg.action = (SIM_HOME + np.float32(0.01) * (k + 1) * (np.arange(14) == 1)).tolist()
         client.cmd_pub.publish(msg)
         client.spin_for(PERIOD)
-    client.spin_for(0.1)
-    ran = [m for _, m in client.applied[start:] if m.episode_id == "ep-next"]
-    assert [m.step_index for m in ran] == [0, 1, 2, 3, 4] and not any(m.hold for m in ran)
+
+    def ran() -> list[Any]:
+        return [m for _, m in client.applied[start:] if m.episode_id == "ep-next"]
+
+    client.spin_until(lambda: len(ran()) >= 5, 10.0, "the next episode's commands executed")
+    assert [m.step_index for m in ran()] == [0, 1, 2, 3, 4] and not any(m.hold for m in ran())
 
 
 def test_bad_parameters_fail_fast(ros_env: dict[str, str], tmp_path: Path) -> None:
