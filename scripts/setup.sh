@@ -149,7 +149,7 @@ EOF
 export AMENT_PREFIX_PATH='$ROOT/install:$VENV'
 export CMAKE_PREFIX_PATH='$ROOT/install:$VENV'
 # build/<pkg> holds the symlinks of the ament_python packages (colcon's develop hook).
-export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver:$ROOT/build/habc_bridge'\${PYTHONPATH:+:\$PYTHONPATH}
+export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver:$ROOT/build/habc_bridge:$ROOT/build/habc_common'\${PYTHONPATH:+:\$PYTHONPATH}
 export LD_LIBRARY_PATH='$ROOT/install/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 export ROS_VERSION=2 ROS_PYTHON_VERSION=3 ROS_DISTRO=kilted
 export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
@@ -176,6 +176,7 @@ BUILD_STAMP="$(
   { find src launch config -type f 2>/dev/null ! -path '*/__pycache__/*' ! -name '*.pyc' \
       ! -path 'src/habc_policy/habc_policy/*' ! -path 'src/habc_learner/habc_learner/*' \
       ! -path 'src/arx_x5_driver/arx_x5_driver/*' ! -path 'src/habc_bridge/habc_bridge/*' \
+      ! -path 'src/habc_common/habc_common/*' \
       ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum;
     find launch config 2>/dev/null -type f -name '*.py' ! -path '*/__pycache__/*' | sort;
     echo "$PIP_STAMP"; } | sha256sum | cut -c1-16

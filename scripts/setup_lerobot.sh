@@ -55,9 +55,11 @@ fi
 touch "$VENV/COLCON_IGNORE"
 PY="$VENV/bin/python"
 # The bridge's LeRobot-side modules (habc_bridge.lerobot) and the bag format/reader they share
-# with the learner (habc_learner.core: numpy + rosbags + yaml) import from the source tree.
+# with the learner (habc_learner.core: numpy + rosbags + yaml; topic names from habc_common)
+# import from the source tree.
 for SITE in "$VENV"/lib/python3.*/site-packages; do
-  printf '%s\n' "$ROOT/src/habc_bridge" "$ROOT/src/habc_learner" > "$SITE/habc_workspace.pth"
+  printf '%s\n' "$ROOT/src/habc_bridge" "$ROOT/src/habc_learner" "$ROOT/src/habc_common" \
+    > "$SITE/habc_workspace.pth"
 done
 
 CONSTRAINTS=()

@@ -684,7 +684,7 @@ def test_policy_server_killed(graph: Graph) -> None:
     )
     deadline = t_kill + (HEARTBEAT_TICKS + 1) * PERIOD
     after = [m for _, m in graph.commands if deadline < stamp_s(m) < t_kill + 0.95]
-    assert len(after) > 20
+    assert len(after) > 20, [round(stamp_s(m) - t_kill, 3) for _, m in graph.commands[-60:]]
     assert all(list(m.controller) == [0, 0] for m in after)
     t1, t2 = stamp_s(after[0]), stamp_s(after[-1])
     assert graph.target_change(t1 + PERIOD, t2) == 0.0
@@ -710,9 +710,14 @@ def test_driver_restarted_with_the_estop_latched(graph: Graph) -> None:
     driver = graph.start("driver")
     c.spin_until(lambda: "active: executing" in driver.log(), 60.0, driver.log)
     assert "still latched from before the restart" in driver.log()
-    c.spin_for(2.0)
-    applied = [m for _, m in graph.applied if stamp_s(m) > t_restart]
-    assert len(applied) > 5
+
+    def applied_since_restart() -> list[Any]:
+        return [m for _, m in graph.applied if stamp_s(m) > t_restart]
+
+    # the restarted driver's publisher is discovered anew (slow on a loaded machine)
+    c.spin_until(lambda: len(applied_since_restart()) > 5, 30.0, driver.log)
+    c.spin_for(1.0)
+    applied = applied_since_restart()
     assert all(m.hold for m in applied)
     t1, t2 = stamp_s(applied[0]), stamp_s(applied[-1])
     assert graph.target_change(t1, t2) == 0.0

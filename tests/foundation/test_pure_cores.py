@@ -8,7 +8,13 @@ import textwrap
 
 from tests.conftest import REPO_ROOT
 
-CORES = ("habc_policy.core", "habc_learner.core", "arx_x5_driver.core", "habc_bridge.core")
+CORES = (
+    "habc_common",
+    "habc_policy.core",
+    "habc_learner.core",
+    "arx_x5_driver.core",
+    "habc_bridge.core",
+)
 
 # Run in a fresh interpreter whose import system refuses rclpy and generated ROS message
 # packages, then import every module under each core and check none of them got in.
@@ -43,7 +49,7 @@ _PROBE = textwrap.dedent(
 def test_cores_import_without_rclpy() -> None:
     paths = [
         str(REPO_ROOT / "src" / pkg)
-        for pkg in ("habc_policy", "habc_learner", "arx_x5_driver", "habc_bridge")
+        for pkg in ("habc_common", "habc_policy", "habc_learner", "arx_x5_driver", "habc_bridge")
     ]
     env = {"PYTHONPATH": ":".join(paths), "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl"}
     # Keep the venv interpreter but none of the workspace environment (no ROS on the path).

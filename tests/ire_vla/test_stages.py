@@ -50,18 +50,18 @@ def test_rl_stage_leaves_the_backbone_bit_identical(
     )
     config = make_config(tmp_path, policy, tiny_critic_config, steps_per_round=4)
     with Trainer(config, make_store(config, per_scenario=1)) as trainer:
-        assert trainer.ire is not None
-        head_ids = {id(p) for g in trainer.ire.head_optimizer.param_groups for p in g["params"]}
+        assert trainer.stages is not None
+        head_ids = {id(p) for g in trainer.stages.head_optimizer.param_groups for p in g["params"]}
         assert head_ids == {id(p) for p in trainer.policy.head_parameters()}
         normalizer = trainer.ensure_normalizer().state_dict()
         # RL round 0 from the initial model, then RL round 2 after an SL round (which leaves
         # gradients and Adam moments on the backbone behind).
         for round_index in (0, 1, 2):
-            stage = trainer.ire.stage
+            stage = trainer.stages.stage
             assert stage == ("sl" if round_index == 1 else "rl")
             backbone = _clone(trainer.policy.encoder)
             head = _clone(trainer.policy.expert)
-            value = _clone(trainer.ire.value)
+            value = _clone(trainer.stages.value)
             summary = trainer.run_round()
             if stage == "sl":
                 assert _changed(backbone, trainer.policy.encoder)
@@ -75,7 +75,7 @@ def test_rl_stage_leaves_the_backbone_bit_identical(
                 assert any(k.startswith("image_encoder.") for k in backbone)
             # ... while the action head and the value head did train.
             assert _changed(head, trainer.policy.expert)
-            assert _changed(value, trainer.ire.value)
+            assert _changed(value, trainer.stages.value)
             for name, tensor in trainer.ensure_normalizer().state_dict().items():
                 assert torch.equal(normalizer[name], tensor), name
             assert summary.means["ire_vla/stage_rl"] == 1.0
@@ -149,10 +149,10 @@ def test_both_stages_change_the_policy_and_checkpoint(
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
-    assert trainer.ire is not None
+    assert trainer.stages is not None
     out = {f"policy.{k}": v for k, v in trainer.policy.state_dict().items()}
-    out.update({f"value.{k}": v for k, v in trainer.ire.value.state_dict().items()})
-    optimizers = {"actor": trainer.actor_optimizer, **trainer.ire.optimizers()}
+    out.update({f"value.{k}": v for k, v in trainer.stages.value.state_dict().items()})
+    optimizers = {"actor": trainer.actor_optimizer, **trainer.stages.optimizers()}
     for name, optimizer in optimizers.items():
         for pid, entry in optimizer.state_dict()["state"].items():
             for key, value in entry.items():
@@ -186,8 +186,8 @@ def test_resume_continues_the_stage_schedule(
         first.run_round()
         first.run_round()
     with Trainer.resume(split_cfg, make_store(split_cfg, per_scenario=1)) as resumed:
-        assert resumed.ire is not None
-        assert resumed.round_index == 2 and resumed.ire.stage == "sl"
+        assert resumed.stages is not None
+        assert resumed.round_index == 2 and resumed.stages.stage == "sl"
         rest = [resumed.run_round().means["ire_vla/stage_rl"] for _ in range(2)]
         assert rest == [0.0, 1.0]
         _assert_same_run(straight, resumed)
@@ -212,9 +212,9 @@ def test_resume_in_the_middle_of_an_rl_round_keeps_its_snapshot(
         first.train_step()
         path = first.save_checkpoint()
     with Trainer.resume(split_cfg, make_store(split_cfg, per_scenario=1), path) as resumed:
-        assert resumed.ire is not None and resumed.ire.old_head is not None
+        assert resumed.stages is not None and resumed.stages.old_head is not None
         assert (resumed.learner_step, resumed.round_index) == (4, 1)
-        assert resumed.ire.round_start_step == 2
+        assert resumed.stages.round_start_step == 2
         resumed.run_round(2)
         _assert_same_run(straight, resumed)
 
@@ -237,7 +237,7 @@ def test_sl_freeze_backbone_ablation(tmp_path, tiny_policy_config, tiny_critic_c
     method = ire_method(rl_rounds_per_cycle=0, sl_freeze_backbone=True)
     config = make_config(tmp_path, tiny_policy_config, tiny_critic_config, method)
     with Trainer(config, make_store(config, per_scenario=1)) as trainer:
-        assert trainer.ire is not None and trainer.ire.stage == "sl"
+        assert trainer.stages is not None and trainer.stages.stage == "sl"
         backbone, head = _clone(trainer.policy.encoder), _clone(trainer.policy.expert)
         trainer.run_round()
         assert not _changed(backbone, trainer.policy.encoder)
@@ -289,5 +289,5 @@ def test_init_from_an_sft_checkpoint(tmp_path: Path, tiny_policy_config, tiny_cr
         summary = trainer.run_round(3)
     assert summary.learner_step == 6 and summary.means["rl/policy_lag"] == 0.0
     with Trainer.resume(config, store) as trainer:
-        assert trainer.ire is not None and trainer.ire.stage == "sl"
+        assert trainer.stages is not None and trainer.stages.stage == "sl"
         assert trainer.run_round(2).learner_step == 8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -136,3 +138,19 @@ def test_critic_config_validation() -> None:
         CriticConfig(efficiency_target="gae")
     with pytest.raises(ValueError, match="frozen_sft"):
         CriticConfig(features="backbone")
+
+
+def test_masked_means_for_losses_and_for_logs() -> None:
+    """A loss term's mean is 0 (with a gradient path) on an empty mask; a logged mean is NaN."""
+    from habc_learner.core.critic import masked_mean, masked_mean_or_nan
+
+    v = torch.tensor([1.0, 2.0, 6.0], requires_grad=True)
+    some = torch.tensor([True, False, True])
+    none = torch.zeros(3, dtype=torch.bool)
+    assert masked_mean(v, some).item() == pytest.approx(3.5)
+    assert masked_mean_or_nan(v, some) == pytest.approx(3.5)
+    empty = masked_mean(v, none)
+    assert empty.item() == 0.0
+    empty.backward()
+    assert v.grad is not None and v.grad.tolist() == [0.0, 0.0, 0.0]
+    assert math.isnan(masked_mean_or_nan(v, none))

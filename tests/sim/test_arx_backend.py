@@ -395,7 +395,7 @@ def test_raise_mode_refuses_out_of_limit(fake_sdks: types.ModuleType) -> None:
     with _backend(out_of_limits="raise") as robot:
         a = np.zeros(14)
         a[2] = -1.0  # elbow min is -0.1
-        with pytest.raises(ValueError, match="left_elbow"):
+        with pytest.raises(ValueError, match="left_joint3"):
             robot.command(a)
         assert not _FakeController.instances[0].commands
 
@@ -536,3 +536,64 @@ def test_control_path_reads_no_camera_and_capture_reports_frame_numbers(
         assert c.frame_seq["top"] == b.frame_seq["top"]
         np.testing.assert_array_equal(c.images["top"], b.images["top"])
         assert not robot.capture_shares_state
+
+
+def test_x5_joints_carry_the_x5_names_the_arbiter_expects(fake_sdks: types.ModuleType) -> None:
+    """On the X5 the joints are named as its SDK's model names them (joint1..joint6), not as the
+    simulated ViperX's; the arbiter on backend:=arx reads its hold position by the same names."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    with _backend() as robot:
+        names = robot.spec.joint_names
+        assert names[:7] == (*(f"left_joint{i}" for i in range(1, 7)), "left_gripper")
+        assert names[7:] == (*(f"right_joint{i}" for i in range(1, 7)), "right_gripper")
+        assert robot.spec.action_names == names  # joint mode
+    arbiter = yaml.safe_load((REPO_ROOT / "config" / "arbiter_arx.yaml").read_text())
+    assert tuple(arbiter["intervention_arbiter"]["ros__parameters"]["action_names"].split(",")) == (
+        names
+    )
+
+
+def test_x5_kinematics_jog_moves_the_end_effector_along_the_stick(
+    fake_sdks: types.ModuleType,
+) -> None:
+    """The X5 provides the jog's kinematics through its SDK's solver: FK is the solver's
+    position, the joint limits its robot config's; a full +x stick for 0.5 s moves the left
+    end effector 5 cm along its base x (0.1 m/s), the right arm not at all."""
+    from arx_x5_driver.core.kinematics import jog_kinematics
+    from habc_policy.core.jog import EndEffectorJog, JogConfig
+
+    kin = jog_kinematics("x5", robot_model="X5")
+    q = np.array([0.2, 0.6, 0.9, 0.1, 0.2, 0.3])  # inside the X5 limits
+    np.testing.assert_allclose(kin.fk[0](q), fake_fk(q)[:3])  # the solver's x, y, z
+    slices = ((0, 7), (7, 14))
+    low, high = kin.action_limits((-9.0,) * 6 + (0.0,) + (-9.0,) * 6 + (0.0,), (9.0,) * 14, slices)
+    np.testing.assert_allclose(low[:6], X5_MIN)
+    np.testing.assert_allclose(high[7:13], X5_MAX)
+    assert (low[6], high[6], low[13], high[13]) == (0.0, 9.0, 0.0, 9.0)  # grippers keep theirs
+    jog = EndEffectorJog(
+        JogConfig(arm_slices=slices, low=low, high=high, linear_speed=0.1, control_period_s=0.02),
+        kin.fk,
+    )
+    start = np.concatenate([q, [0.5], q, [0.5]])
+    jog.reset(start)
+    for _ in range(25):
+        a = jog.step([True, False], [1.0, 0.0, 0.0], gripper=0.0)
+    moved = fake_fk(a[0:6])[:3] - fake_fk(q)[:3]
+    assert moved[0] == pytest.approx(0.05, abs=0.002)
+    assert abs(moved[1]) < 0.003 and abs(moved[2]) < 0.003
+    np.testing.assert_allclose(a[7:], start[7:])
+    with pytest.raises(ValueError, match="did you mean 'x5'"):
+        jog_kinematics("x6")
+
+
+def test_x5_kinematics_without_the_sdk_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from arx_x5_driver.core.kinematics import x5_kinematics
+
+    monkeypatch.setitem(sys.modules, "arx5_interface", None)
+    with pytest.raises(RuntimeError, match="arx5_interface"):
+        x5_kinematics()

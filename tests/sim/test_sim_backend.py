@@ -133,3 +133,16 @@ def test_episode_limit() -> None:
             robot.command(obs.joint_positions)
         status = robot.status()
         assert status.done and status.failure == "timeout" and status.step == 5
+
+
+def test_jog_kinematics_of_the_sim_are_its_fingertips(transfer_robot: SimAlohaBackend) -> None:
+    """The jog's ``sim_aloha`` kinematics give the fingertip positions the simulated robot
+    itself reports for the same joint angles (both arms, in the world frame)."""
+    from arx_x5_driver.core.kinematics import jog_kinematics
+
+    kin = jog_kinematics("sim_aloha", task="transfer_cube")
+    action = np.array([0.1, -0.4, 0.5, 0.2, 0.3, -0.1, 0.5, -0.2, -0.3, 0.4, 0.0, 0.2, 0.1, 0.5])
+    tips = transfer_robot.end_effector_positions(action)
+    np.testing.assert_allclose(kin.fk[0](action[0:6]), tips["left"], atol=1e-6)
+    np.testing.assert_allclose(kin.fk[1](action[7:13]), tips["right"], atol=1e-6)
+    assert kin.joint_low is None  # the jog keeps its configured limits

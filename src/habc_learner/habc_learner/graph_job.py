@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from habc_common import topics
+
 OUTCOMES = {1: "success", 2: "failure", 3: "aborted"}
 
 
@@ -47,8 +49,8 @@ class EpisodeRunner:
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
         self._reset = self.node.create_client(Trigger, f"/{driver_node}/reset_episode")
-        self._start = self.node.create_client(StartEpisode, "/habc/start_episode")
-        self._end = self.node.create_client(EndEpisode, "/habc/end_episode")
+        self._start = self.node.create_client(StartEpisode, topics.START_EPISODE)
+        self._end = self.node.create_client(EndEpisode, topics.END_EPISODE)
         self._types = (Trigger, StartEpisode, EndEpisode)
         self.events: list[Any] = []
         self.serving = ""  # checkpoint id of the newest action chunk

@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from arx_x5_driver.core.config import ArxConfig
 from arx_x5_driver.core.robot import (
+    X5_JOINTS,
     ArmBackend,
     Observation,
     RobotSpec,
@@ -414,7 +415,7 @@ class ArxBackend(ArmBackend):
             low.append(0.0)
             high.append(1.0)
         if cfg.controller == "joint":
-            names = bimanual_action_names(ARMS)
+            names = bimanual_action_names(ARMS, X5_JOINTS)
         else:
             names = tuple(f"{arm}_{n}" for arm in ARMS for n in CARTESIAN_NAMES)
         return RobotSpec(
@@ -422,7 +423,7 @@ class ArxBackend(ArmBackend):
             arm_slices=ARM_SLICES,
             action_low=tuple(low),
             action_high=tuple(high),
-            joint_names=bimanual_action_names(ARMS),
+            joint_names=bimanual_action_names(ARMS, X5_JOINTS),
             cameras=tuple(n for n, _ in cfg.camera_serials),
             control_hz=cfg.control_hz,
         )

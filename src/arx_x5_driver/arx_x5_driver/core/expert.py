@@ -40,11 +40,11 @@ import numpy as np
 
 from arx_x5_driver.core.ik import ArmIk, rotation_exp, rotation_log
 from arx_x5_driver.core.ik import quat_to_mat as _quat_to_mat
-from arx_x5_driver.core.robot import FloatArray, Observation
+from arx_x5_driver.core.robot import VIPERX_JOINTS, FloatArray, Observation
 
 LOG = logging.getLogger(__name__)
 
-ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+ARM_JOINTS = VIPERX_JOINTS  # the simulated arm's joints
 ARM_BASES = {"left": np.array([-0.469, 0.5, 0.0]), "right": np.array([0.469, 0.5, 0.0])}
 SITES = {"left": "cali_left_site1", "right": "cali_right_site1"}
 ACTION_SLICES = {"left": slice(0, 7), "right": slice(7, 14)}

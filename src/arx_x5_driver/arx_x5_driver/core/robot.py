@@ -344,7 +344,15 @@ def check_action(
     return a
 
 
-def bimanual_action_names(arms: Sequence[str] = ("left", "right")) -> tuple[str, ...]:
-    """``left_waist, …, left_gripper, right_waist, …`` (the 14-dim joint layout)."""
-    joints = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+#: The simulated arms' joints (the ViperX vx300s of the gym-aloha scene), base to tip.
+VIPERX_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+#: The ARX X5's joints as its SDK's model names them (arx5-sdk ``models/X5.urdf``).
+X5_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
+
+
+def bimanual_action_names(
+    arms: Sequence[str] = ("left", "right"), joints: Sequence[str] = VIPERX_JOINTS
+) -> tuple[str, ...]:
+    """``<arm>_<joint>, …, <arm>_gripper`` per arm (the 14-dim joint layout): by default the
+    simulated ViperX's joints (``left_waist, …``); the X5 backend passes :data:`X5_JOINTS`."""
     return tuple(f"{arm}_{j}" for arm in arms for j in (*joints, "gripper"))

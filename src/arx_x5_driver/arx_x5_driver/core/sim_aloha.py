@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from arx_x5_driver.core.config import SimAlohaConfig
 from arx_x5_driver.core.robot import (
+    VIPERX_JOINTS,
     EpisodicBackend,
     FloatArray,
     Observation,
@@ -259,12 +260,11 @@ class SimAlohaBackend(EpisodicBackend):
             raise ValueError(f"action must have shape (14,), got {a.shape}")
         if self._fk is None:
             model = self._physics.model.ptr
-            joints = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
             adr = {}
             for arm in ("left", "right"):
                 ids = [
                     mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, f"vx300s_{arm}/{j}")
-                    for j in joints
+                    for j in VIPERX_JOINTS
                 ]
                 site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, f"cali_{arm}_site1")
                 adr[arm] = (np.array([model.jnt_qposadr[j] for j in ids]), site)

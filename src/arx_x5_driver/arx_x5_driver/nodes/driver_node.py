@@ -95,25 +95,20 @@ from arx_x5_driver.core.safety import (
     uniform_velocity,
 )
 from arx_x5_driver.nodes import declare
+from habc_common import topics
 from habc_msgs.msg import ExecutedCommand
 
-NODE_NAME = "arx_x5_driver"
-TOPIC_COMMAND = "/habc/executed_command"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ENV_STATE = "/habc/env_state"
-TOPIC_ESTOP = "/estop"
+NODE_NAME = topics.DRIVER_NODE
+TOPIC_COMMAND = topics.EXECUTED_COMMAND
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_ENV_STATE = topics.ENV_STATE
+TOPIC_ESTOP = topics.ESTOP
 BACKENDS = ("sim", "arx")
 IMAGE_RELIABILITY = ("reliable", "best_effort")
 REASON_FAULT = "backend_fault"
-#: ``applied_command.hold_reason`` of a command that came after the episode ended (simulation);
-#: the same string as ``habc_learner.core.bag_format.HOLD_EPISODE_OVER``.
-HOLD_EPISODE_OVER = "episode_over"
-
-
-def camera_topic(camera: str, compressed: bool = False) -> str:
-    """``/cameras/<camera>/image_raw[/compressed]`` (same as ``habc_learner``'s bag format)."""
-    base = f"/cameras/{camera}/image_raw"
-    return base + "/compressed" if compressed else base
+#: ``applied_command.hold_reason`` of a command that came after the episode ended (simulation).
+HOLD_EPISODE_OVER = topics.HOLD_EPISODE_OVER
+camera_topic = topics.camera_topic
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -419,7 +414,7 @@ class DriverNode(LifecycleNode):
             "joints": self.create_publisher(JointState, TOPIC_JOINT_STATES, 10),
             "measured": self.create_publisher(JointState, "~/measured_command", 10),
             "applied": self.create_publisher(ExecutedCommand, "~/applied_command", 10),
-            "diag": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
+            "diag": self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10),
         }
         if p.publish_env_state:  # off for image policies: the topic does not even exist
             self._pubs["env"] = self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10)

@@ -35,13 +35,14 @@ from arx_x5_driver.core.expert import ExpertConfig
 from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
 from arx_x5_driver.core.robot import Observation, bimanual_action_names
 from arx_x5_driver.nodes import declare
+from habc_common import topics
 from habc_msgs.msg import EpisodeEvent
 
 NODE_NAME = "scripted_operator"
-TOPIC_JOY = "/joy"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ENV_STATE = "/habc/env_state"
-TOPIC_EPISODE_EVENT = "/habc/episode_event"
+TOPIC_JOY = topics.JOY
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_ENV_STATE = topics.ENV_STATE
+TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
 ARMS = ("left", "right")
 MARK_PRESS_TICKS = 5  # a button press lasts this many joystick messages
 
@@ -95,11 +96,11 @@ class ScriptedOperatorNode(Node):
         self._events_seen = False  # a recorder announces episodes: count steps from its start
         self._joy_pub = self.create_publisher(Joy, TOPIC_JOY, 10)
         self._teleop_pub = self.create_publisher(
-            JointState, d(self, "teleop_topic", "/habc/teleop_command", "teleop topic"), 10
+            JointState, d(self, "teleop_topic", topics.TELEOP_COMMAND, "teleop topic"), 10
         )
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
         self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
         self._episode_sub = self.create_subscription(
             EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10
         )

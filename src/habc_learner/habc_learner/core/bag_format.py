@@ -48,25 +48,21 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from habc_common import topics
+
 FORMAT_VERSION = "1"
 
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_EXECUTED_COMMAND = "/habc/executed_command"
-TOPIC_ACTION_CHUNK = "/habc/action_chunk"
-TOPIC_EPISODE_EVENT = "/habc/episode_event"
-TOPIC_JOY = "/joy"
-TOPIC_ENV_STATE = "/habc/env_state"
-TOPIC_APPLIED_COMMAND = "/arx_x5_driver/applied_command"
-#: ``applied_command.hold_reason`` of a command that arrived after the episode ended.
-HOLD_EPISODE_OVER = "episode_over"
-
-
-def camera_topic(camera: str, compressed: bool = False) -> str:
-    """Topic of camera ``camera`` (``top``, ``left_wrist``, ``right_wrist``, ...)."""
-    if not camera or "/" in camera:
-        raise ValueError(f"camera name must be a non-empty name without '/', got {camera!r}")
-    base = f"/cameras/{camera}/image_raw"
-    return base + "/compressed" if compressed else base
+# The recorded topics, by their names in :mod:`habc_common.topics` (the one place they are
+# written; the graph's nodes publish them under the same names).
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_EXECUTED_COMMAND = topics.EXECUTED_COMMAND
+TOPIC_ACTION_CHUNK = topics.ACTION_CHUNK
+TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
+TOPIC_JOY = topics.JOY
+TOPIC_ENV_STATE = topics.ENV_STATE
+TOPIC_APPLIED_COMMAND = topics.APPLIED_COMMAND
+HOLD_EPISODE_OVER = topics.HOLD_EPISODE_OVER
+camera_topic = topics.camera_topic
 
 
 MSGTYPE_JOINT_STATE = "sensor_msgs/msg/JointState"

@@ -274,9 +274,17 @@ def efficiency_mc_target(steps_to_go: Tensor) -> Tensor:
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over ``mask`` (0 with gradient path when the mask is empty)."""
+    """Mean of ``values`` over ``mask`` for a loss term: 0, with a gradient path, when the mask
+    is empty (see :func:`masked_mean_or_nan` for logged statistics)."""
     m = mask.to(values.dtype)
     return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mean_or_nan(values: Tensor, mask: Tensor) -> float:
+    """Mean of ``values`` over ``mask`` for a logged statistic: a float, NaN when the mask is
+    empty (an undefined mean is not logged as 0)."""
+    n = int(mask.sum())
+    return float(values[mask].mean()) if n else float("nan")
 
 
 def viability_loss(z_v: Tensor, outcome: Tensor, lab_mask: Tensor) -> Tensor:

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,11 +80,9 @@ from habc_learner.core import weights as W
 from habc_learner.core.critic import mlp
 from habc_learner.core.episode import POLICY, Outcome
 from habc_learner.core.labeling import Source, post_intervention_suffix_start, step_controllers
+from habc_learner.core.method_api import StageLearner, TrainerPort, register_stage_learner
 from habc_learner.core.replay import Batch, ReplayStore
 from habc_policy.core.checkpoint import load_state_dict_strict
-
-if TYPE_CHECKING:
-    from habc_learner.core.trainer import Trainer
 
 RL_DATA = ("latest", "all")
 IRE_VLA_FILE = "ire_vla.safetensors"
@@ -339,27 +337,30 @@ class ValueHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------ the learner
-class IreVlaLearner:
+class IreVlaLearner(StageLearner):
     """The iRe-VLA stages of one :class:`~habc_learner.core.trainer.Trainer` run.
 
     Owns the value head, the RL optimizers and the round-start snapshot of the action head; the
     trainer owns the policy, the SL (whole-model) optimizer, the RNGs and the counters, and
     checkpoints everything this object exposes (:meth:`modules`, :meth:`optimizers`,
-    :meth:`state_json`).
+    :meth:`state_json`). It sees the trainer through :class:`TrainerPort` only.
     """
 
-    def __init__(self, trainer: Trainer, config: IreVlaConfig) -> None:
-        self.trainer = trainer
+    state_key = "ire_vla"
+    tensor_file = IRE_VLA_FILE
+
+    def __init__(self, port: TrainerPort, config: IreVlaConfig) -> None:
+        super().__init__(port)
         self.config = config
-        tcfg = trainer.config
+        tcfg = port.config
         self.value = ValueHead(
             tcfg.policy.feature_dim, tcfg.critic.hidden_dim, tcfg.critic.num_layers
-        ).to(trainer.device)
+        ).to(port.device)
         self.value_optimizer = torch.optim.Adam(
             self.value.parameters(), lr=tcfg.critic.lr, foreach=True
         )
         self.head_optimizer = torch.optim.AdamW(
-            trainer.policy.head_parameters(),
+            port.policy.head_parameters(),
             lr=config.rl_lr,
             weight_decay=tcfg.weight_decay,
             foreach=True,
@@ -374,18 +375,18 @@ class IreVlaLearner:
     @property
     def stage(self) -> str:
         """The stage of the trainer's current round."""
-        return self.config.stage(self.trainer.round_index)
+        return self.config.stage(self.port.round_index)
 
     @property
     def log_ratio_scale(self) -> float:
         """κ: ``rl_log_ratio_scale``, or the action dimension d when it is None."""
         if self.config.rl_log_ratio_scale is not None:
             return self.config.rl_log_ratio_scale
-        return float(self.trainer.config.policy.action_dim)
+        return float(self.port.config.policy.action_dim)
 
     def begin_round(self) -> None:
         """Start the trainer's current round: snapshot the action head for an RL round."""
-        t = self.trainer
+        t = self.port
         self.snapshot_round = t.round_index
         self.round_start_step = t.learner_step
         self.old_head = self._frozen_copy(t.policy.expert) if self.stage == "rl" else None
@@ -399,7 +400,7 @@ class IreVlaLearner:
 
     def pools(self) -> StagePools:
         """The stage pools, recomputed whenever the store changed."""
-        store = self.trainer.store
+        store = self.port.store
         key = (len(store.episodes), len(store), store.num_dropped)
         if self._pools is None or key != self._pool_key:
             self._pools = stage_pools(store, self.config)
@@ -409,7 +410,7 @@ class IreVlaLearner:
     # ---------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
         """One learner step of the current round's stage; returns every logged scalar."""
-        t = self.trainer
+        t = self.port
         t.ensure_normalizer()
         if self.snapshot_round != t.round_index:
             self.begin_round()
@@ -417,18 +418,17 @@ class IreVlaLearner:
         t.policy.train()
         info = self._rl_step() if stage == "rl" else self._sl_step()
         info["ire_vla/stage_rl"] = float(stage == "rl")
-        t.learner_step += 1
         return info
 
     def _gather(self, rows: np.ndarray) -> Batch:
-        t = self.trainer
+        t = self.port
         return t.store.gather(
             rows, load_images=bool(t.config.policy.camera_names), next_images=False
         ).to(t.device)
 
     def _sl_step(self) -> dict[str, float]:
         """Flow matching (Eq. 1, unit weights) on demos + successful rollouts, whole model."""
-        t, cfg = self.trainer, self.trainer.config
+        t, cfg = self.port, self.port.config
         pool = self.pools().sl_rows
         if pool.size == 0:
             raise ValueError(
@@ -463,7 +463,7 @@ class IreVlaLearner:
 
     def _rl_step(self) -> dict[str, float]:
         """Value regression and PPO-clip with the FPO ratio on the action head only."""
-        t, cfg, icfg = self.trainer, self.trainer.config, self.config
+        t, cfg, icfg = self.port, self.port.config, self.config
         pools = self.pools()
         info: dict[str, float] = {"rl/pool_windows": float(pools.rl_rows.size)}
         if pools.rl_rows.size == 0:
@@ -542,7 +542,7 @@ class IreVlaLearner:
     def modules(self) -> dict[str, nn.Module]:
         """Modules to checkpoint: the value head, and the RL snapshot while its round runs."""
         out: dict[str, nn.Module] = {"value": self.value}
-        if self.old_head is not None and self.snapshot_round == self.trainer.round_index:
+        if self.old_head is not None and self.snapshot_round == self.port.round_index:
             out["old_head"] = self.old_head
         return out
 
@@ -550,15 +550,8 @@ class IreVlaLearner:
         """Optimizers to checkpoint (the SL optimizer is the trainer's ``actor_optimizer``)."""
         return {"ire_head": self.head_optimizer, "ire_value": self.value_optimizer}
 
-    def module_tensors(self) -> dict[str, Tensor]:
-        return {
-            f"{prefix}.{k}": v
-            for prefix, module in self.modules().items()
-            for k, v in module.state_dict().items()
-        }
-
     def state_json(self) -> dict[str, Any]:
-        mid_round = self.snapshot_round == self.trainer.round_index
+        mid_round = self.snapshot_round == self.port.round_index
         return {
             "snapshot_round": self.snapshot_round if mid_round else None,
             "round_start_step": self.round_start_step,
@@ -573,14 +566,17 @@ class IreVlaLearner:
             }
 
         load_state_dict_strict(self.value, sub("value"), f"{what}[value]")
-        self.value.to(self.trainer.device)
+        self.value.to(self.port.device)
         self.round_start_step = int(state["round_start_step"])
         snapshot_round = state.get("snapshot_round")
         self.snapshot_round = None if snapshot_round is None else int(snapshot_round)
         self.old_head = None
         if self.snapshot_round is not None and self.config.stage(self.snapshot_round) == "rl":
-            old = self._frozen_copy(self.trainer.policy.expert)
+            old = self._frozen_copy(self.port.policy.expert)
             load_state_dict_strict(old, sub("old_head"), f"{what}[old_head]")
-            self.old_head = old.to(self.trainer.device)
+            self.old_head = old.to(self.port.device)
         self._pools = None
         self._pool_key = None
+
+
+register_stage_learner(IreVlaConfig, IreVlaLearner)

@@ -41,8 +41,8 @@ from habc_learner.core import critic as C
 from habc_learner.core import distributed as D
 from habc_learner.core import weights as W
 from habc_learner.core.critic import CriticConfig, DualHeadCritic, ParentValueHead
-from habc_learner.core.ire_vla import IRE_VLA_FILE, IreVlaLearner
 from habc_learner.core.labeling import Source
+from habc_learner.core.method_api import StageLearner, make_stage_learner
 from habc_learner.core.methods import MethodConfig, WeightInputs, compute_w_tilde, get_method
 from habc_learner.core.replay import Batch, ReplayConfig, ReplayStore, is_heldout_episode
 from habc_learner.core.windows import WindowConfig
@@ -242,12 +242,6 @@ def missing_sources(method: MethodConfig, counts: dict[str, int]) -> list[str]:
     ]
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> float:
-    """Mean over ``mask`` as a float, NaN when empty (logged only when defined)."""
-    n = int(mask.sum())
-    return float(values[mask].mean()) if n else float("nan")
-
-
 def optimizer_to_tensors(
     optimizer: torch.optim.Optimizer, prefix: str
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -294,11 +288,6 @@ class Trainer:
         self.store = store
         #: data-parallel place of this process (:mod:`habc_learner.core.distributed`).
         self.dist = dist
-        if dist.enabled and self.method.ire_vla is not None:
-            raise ValueError(
-                f"method {self.method.name!r} (iRe-VLA stages) does not run data-parallel yet: "
-                "run it on one process"
-            )
         self._ddp: nn.Module | None = None
         #: extra JSON files written into every checkpoint (e.g. the learner job's config).
         self.checkpoint_json: dict[str, Any] = {}
@@ -371,9 +360,13 @@ class Trainer:
         self._ece_bins = np.zeros((3, ECE_BINS))
         self._validation = CriticValidation()
         self._val_episodes: np.ndarray | None = None
-        self.ire: IreVlaLearner | None = (
-            IreVlaLearner(self, self.method.ire_vla) if self.method.ire_vla is not None else None
-        )
+        #: the method's own stages (iRe-VLA), which replace the weighted step; None for the rest.
+        self.stages: StageLearner | None = make_stage_learner(self.method.ire_vla, self)
+        if dist.enabled and self.stages is not None and not self.stages.data_parallel:
+            raise ValueError(
+                f"method {self.method.name!r} ({type(self.stages).__name__} stages) does not "
+                "run data-parallel yet: run it on one process"
+            )
 
     # ------------------------------------------------------------------------------ lifecycle
     @classmethod
@@ -474,8 +467,10 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One learner step; returns every logged scalar."""
-        if self.ire is not None:
-            return self.ire.train_step()
+        if self.stages is not None:
+            info = self.stages.train_step()
+            self.learner_step += 1
+            return info
         cfg, method = self.config, self.method
         normalizer = self.ensure_normalizer()
         self.store.drop_stale(self.learner_step)
@@ -709,8 +704,10 @@ class Trainer:
             "loss/parent_value_ce": float(loss.detach()),
             "recap/threshold": self.recap_threshold,
             "recap/heldout_pass_rate": self.recap_heldout_pass_rate,
-            "recap/residual_mean": _masked_mean(residual, rollout),
-            "recap/pass_rate": _masked_mean((residual > self.recap_threshold).float(), rollout),
+            "recap/residual_mean": C.masked_mean_or_nan(residual, rollout),
+            "recap/pass_rate": C.masked_mean_or_nan(
+                (residual > self.recap_threshold).float(), rollout
+            ),
         }
         return loss, info, {"recap_residual": residual, "recap_threshold": self.recap_threshold}
 
@@ -898,11 +895,13 @@ class Trainer:
         stats = {
             "weights/frac_valid": float(valid.float().mean()),
             "weights/w_tilde_mean": float(w_tilde.mean()),
-            "weights/w_mean_valid": _masked_mean(w, valid),
+            "weights/w_mean_valid": C.masked_mean_or_nan(w, valid),
             "weights/w_max": float(w.max()),
             "weights/w_std_valid": float(w[valid].std()) if int(valid.sum()) > 1 else 0.0,
-            "weights/mean_g_success_autonomous": _masked_mean(gate, src == Source.ROLLOUT_SUCCESS),
-            "weights/mean_g_intervention": _masked_mean(gate, src == Source.INTERVENTION),
+            "weights/mean_g_success_autonomous": C.masked_mean_or_nan(
+                gate, src == Source.ROLLOUT_SUCCESS
+            ),
+            "weights/mean_g_intervention": C.masked_mean_or_nan(gate, src == Source.INTERVENTION),
             "weights/ir_active": float(self.ir_active),
             "weights/warmup": float(
                 self.learner_step - self.run_start_step < self.method.warmup_steps
@@ -936,7 +935,7 @@ class Trainer:
             self._log_validation(self._validation_step(), writer)  # the round's starting critic
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        stage = f" ({self.ire.stage})" if self.ire is not None else ""
+        stage = f" ({self.stages.stage})" if self.stages is not None else ""
         progress = self.config.progress and self.dist.is_main
         bar = tqdm(
             range(steps),
@@ -1036,14 +1035,14 @@ class Trainer:
         module_tensors = self._module_tensors()
         if module_tensors:
             extra_tensor_files[CRITIC_FILE] = module_tensors
-        ire_state: dict[str, Any] | None = None
-        if self.ire is not None:
-            ire_state = {**self.ire.state_json(), "optimizers": {}}
-            for prefix, optimizer in self.ire.optimizers().items():
+        stage_state: dict[str, Any] | None = None
+        if self.stages is not None:
+            stage_state = {**self.stages.state_json(), "optimizers": {}}
+            for prefix, optimizer in self.stages.optimizers().items():
                 tensors, meta = optimizer_to_tensors(optimizer, prefix)
                 opt_tensors.update(tensors)
-                ire_state["optimizers"][prefix] = meta
-            extra_tensor_files[IRE_VLA_FILE] = self.ire.module_tensors()
+                stage_state["optimizers"][prefix] = meta
+            extra_tensor_files[self.stages.tensor_file] = self.stages.module_tensors()
         if opt_tensors:
             extra_tensor_files[OPTIMIZER_FILE] = opt_tensors
         state = {
@@ -1056,8 +1055,8 @@ class Trainer:
             "critic_optimizer": critic_meta,
             "store_dropped": self.store.num_dropped,
         }
-        if ire_state is not None:
-            state["ire_vla"] = ire_state
+        if self.stages is not None:
+            state[self.stages.state_key] = stage_state
         assert self.normalizer is not None
         ckpt.save_policy(
             root / name,
@@ -1122,14 +1121,15 @@ class Trainer:
             optimizer_from_tensors(
                 self.critic_optimizer, opt_tensors, state["critic_optimizer"], "critic"
             )
-        if self.ire is not None:
-            ire_state = state.get("ire_vla")
-            if ire_state is None or IRE_VLA_FILE not in tensors:
-                raise ckpt.CheckpointError(f"{path}: no iRe-VLA state")
-            self.ire.load_state(tensors[IRE_VLA_FILE], ire_state, f"{path}/{IRE_VLA_FILE}")
-            for prefix, optimizer in self.ire.optimizers().items():
+        if self.stages is not None:
+            stages, file = self.stages, self.stages.tensor_file
+            stage_state = state.get(stages.state_key)
+            if stage_state is None or file not in tensors:
+                raise ckpt.CheckpointError(f"{path}: no {type(stages).__name__} state")
+            stages.load_state(tensors[file], stage_state, f"{path}/{file}")
+            for prefix, optimizer in stages.optimizers().items():
                 optimizer_from_tensors(
-                    optimizer, opt_tensors, ire_state["optimizers"][prefix], prefix
+                    optimizer, opt_tensors, stage_state["optimizers"][prefix], prefix
                 )
         self.generator.set_state(tensors[RNG_FILE]["generator"])
         self.rng.bit_generator.state = state["numpy_rng"]

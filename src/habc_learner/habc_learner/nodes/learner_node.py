@@ -18,6 +18,7 @@ from pathlib import Path
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
+from habc_common import topics
 from habc_learner.core.learner_config import (
     from_node_parameters,
     node_parameter_defaults,
@@ -38,7 +39,7 @@ class LearnerNode(Node):
             for key, default in node_parameter_defaults().items()
         }
         config = from_node_parameters(values)
-        service = str(self.declare_parameter("announce_service", "/habc/announce_checkpoint").value)
+        service = str(self.declare_parameter("announce_service", topics.ANNOUNCE_CHECKPOINT).value)
         self.poll_period_s = config.poll_period_s
         bag_dirs = list(config.bag_dirs)
         for d in bag_dirs:

@@ -23,6 +23,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Float32MultiArray
 
+from habc_common import topics
 from habc_learner.core import bag_format as bf
 from habc_learner.core.recorder import EpisodeRecorder, RecorderConfig, RecorderError
 from habc_learner.nodes import run_node
@@ -67,7 +68,7 @@ class RecorderNode(Node):
             self.get_logger().warn(f"partial bag of a killed recorder marked incomplete: {path}")
 
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        topics = [
+        recorded = [
             (bf.TOPIC_JOINT_STATES, JointState, bf.MSGTYPE_JOINT_STATE, reliable),
             (bf.TOPIC_EXECUTED_COMMAND, ExecutedCommand, bf.MSGTYPE_EXECUTED_COMMAND, reliable),
             (bf.TOPIC_APPLIED_COMMAND, ExecutedCommand, bf.MSGTYPE_EXECUTED_COMMAND, reliable),
@@ -81,7 +82,7 @@ class RecorderNode(Node):
             else (Image, bf.MSGTYPE_IMAGE)
         )
         for cam in cameras:
-            topics.append(
+            recorded.append(
                 (
                     bf.camera_topic(cam, compressed),
                     image_type,
@@ -89,15 +90,15 @@ class RecorderNode(Node):
                     qos_profile_sensor_data,
                 )
             )
-        for topic, msg_cls, msgtype, qos in topics:
+        for topic, msg_cls, msgtype, qos in recorded:
             self.create_subscription(
                 msg_cls, topic, self._writer_for(topic, msgtype), qos, raw=True
             )
         self.events = self.create_publisher(EpisodeEvent, bf.TOPIC_EPISODE_EVENT, 10)
-        self.create_service(StartEpisode, "/habc/start_episode", self._start)
-        self.create_service(EndEpisode, "/habc/end_episode", self._end)
+        self.create_service(StartEpisode, topics.START_EPISODE, self._start)
+        self.create_service(EndEpisode, topics.END_EPISODE, self._end)
         self.get_logger().info(
-            f"recording into {self.recorder.bag_dir} ({len(topics)} topics, cameras {cameras})"
+            f"recording into {self.recorder.bag_dir} ({len(recorded)} topics, cameras {cameras})"
         )
 
     def _now_ns(self) -> int:

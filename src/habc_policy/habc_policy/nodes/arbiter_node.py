@@ -42,7 +42,9 @@ name                             type                            what
 Received times (this node's clock) decide freshness: the joystick is silent when its last
 message is older than ``joy_timeout_s`` — a human-held arm then holds (``joystick_silent``).
 With ``teleop_source: jog`` the operator's action comes from the joystick jog instead of the
-teleop topic.
+teleop topic, on the kinematics the backend provides (``jog.kinematics``: ``sim_aloha``, the
+scene's MuJoCo model; ``x5``, the X5 SDK's solver and joint limits, the arx default:
+:mod:`arx_x5_driver.core.kinematics`). A pad alone then corrects the real arms.
 
 Chunks run in the ``seam`` mode of :mod:`habc_policy.core.chunking` (``switch`` | ``ensemble`` |
 ``rtc``), and every policy row passes the chunk-level safety step
@@ -62,7 +64,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,6 +76,9 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Header
 
+from arx_x5_driver.core.kinematics import JOG_KINEMATICS as KINEMATICS
+from arx_x5_driver.core.kinematics import ArmKinematics, jog_kinematics
+from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
 from habc_policy.core.authority import (
@@ -103,15 +107,15 @@ from habc_policy.core.jog import EndEffectorJog, JogConfig
 from habc_policy.nodes import declare
 
 NODE_NAME = "intervention_arbiter"
-TOPIC_CHUNK = "/habc/action_chunk"
-TOPIC_JOY = "/joy"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ESTOP = "/estop"
-TOPIC_EPISODE_EVENT = "/habc/episode_event"
-TOPIC_EXECUTED = "/habc/executed_command"
-TOPIC_MARK = "/habc/episode_mark"
+TOPIC_CHUNK = topics.ACTION_CHUNK
+TOPIC_JOY = topics.JOY
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_ESTOP = topics.ESTOP
+TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
+TOPIC_EXECUTED = topics.EXECUTED_COMMAND
+TOPIC_MARK = topics.EPISODE_MARK
 TELEOP_SOURCES = ("topic", "jog")
-JOG_KINEMATICS = ("sim_aloha",)
+JOG_KINEMATICS = tuple(KINEMATICS)  # every backend provides its arms' kinematics
 DEFAULT_ACTION_NAMES = ",".join(
     f"{arm}_{j}"
     for arm in ("left", "right")
@@ -148,12 +152,13 @@ class ArbiterParams:
     jog_axis_gripper: int
     jog_kinematics: str
     jog_task: str
+    jog_robot_model: str
     jog_linear_speed: float
     jog_gripper_speed: float
     action_low: tuple[float, ...]
     action_high: tuple[float, ...]
-    measured_topic: str = "/arx_x5_driver/measured_command"
-    policy_heartbeat_topic: str = "/habc/policy_heartbeat"
+    measured_topic: str = topics.MEASURED_COMMAND
+    policy_heartbeat_topic: str = topics.POLICY_HEARTBEAT
     policy_heartbeat_ticks: int = 2
     seam: str = DEFAULT_SEAM
     ensemble_decay: float = 0.01
@@ -204,26 +209,27 @@ class ArbiterParams:
             arbiter=arbiter,
             execute_rows=int(d(node, "execute_rows", 25, "rows of each chunk that may run")),
             teleop_source=d(node, "teleop_source", "topic", f"one of {TELEOP_SOURCES}"),
-            teleop_topic=d(node, "teleop_topic", "/habc/teleop_command", "teleop JointState"),
+            teleop_topic=d(node, "teleop_topic", topics.TELEOP_COMMAND, "teleop JointState"),
             estop_state_topic=d(
-                node, "estop_state_topic", "/arx_x5_driver/estop_latched", "driver's e-stop latch"
+                node, "estop_state_topic", topics.ESTOP_LATCHED, "driver's e-stop latch"
             ),
             end_episode_service=d(
-                node, "end_episode_service", "/habc/end_episode", "EndEpisode on mark buttons"
+                node, "end_episode_service", topics.END_EPISODE, "EndEpisode on mark buttons"
             ),
             jog_axes=tuple(int(v) for v in d(node, "joy.jog_axes", [1, 0, 4], "x, y, z axes")),
             jog_axis_gripper=int(d(node, "joy.jog_axis_gripper", 3, "gripper axis (-1 none)")),
             jog_kinematics=d(node, "jog.kinematics", "sim_aloha", f"one of {JOG_KINEMATICS}"),
             jog_task=d(node, "jog.task", "transfer_cube", "sim_aloha scene"),
+            jog_robot_model=d(node, "jog.robot_model", "X5", "x5: the SDK's robot model"),
             jog_linear_speed=float(d(node, "jog.linear_speed", 0.1, "m/s at full stick")),
             jog_gripper_speed=float(d(node, "jog.gripper_speed", 1.0, "1/s at full stick")),
             action_low=tuple(float(v) for v in low),
             action_high=tuple(float(v) for v in high),
             measured_topic=d(
-                node, "measured_topic", "/arx_x5_driver/measured_command", "hold position source"
+                node, "measured_topic", topics.MEASURED_COMMAND, "hold position source"
             ),
             policy_heartbeat_topic=d(
-                node, "policy_heartbeat_topic", "/habc/policy_heartbeat", "server heartbeat"
+                node, "policy_heartbeat_topic", topics.POLICY_HEARTBEAT, "server heartbeat"
             ),
             policy_heartbeat_ticks=int(
                 d(node, "policy_heartbeat_ticks", 2, "heartbeat silent this many ticks → hold")
@@ -274,20 +280,11 @@ class ArbiterParams:
         return p
 
 
-def sim_aloha_kinematics(task: str) -> dict[int, Callable[[np.ndarray], np.ndarray]]:
-    """Fingertip-site forward kinematics of both arms of the simulated scene (MuJoCo)."""
-    import mujoco
-
-    from arx_x5_driver.core.expert import ARM_JOINTS, SITES
-    from arx_x5_driver.core.ik import ArmIk
-    from arx_x5_driver.core.sim_aloha import task_xml_path
-
-    model = mujoco.MjModel.from_xml_path(task_xml_path(task))
-    fks = {}
-    for i, arm in enumerate(("left", "right")):
-        ik = ArmIk(model, [f"vx300s_{arm}/{j}" for j in ARM_JOINTS], SITES[arm])
-        fks[i] = lambda q, ik=ik: ik.forward(q)[0]
-    return fks
+def jog_arm_kinematics(p: ArbiterParams) -> ArmKinematics:
+    """The arms' kinematics the jog runs on (``jog.kinematics``: the sim scene's MuJoCo model or
+    the X5's SDK solver, :mod:`arx_x5_driver.core.kinematics`)."""
+    options = {"sim_aloha": {"task": p.jog_task}, "x5": {"robot_model": p.jog_robot_model}}
+    return jog_kinematics(p.jog_kinematics, **options.get(p.jog_kinematics, {}))
 
 
 class ArbiterNode(Node):
@@ -316,18 +313,29 @@ class ArbiterNode(Node):
         self._episode_id = ""
         self._step = 0
         self._jog: EndEffectorJog | None = None
+        kinematics = None
         if p.teleop_source == "jog":
+            try:
+                kinematics = jog_arm_kinematics(p)
+            except (RuntimeError, OSError, ValueError) as exc:  # e.g. no SDK on this machine
+                self.get_logger().error(
+                    f"joystick jog unavailable ({exc}): a takeover uses {p.teleop_topic}, and "
+                    "holds while nothing publishes there"
+                )
+        if kinematics is not None:
+            low, high = kinematics.action_limits(p.action_low, p.action_high, p.arbiter.arm_slices)
             self._jog = EndEffectorJog(
                 JogConfig(
                     arm_slices=p.arbiter.arm_slices,
-                    low=p.action_low,
-                    high=p.action_high,
+                    low=low,
+                    high=high,
                     linear_speed=p.jog_linear_speed,
                     gripper_speed=p.jog_gripper_speed,
                     control_period_s=self._period,
                 ),
-                sim_aloha_kinematics(p.jog_task),
+                kinematics.fk,
             )
+            self.get_logger().info(f"joystick jog on {p.jog_kinematics} kinematics")
         latched = QoSProfile(
             depth=1,
             reliability=ReliabilityPolicy.RELIABLE,
@@ -343,13 +351,13 @@ class ArbiterNode(Node):
         self._heartbeat_sub = self.create_subscription(
             Header, p.policy_heartbeat_topic, self._on_heartbeat, 10
         )
-        if p.teleop_source == "topic":
+        if self._jog is None:  # teleop_source topic, or a jog without kinematics
             self.create_subscription(JointState, p.teleop_topic, self._on_teleop, 10)
         self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, 10)
         self.create_subscription(Bool, p.estop_state_topic, self._on_estop_state, latched)
         self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode_event, 10)
         self._end_client = self.create_client(EndEpisode, p.end_episode_service)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics)
         self._timer = self.create_timer(self._period, self._on_tick)
         self.get_logger().info(

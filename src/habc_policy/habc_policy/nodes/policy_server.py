@@ -68,6 +68,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Header
 
+from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent
 from habc_msgs.srv import AnnounceCheckpoint
 from habc_policy.core.checkpoint import (
@@ -83,19 +84,18 @@ from habc_policy.core.serving_guard import resolve_under_roots, use_env_state
 from habc_policy.nodes import declare
 
 NODE_NAME = "policy_server"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ENV_STATE = "/habc/env_state"
-TOPIC_ACTION_CHUNK = "/habc/action_chunk"
-TOPIC_HEARTBEAT = "/habc/policy_heartbeat"
-SERVICE_ANNOUNCE = "/habc/announce_checkpoint"
+TOPIC_JOINT_STATES = topics.JOINT_STATES
+TOPIC_ENV_STATE = topics.ENV_STATE
+TOPIC_ACTION_CHUNK = topics.ACTION_CHUNK
+TOPIC_HEARTBEAT = topics.POLICY_HEARTBEAT
+SERVICE_ANNOUNCE = topics.ANNOUNCE_CHECKPOINT
 USE_ENV_STATE = ("auto", "true", "false")
 BACKENDS = ("sim", "arx")
-TOPIC_EPISODE_EVENT = "/habc/episode_event"
+TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
 JOINT_HISTORY = 50  # joint states kept to pair with camera frames (1 s at 50 Hz)
 
 
-def camera_topic(camera: str) -> str:
-    return f"/cameras/{camera}/image_raw"
+camera_topic = topics.camera_topic
 
 
 @dataclass(frozen=True)
