@@ -179,7 +179,11 @@ def test_estop_latches_until_reset(client: RosClient) -> None:
     moved[0] += 0.01
     applied = stream(client, [moved] * 10)
     assert applied and all(m.hold for m in applied)
-    assert {m.hold_reason for m in applied} <= {"estop"}
+    # Answers to silent ticks before the latch (no_command holds still in flight under load)
+    # may come first; from the first e-stop answer on, every one is an e-stop hold.
+    first = next(i for i, m in enumerate(applied) if m.hold_reason == "estop")
+    assert {m.hold_reason for m in applied[first:]} <= {"estop"}
+    assert {m.hold_reason for m in applied[:first]} <= {"no_command"}
     for m in applied:
         np.testing.assert_allclose(m.action, q, atol=1e-6)
     client.estop_pub.publish(Bool(data=False))  # "false" on the topic does not clear it
