@@ -166,6 +166,22 @@ def test_confidence_interval() -> None:
     assert rel["ece"] == pytest.approx(0.05) and rel["auroc"] == pytest.approx(1.0)
 
 
+def test_reliability_is_the_learners_calibration_summary() -> None:
+    """One calibration code path: the protocol's records carry core.calibration's figures."""
+    from habc_learner.core.calibration import calibration_summary
+    from habc_learner.protocol import reliability
+
+    # all three predictions tied at 0.5: AUROC = P(tie)/2 = 0.5; ECE = |0.5 - 2/3| = 1/6
+    rel = reliability([0.5, 0.5, 0.5], [0, 1, 1])
+    assert rel["auroc"] == pytest.approx(0.5) and rel["ece"] == pytest.approx(1 / 6)
+    p, y = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
+    full, rel = calibration_summary(p, y), reliability(p, y)
+    for key in ("n", "positives", "bin_count", "ece", "brier", "auroc", "mean_p", "mean_y"):
+        assert rel[key] == full[key], key
+    assert rel["auroc"] == pytest.approx(0.75)  # 3 of the 4 (positive, negative) pairs ordered
+    assert reliability([], [])["ece"] != reliability([], [])["ece"]  # NaN without windows
+
+
 def test_wilson_interval_matches_hand_computed_values() -> None:
     from habc_learner.protocol import fmt_rate, wilson_interval
 

@@ -56,3 +56,10 @@ def test_main_job_runs_ire_vla_rounds_and_resumes(tmp_path: Path) -> None:
         and again[-1]["checkpoint_id"] == stages[-1]["checkpoint_id"]
     )
     assert ckpt.read_manifest(ckpt.latest_checkpoint(root))["round_index"] == 2
+    # each online round left its record (the round engine's), which the second run reused
+    records = [json.loads((out / "rounds" / f"round_{k:02d}.json").read_text()) for k in (1, 2)]
+    assert [r["evaluate"]["checkpoint_id"] for r in records] == [
+        s["checkpoint_id"] for s in stages[1:]
+    ]
+    assert [r["learner_step"] for r in records] == [12, 16]
+    assert records[0]["key"]["method"] == "ire_vla" and not (out / "rounds" / "error.json").exists()

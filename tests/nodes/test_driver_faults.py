@@ -8,6 +8,7 @@ fail on demand otherwise); everything else is the installed driver as its own pr
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -319,13 +320,20 @@ def test_estop_latch_survives_a_driver_restart(ros_env: dict[str, str], tmp_path
         msg = ExecutedCommand(controller=[1, 1])
         msg.action = (SIM_HOME + 0.01).tolist()
         n = len(applied)
-        for _ in range(10):
+
+        def answers() -> list[ExecutedCommand]:
+            return [m for _, m in applied[n:] if m.hold_reason == "estop"]
+
+        # Commands until the driver's answers are heard (the restarted driver's publisher is
+        # discovered anew, late on a loaded machine).
+        deadline = time.monotonic() + 30.0
+        while len(answers()) < 10 and time.monotonic() < deadline:
             cmd_pub.publish(msg)
             c.spin_for(PERIOD)
         c.spin_for(0.2)
-        answers = [m for _, m in applied[n:] if m.hold_reason == "estop"]
-        assert answers and all(m.hold for m in answers)
-        np.testing.assert_allclose(answers[-1].action, SIM_HOME, atol=0.05)  # did not move
+        assert answers() and all(m.hold for m in answers())
+        assert all(m.hold for _, m in applied[n:])  # no command of the latched driver ran
+        np.testing.assert_allclose(answers()[-1].action, SIM_HOME, atol=0.05)  # did not move
         res = c.call(Trigger, "/arx_x5_driver/reset_estop", Trigger.Request())
         assert res.success and "estop topic" in res.message
         assert not latch.exists()

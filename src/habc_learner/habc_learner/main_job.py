@@ -11,7 +11,9 @@
 5. ``summary.json`` and ``summary.png`` (success rate and successful-episode length per stage).
 
 Every artefact lands under ``--out``; a crashed run started again with the same arguments
-reuses the bags already written and resumes training from the last checkpoint.
+reuses the bags already written, resumes training from the last checkpoint and reuses every
+finished online round (``<out>/rounds/round_<k>.json``). The rounds are a
+:class:`~habc_learner.core.rounds.RoundEngine` over :class:`OnlineRounds`' phases.
 
 This runs the learning loop in-process (:mod:`habc_learner.sim_rollouts`); the ROS node graph
 (driver, policy server, arbiter, recorder, learner node) runs the same loop over DDS.
@@ -25,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ import numpy as np
 from habc_learner.core.bag_format import read_custom_data
 from habc_learner.core.bag_reader import read_episodes
 from habc_learner.core.replay import ReplayStore
+from habc_learner.core.rounds import Collected, JsonRoundRecords, Learned, RoundEngine, RoundRecord
 from habc_learner.core.trainer import Trainer, TrainerConfig
 from habc_learner.sim_rollouts import RolloutResult, run_rollout
 
@@ -248,6 +251,113 @@ def _trainer(
     return Trainer.resume(cfg, store)
 
 
+def round_key(args: argparse.Namespace) -> dict:
+    """What an online round's result depends on: a round record made under other values is
+    not reused (the round runs again, resuming its checkpoints)."""
+    names = ("backend", "task", "seed", "demos", "demo_noise", "sft_steps", "method")
+    names += ("rollouts", "round_steps", "takeover_fraction", "eval_episodes", "batch_size")
+    return {name: getattr(args, name) for name in names}
+
+
+class OnlineRounds:
+    """The main job's online rounds as the phases of a
+    :class:`~habc_learner.core.rounds.RoundEngine`, one record per round in ``<out>/rounds``.
+
+    Round k: ``--rollouts`` rollouts of the previous checkpoint with the scripted operator →
+    ``<out>/bags/round_<k>``; ``--method`` trained on the successful demonstrations and every
+    round's bags so far, to ``SFT step + k · --round-steps`` (one checkpoint folder,
+    ``<out>/checkpoints/<method>``, resumed); evaluation on the held-out poses.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        demos: list,
+        dims: tuple[int, int],
+        sft_ckpt: Path,
+        sft: StageResult,
+        say,
+    ) -> None:
+        self.args = args
+        self.demos = demos
+        self.dims = dims
+        self.sft_ckpt = sft_ckpt
+        self.sft_step = sft.learner_step
+        self.say = say
+        self._episodes: dict[Path, list] = {}
+
+    def folder(self, k: int) -> Path:
+        return self.args.out / "bags" / f"round_{k:02d}"
+
+    def read(self, k: int) -> list:
+        """Round k's episodes through the bag reader (read once per process)."""
+        folder = self.folder(k)
+        if folder not in self._episodes:
+            self._episodes[folder] = read_episodes(folder)[0]
+        return self._episodes[folder]
+
+    def collect(self, k: int, policy: Path) -> Collected:
+        from habc_policy.core.checkpoint import load_policy
+
+        args = self.args
+        seeds = [args.seed * 10_000 + 1000 * k + i for i in range(args.rollouts)]
+        results = record_episodes(
+            args,
+            self.folder(k),
+            seeds,
+            policy=load_policy(policy),
+            takeover_fraction=args.takeover_fraction,
+            desc=f"round {k} rollouts",
+        )
+        done = [r for r in results if r is not None]
+        if done:
+            self.say(
+                f"round {k}: {sum(r.success for r in done)}/{len(done)} rollouts succeeded, "
+                f"{sum(r.takeover_step is not None for r in done)} with a takeover"
+            )
+        episodes, report = read_episodes(self.folder(k))
+        self._episodes[self.folder(k)] = episodes
+        self.say(
+            f"round {k}: {report.format().splitlines()[0]}; {args.method} for "
+            f"{args.round_steps} steps"
+        )
+        return Collected({"bags": str(self.folder(k)), "episodes": len(episodes)})
+
+    def learn(self, k: int, start: Path, collected: Collected) -> Learned:
+        from habc_policy.core.checkpoint import latest_checkpoint
+
+        args = self.args
+        store = ReplayStore(TrainerConfig(method=args.method).replay_config())
+        store.add_episodes(self.demos)  # a failed demonstration is no training data
+        for j in range(1, k + 1):
+            store.add_episodes(self.read(j))
+        method_dir = args.out / "checkpoints" / args.method
+        fresh = not method_dir.exists() or latest_checkpoint(method_dir) is None
+        steps = 0
+        with _trainer(
+            args, args.method, store, *self.dims, args.method, args.round_steps
+        ) as trainer:
+            if fresh:
+                trainer.init_policy_from(self.sft_ckpt)
+            target = self.sft_step + args.round_steps * k
+            if trainer.learner_step < target:
+                steps = target - trainer.learner_step
+                self.say(trainer.run_round(steps).line())
+            checkpoint = trainer.save_checkpoint()
+            learner_step = trainer.learner_step
+        return Learned(checkpoint, learner_step, {"steps": steps, "windows": len(store)})
+
+    def evaluate(self, k: int, checkpoint: Path) -> dict:
+        return asdict(evaluate(self.args, checkpoint, f"{self.args.method} r{k}"))
+
+    def said(self, record: RoundRecord, reused: bool) -> None:
+        stage = StageResult(**record.evaluate)
+        if reused:
+            self.say(f"round {record.round}: reused its record (success {stage.rate_text()})")
+        else:
+            self.say(f"round {record.round}: success {stage.rate_text()} (95 % interval)")
+
+
 def plot(stages: list[StageResult], path: Path) -> None:
     import matplotlib
 
@@ -325,49 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         f"({stages[-1].checkpoint_id}, step {stages[-1].learner_step})"
     )
 
-    current = sft_ckpt
-    from habc_policy.core.checkpoint import latest_checkpoint, load_policy
-
-    full_store = ReplayStore(TrainerConfig(method=args.method).replay_config())
-    full_store.add_episodes(demos_ok)  # a failed demonstration is no training data
-    for k in range(1, args.rounds + 1):
-        folder = out / "bags" / f"round_{k:02d}"
-        seeds = [args.seed * 10_000 + 1000 * k + i for i in range(args.rollouts)]
-        policy = load_policy(current)
-        results = record_episodes(
-            args,
-            folder,
-            seeds,
-            policy=policy,
-            takeover_fraction=args.takeover_fraction,
-            desc=f"round {k} rollouts",
-        )
-        done = [r for r in results if r is not None]
-        if done:
-            say(
-                f"round {k}: {sum(r.success for r in done)}/{len(done)} rollouts succeeded, "
-                f"{sum(r.takeover_step is not None for r in done)} with a takeover"
-            )
-        new_eps, report = read_episodes(folder)
-        full_store.add_episodes(new_eps)
-        say(
-            f"round {k}: {report.format().splitlines()[0]}; {args.method} for "
-            f"{args.round_steps} steps"
-        )
-        method_dir = out / "checkpoints" / args.method
-        fresh = not method_dir.exists() or latest_checkpoint(method_dir) is None
-        with _trainer(
-            args, args.method, full_store, proprio_dim, action_dim, args.method, args.round_steps
-        ) as trainer:
-            if fresh:
-                trainer.init_policy_from(sft_ckpt)
-            target = stages[0].learner_step + args.round_steps * k
-            if trainer.learner_step < target:
-                summary = trainer.run_round(target - trainer.learner_step)
-                say(summary.line())
-            current = trainer.save_checkpoint()
-        stages.append(evaluate(args, current, f"{args.method} r{k}"))
-        say(f"round {k}: success {stages[-1].rate_text()} (95 % interval)")
+    rounds = OnlineRounds(args, demos_ok, (proprio_dim, action_dim), sft_ckpt, stages[0], say)
+    outcome = RoundEngine(
+        rounds.collect,
+        rounds.learn,
+        rounds.evaluate,
+        JsonRoundRecords(out / "rounds", round_key(args)),
+        on_round=rounds.said,
+    ).run(range(1, args.rounds + 1), sft_ckpt)
+    if outcome.failure is not None:  # recorded in <out>/rounds/error.json; the rounds before
+        raise outcome.failure.exception  # it keep their records and are reused next time
+    stages += [StageResult(**r.evaluate) for r in outcome.records]
 
     summary_path = out / "summary.json"
     summary_path.write_text(
