@@ -159,7 +159,15 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
                 seen["policy_after"] += 1
         return seen["policy_after"] > 30
 
-    c.spin_until(handed_back, 60.0, lambda: f"takeover and hand-back\n{stack.logs_tail()}")
+    def release_heard() -> bool:  # by this client too (its /joy may lag the arbiter's ticks)
+        held = [bool(m.buttons[DEADMAN]) for _, m in stack.joy]
+        return any(held) and not held[-1]
+
+    c.spin_until(
+        lambda: handed_back() and release_heard(),
+        60.0,
+        lambda: f"takeover and hand-back\n{stack.logs_tail()}",
+    )
 
     # The deadman as the operator pressed it: /joy header stamps (the operator's clock at the
     # press and the release). The arbiter hears a change after transport + scheduling latency
