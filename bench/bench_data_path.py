@@ -67,7 +67,7 @@ def bench_recorder(seconds: float, folder: Path) -> None:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
 
-    from habc_learner.core import bag_format as bf
+    from habc_common import bag_format as bf
     from habc_learner.core.bag_reader import read_episode
     from habc_msgs.msg import ExecutedCommand
     from habc_msgs.srv import EndEpisode, StartEpisode

@@ -139,7 +139,7 @@ SITE="lib/python${PYVER}/site-packages"
 export HABC_ROOT='$ROOT'
 export VIRTUAL_ENV='$VENV'
 case ":\$PATH:" in *":$VENV/bin:"*) ;; *) export PATH="$VENV/bin:\$PATH";; esac
-for _p in '$ROOT'/install/lib/habc_policy '$ROOT'/install/lib/habc_learner '$ROOT'/install/lib/arx_x5_driver '$ROOT'/install/lib/habc_bridge; do
+for _p in '$ROOT'/install/lib/habc_policy '$ROOT'/install/lib/habc_learner '$ROOT'/install/lib/arx_x5_driver '$ROOT'/install/lib/habc_bridge '$ROOT'/install/lib/habc_sim; do
   case ":\$PATH:" in *":\$_p:"*) ;; *) export PATH="\$_p:\$PATH";; esac
 done
 unset _p
@@ -149,7 +149,7 @@ EOF
 export AMENT_PREFIX_PATH='$ROOT/install:$VENV'
 export CMAKE_PREFIX_PATH='$ROOT/install:$VENV'
 # build/<pkg> holds the symlinks of the ament_python packages (colcon's develop hook).
-export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver:$ROOT/build/habc_bridge:$ROOT/build/habc_common'\${PYTHONPATH:+:\$PYTHONPATH}
+export PYTHONPATH='$ROOT/install/$SITE:$ROOT/build/habc_policy:$ROOT/build/habc_learner:$ROOT/build/arx_x5_driver:$ROOT/build/habc_bridge:$ROOT/build/habc_common:$ROOT/build/habc_sim'\${PYTHONPATH:+:\$PYTHONPATH}
 export LD_LIBRARY_PATH='$ROOT/install/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 export ROS_VERSION=2 ROS_PYTHON_VERSION=3 ROS_DISTRO=kilted
 export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
@@ -176,7 +176,7 @@ BUILD_STAMP="$(
   { find src launch config -type f 2>/dev/null ! -path '*/__pycache__/*' ! -name '*.pyc' \
       ! -path 'src/habc_policy/habc_policy/*' ! -path 'src/habc_learner/habc_learner/*' \
       ! -path 'src/arx_x5_driver/arx_x5_driver/*' ! -path 'src/habc_bridge/habc_bridge/*' \
-      ! -path 'src/habc_common/habc_common/*' \
+      ! -path 'src/habc_common/habc_common/*' ! -path 'src/habc_sim/habc_sim/*' \
       ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum;
     find launch config 2>/dev/null -type f -name '*.py' ! -path '*/__pycache__/*' | sort;
     echo "$PIP_STAMP"; } | sha256sum | cut -c1-16

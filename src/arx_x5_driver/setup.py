@@ -20,9 +20,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "habc-record-demos = arx_x5_driver.record_demos:main",
             "driver_node = arx_x5_driver.nodes.driver_node:main",
-            "scripted_operator_node = arx_x5_driver.nodes.scripted_operator_node:main",
             # NODE_ENTRY_POINTS
         ],
     },

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import write_episode
 from habc_learner.core.episode import scenario_episode
 from tests.conftest import REPO_ROOT

@@ -11,7 +11,7 @@ import pytest
 from habc_bridge import lerobot_cli
 from habc_bridge.core import dataset_schema as S
 from habc_bridge.core import frame_labels as FL
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.episode import scenario_episode
 from habc_learner.core.labeling import LabelingConfig, Source
 

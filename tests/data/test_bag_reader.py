@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import BagSkipped, read_episode, read_episodes, write_episode
 from habc_learner.core.episode import HUMAN, NONE, POLICY, Episode, Outcome
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 
 META = bf.EpisodeMeta(
     episode_id="ep-000001",

@@ -133,7 +133,7 @@ def test_two_prompts_on_the_same_images_give_different_chunks(tmp_path: Path) ->
 def test_habc_learn_trains_an_image_policy_from_sim_recorded_bags(tmp_path: Path) -> None:
     """Bags the simulator wrote with rendered camera frames (and its privileged state, which
     the image policy leaves unread) → an SFT round of a two-camera policy."""
-    from arx_x5_driver.record_demos import main as record
+    from habc_sim.record_demos import main as record
 
     demos = tmp_path / "demos"
     cams = ["--cameras", "top", "left_wrist", "--image-size", "24", "32"]

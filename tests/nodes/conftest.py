@@ -24,7 +24,7 @@ from tests.conftest import REPO_ROOT
 CONFIG = REPO_ROOT / "config"
 PACKAGE_OF = {
     "driver_node": "arx_x5_driver",
-    "scripted_operator_node": "arx_x5_driver",
+    "scripted_operator_node": "habc_sim",
     "policy_server": "habc_policy",
     "arbiter_node": "habc_policy",
     "episode_recorder": "habc_learner",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import read_episode
 from habc_learner.core.episode import HANDBACK, HUMAN, NONE, POLICY
 from habc_learner.core.labeling import (
@@ -93,10 +93,11 @@ def check_labels(ep: Any) -> dict[str, Any]:
 def in_process(checkpoint: Path) -> Any:
     """The benchmark's rollout, through the driver's safety layer with the values the driver
     node runs with (config/driver.yaml: 30 rad/s joints, 10/s grippers, clamp)."""
+    from habc_sim.core.operator import OperatorConfig, ScriptedOperator
+    from habc_sim.core.rollouts import run_rollout
+
     from arx_x5_driver.core.factory import make_backend
-    from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
     from arx_x5_driver.core.safety import SafetyConfig, SafetyLayer, uniform_velocity
-    from habc_learner.sim_rollouts import run_rollout
     from habc_policy.core.checkpoint import load_policy
 
     operator = ScriptedOperator.for_backend(

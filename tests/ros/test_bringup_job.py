@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import read_episode
 from habc_learner.core.episode import HANDBACK, HUMAN, NONE, POLICY
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rosbags.rosbag2 import Reader
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import read_episode
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]

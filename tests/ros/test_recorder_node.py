@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.bag_reader import read_episode, read_episodes
 from habc_learner.core.episode import HUMAN, POLICY, Outcome
 from habc_learner.core.recorder import RecorderConfig, RecorderError, recover_partial_bags

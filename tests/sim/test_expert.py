@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from habc_sim.core.expert import AlohaExpert, ExpertConfig
 
-from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig
 from arx_x5_driver.core.ik import ArmIk
 from arx_x5_driver.core.sim_aloha import SimAlohaBackend
 

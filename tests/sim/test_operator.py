@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from arx_x5_driver.core.expert import AlohaExpert, ExpertConfig, SceneState, scene_recoverable
-from arx_x5_driver.core.operator import (
+from habc_sim.core.expert import AlohaExpert, ExpertConfig, SceneState, scene_recoverable
+from habc_sim.core.operator import (
     Milestone,
     OperatorConfig,
     RolloutMonitor,
@@ -16,6 +15,7 @@ from arx_x5_driver.core.operator import (
     mask_to_array,
     segment_distance,
 )
+
 from arx_x5_driver.core.sim_aloha import SimAlohaBackend
 
 
@@ -319,7 +319,7 @@ def _hold_scene(task_objects: dict, grip: dict, sites: dict) -> SceneState:
 
 
 def test_milestones_of_the_aloha_tasks() -> None:
-    from arx_x5_driver.core.operator import aloha_milestone
+    from habc_sim.core.operator import aloha_milestone
 
     open_ = {"left": 1.0, "right": 1.0}
     far = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.3, 0.5, 0.3])}

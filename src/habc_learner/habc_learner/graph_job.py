@@ -38,7 +38,7 @@ class EpisodeRunner:
         from rclpy.executors import SingleThreadedExecutor
         from std_srvs.srv import Trigger
 
-        from habc_learner.core import bag_format as bf
+        from habc_common import bag_format as bf
         from habc_msgs.msg import ActionChunk, EpisodeEvent
         from habc_msgs.srv import EndEpisode, StartEpisode
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 from habc_learner.core.episode import NONE, POLICY, Episode, Outcome
 from habc_learner.core.image_cache import ImageCache
 

@@ -134,7 +134,7 @@ class ImageCache:
     ) -> None:
         from rosbags.rosbag2 import Reader
 
-        from habc_learner.core import bag_format as bf
+        from habc_common import bag_format as bf
         from habc_learner.core.bag_reader import _image_to_rgb
         from habc_policy.core.images import resize_rgb
 

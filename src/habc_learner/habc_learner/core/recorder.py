@@ -1,7 +1,7 @@
 """Episode recording logic of the recorder node, without ROS: sessions, ids, disk, recovery.
 
 The node hands over serialized messages; this module owns the bag of the running episode
-(:class:`~habc_learner.core.bag_format.EpisodeBagWriter`), the episode ids, the free-disk
+(:class:`~habc_common.bag_format.EpisodeBagWriter`), the episode ids, the free-disk
 check, and the recovery of bags a killed recorder left behind.
 """
 
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 
 INCOMPLETE_SUFFIX = ".incomplete"
 

@@ -23,8 +23,8 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState, Joy
 from std_msgs.msg import Float32MultiArray
 
+from habc_common import bag_format as bf
 from habc_common import topics
-from habc_learner.core import bag_format as bf
 from habc_learner.core.recorder import EpisodeRecorder, RecorderConfig, RecorderError
 from habc_learner.nodes import run_node
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand

@@ -64,7 +64,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from arx_x5_driver.core.expert import (
+from arx_x5_driver.core.robot import FloatArray, Observation
+from habc_sim.core.expert import (
     CUBE_HALF,
     LEFT_PICK_X,
     MEET,
@@ -76,7 +77,6 @@ from arx_x5_driver.core.expert import (
     SceneState,
     scene_recoverable,
 )
-from arx_x5_driver.core.robot import FloatArray, Observation
 
 LOG = logging.getLogger(__name__)
 

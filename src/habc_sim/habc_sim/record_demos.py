@@ -6,7 +6,7 @@ Example::
         --noise 0.01 --cameras top left_wrist right_wrist --image-size 224 224
 
 One bag per episode (``<out>/<episode_id>/``), in the format of
-:mod:`habc_learner.core.bag_format`; per control step ``t`` (stamped ``base + t × period``):
+:mod:`habc_common.bag_format`; per control step ``t`` (stamped ``base + t × period``):
 ``/joint_states``, ``/habc/env_state``, the camera images asked for, then
 ``/habc/executed_command`` (controller = human on every arm: the scripted operator stands in for
 the person); ``EpisodeEvent`` start and end. Failed demonstrations are written too, with
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from arx_x5_driver.core.config import ALOHA_CAMERAS, METAWORLD_CAMERAS, did_you_mean
-from arx_x5_driver.core.expert import make_expert
 from arx_x5_driver.core.factory import make_backend
-from arx_x5_driver.core.operator import ScriptedOperator
 from arx_x5_driver.core.robot import ArmBackend
+from habc_sim.core.expert import make_expert
+from habc_sim.core.operator import ScriptedOperator
 
 LOG = logging.getLogger("habc-record-demos")
 
@@ -56,7 +56,7 @@ def record_episode(
     The expert drives through the scripted operator, in control from the first step, and the
     episode runs through the same rollout loop (and bag writer) as every learner rollout.
     """
-    from habc_learner.sim_rollouts import run_rollout
+    from habc_sim.core.rollouts import run_rollout
 
     episode_id = f"{task}_demo_seed{seed:06d}_{base_ns}"
     operator = ScriptedOperator(expert, arm_names=tuple(n for n, _lo, _hi in robot.arm_slices))

@@ -5,13 +5,13 @@ node publishes it: deadman, per-arm takeover buttons, mark buttons) and the tele
 topic (``/habc/teleop_command``, ``sensor_msgs/JointState``, what leader arms would send). It
 watches the scene through the sim's privileged state (``/joint_states``, ``/habc/env_state``,
 and the driver's ``/diagnostics`` for the task's own success flag, the way a person sees the
-cube handed over) and runs :class:`~arx_x5_driver.core.operator.ScriptedOperator`:
+cube handed over) and runs :class:`~habc_sim.core.operator.ScriptedOperator`:
 
 - each observation: the monitor + takeover model decide; under takeover the deadman is held
   (plus the takeover button of each taken arm unless all arms are taken) and the expert's
   action is published as the teleop command; once the scene is back on track the operator
   releases the deadman and the arbiter ramps control back to the policy (the same
-  :class:`~arx_x5_driver.core.operator.TakeoverModel` as in-process rollouts);
+  :class:`~habc_sim.core.operator.TakeoverModel` as in-process rollouts);
 - ``/joy`` is published at ``joy_hz`` whatever happens (a joystick keeps reporting), and at
   once on every button change;
 - ``force_takeover_step`` / ``release_after_steps`` script a takeover and a hand-back at known
@@ -31,12 +31,12 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float32MultiArray
 
-from arx_x5_driver.core.expert import ExpertConfig
-from arx_x5_driver.core.operator import OperatorConfig, ScriptedOperator
 from arx_x5_driver.core.robot import Observation, bimanual_action_names
 from arx_x5_driver.nodes import declare
 from habc_common import topics
 from habc_msgs.msg import EpisodeEvent
+from habc_sim.core.expert import ExpertConfig
+from habc_sim.core.operator import OperatorConfig, ScriptedOperator
 
 NODE_NAME = "scripted_operator"
 TOPIC_JOY = topics.JOY

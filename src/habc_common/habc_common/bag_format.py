@@ -113,8 +113,8 @@ def find_habc_msgs_dir() -> Path:
         for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
         if prefix
     ]
-    # src/habc_learner/habc_learner/core/bag_format.py -> src/habc_msgs/msg
-    candidates.append(Path(__file__).resolve().parents[3] / "habc_msgs" / "msg")
+    # src/habc_common/habc_common/bag_format.py -> src/habc_msgs/msg
+    candidates.append(Path(__file__).resolve().parents[2] / "habc_msgs" / "msg")
     for path in candidates:
         if all((path / f"{name}.msg").is_file() for name in HABC_MSG_NAMES):
             return path

@@ -13,7 +13,7 @@ state machine (:class:`habc_policy.core.authority.AuthorityArbiter`), fed with t
 state the operator node would publish (deadman, one takeover button per arm) and its teleop
 command, so the hand-back ramp (``HANDBACK``), the per-arm tags and the holds are the ones the
 node graph records. Every executed step goes into an episode bag in the format of
-:mod:`habc_learner.core.bag_format`, so the learner reads these rollouts exactly as it reads
+:mod:`habc_common.bag_format`, so the learner reads these rollouts exactly as it reads
 what the recorder node writes. Used by the main job, the paper-protocol benchmark and tests.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from habc_learner.core import bag_format as bf
+from habc_common import bag_format as bf
 
 BASE_TIME_NS = 1_000_000_000  # episode clock starts at 1 s (stamps must be > 0 for some tools)
 
@@ -124,7 +124,7 @@ def run_rollout(
     Args:
         policy: a :class:`habc_policy.core.checkpoint.LoadedPolicy` (``None``: the operator
             drives from the start).
-        operator: a scripted operator (``arx_x5_driver.core.operator.ScriptedOperator``); it
+        operator: a scripted operator (``habc_sim.core.operator.ScriptedOperator``); it
             watches every step and may take over.
         operator_from_start: the operator drives every step (demonstrations).
         bag_path: where to write the episode bag (``None``: no bag).

@@ -1,0 +1,27 @@
+"""ament_python package habc_sim (see package.xml)."""
+
+from setuptools import find_packages, setup
+
+package_name = "habc_sim"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="habc maintainers",
+    maintainer_email="maintainers@habc.dev",
+    description="habc stack: see package.xml",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "habc-record-demos = habc_sim.record_demos:main",
+            "scripted_operator_node = habc_sim.nodes.scripted_operator_node:main",
+        ],
+    },
+)
