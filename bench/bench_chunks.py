@@ -78,7 +78,7 @@ def read_ticks(bag: Path) -> tuple[list[Any], dict[int, Any]]:
     """The arbiter's executed commands (by step) and the driver's applied ones of a bag."""
     from rosbags.rosbag2 import Reader
 
-    from habc_learner.core import bag_format as bf
+    from habc_common import bag_format as bf
 
     store = bf.typestore()
     commands, applied = [], {}
@@ -144,7 +144,7 @@ def add_episode(fig: Figures, bag: Path, success: bool) -> None:
 
 
 def _outcome(bag: Path) -> str:
-    from habc_learner.core import bag_format as bf
+    from habc_common import bag_format as bf
 
     return bf.read_custom_data(bag).get(bf.KEY_OUTCOME, "")
 
@@ -293,8 +293,9 @@ def run_in_process(
     schedule: tuple[int, int] = (0, 0),
     tag: str = "",
 ) -> Figures:
+    from habc_sim.core.rollouts import run_rollout
+
     from arx_x5_driver.core.factory import make_backend
-    from habc_learner.sim_rollouts import run_rollout
     from habc_policy.core.checkpoint import load_policy
 
     policy = load_policy(ckpt)

@@ -225,7 +225,7 @@ def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) 
     9 steps."""
     from rosbags.rosbag2 import Reader
 
-    from habc_learner.core import bag_format as bf
+    from habc_common import bag_format as bf
 
     robot.reset(seed=4)
     policy = ConstantPolicy(robot.hold_position())

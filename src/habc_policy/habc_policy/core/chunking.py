@@ -14,7 +14,7 @@ not drop a row.
 Only the first ``execute_rows`` rows of a chunk are ever executed (25 of 50 by default); a
 tick whose ``h`` lies past them finds the chunk *stale*, and the arm holds until a newer chunk
 comes. Pure and ROS-free: the arbiter node feeds it message contents and a clock; the
-in-process rollouts (``habc_learner.sim_rollouts``) feed it the simulated clock, so both paths
+in-process rollouts (``habc_sim.core.rollouts``) feed it the simulated clock, so both paths
 execute chunks the same way.
 
 **Seam modes** (how a new chunk takes over from the one running, :data:`SEAM_MODES`):
