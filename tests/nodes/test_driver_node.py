@@ -6,6 +6,7 @@ executed tick), so every check is on the driver's own output.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,22 @@ def command(c: RosClient, action: np.ndarray, step: int = 0) -> None:
     c.cmd_pub.publish(msg)
 
 
-def stream(c: RosClient, actions: list[np.ndarray]) -> list[Any]:
-    """Publish one command per 20 ms; return the applied commands answering them."""
+def stream(c: RosClient, actions: list[np.ndarray], answered: bool = True) -> list[Any]:
+    """Publish one command per 20 ms; return the applied commands answering them (and the
+    driver's holds on silent ticks meanwhile). ``answered``: wait (up to 10 s) until the answer
+    to every command came (on a loaded machine some are still in flight after 0.1 s)."""
     start = len(c.applied)
     for k, a in enumerate(actions):
         command(c, a, k)
         c.spin_for(PERIOD)
+
+    def all_answered() -> bool:
+        steps = {m.step_index for _, m in c.applied[start:] if m.hold_reason != "no_command"}
+        return steps >= set(range(len(actions)))
+
+    end = time.monotonic() + 10.0
+    while answered and not all_answered() and time.monotonic() < end:
+        c.spin_for(0.02)
     c.spin_for(0.1)
     return [m for _, m in c.applied[start:]]
 
@@ -224,7 +235,7 @@ def test_after_a_reset_old_commands_are_ignored_until_the_next_episode(client: R
     far = SIM_HOME + np.array([0.0, 0.3] + [0.0] * 12, dtype=np.float32)
     stream(client, [SIM_HOME] * 3)  # commands of no episode ("")
     assert client.call(Trigger, "/arx_x5_driver/reset_episode", Trigger.Request()).success
-    applied = stream(client, [far] * 10)  # still "": the old scene's chunk
+    applied = stream(client, [far] * 10, answered=False)  # still "": the old scene's chunk
     assert applied and all(m.hold and m.hold_reason == "no_command" for m in applied)
     assert not any(np.allclose(m.action, far, atol=1e-4) for m in applied)
     client.spin_for(0.2)
