@@ -163,17 +163,23 @@ def test_gripper_velocity_is_clamped(client: RosClient) -> None:
     assert any(m.hold_reason == "" and m.action[6] == pytest.approx(target[6]) for m in applied)
 
 
-def test_silent_command_stream_holds_within_two_ticks(client: RosClient) -> None:
+def test_silent_command_stream_holds_at_the_last_target(client: RosClient) -> None:
     q = np.asarray(client.applied[-1][1].action, dtype=np.float64)
-    stream(client, [q] * 5)
-    t_last = client.now_s()
     start = len(client.applied)
-    client.spin_for(0.3)
-    holds = [(t, m) for t, m in client.applied[start:] if m.hold_reason == "no_command"]
-    assert len(holds) >= 8  # every tick after the silence: a hold
-    # first hold within 2 ticks (+ one tick of scheduling slack) of the last command
-    assert holds[0][0] - t_last <= 3 * PERIOD + 0.02, holds[0][0] - t_last
-    for _, m in holds:
+    stream(client, [q] * 5, answered=False)
+
+    def after_silence() -> list[Any]:  # the driver's answers after its answer to the last one
+        new = [m for _, m in client.applied[start:]]
+        last = max((i for i, m in enumerate(new) if m.step_index == 4 and not m.hold), default=-1)
+        return new[last + 1 :] if last >= 0 else []
+
+    client.spin_until(lambda: len(after_silence()) >= 8, 10.0, "the driver's holds")
+    holds = after_silence()
+    # Every silent tick after the last command is a hold at its target. (After how many
+    # silent ticks the first comes is SafetyLayer's count, tests/nodes/test_safety.py: a
+    # wall-clock bound here fails on a loaded machine, whose timers fire late.)
+    assert all(m.hold and m.hold_reason == "no_command" for m in holds)
+    for m in holds:
         np.testing.assert_allclose(m.action, q, atol=1e-6)
 
 
