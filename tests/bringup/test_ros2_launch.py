@@ -31,7 +31,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "bringup.launch.py"
 RUNNER = """
+import signal
 import sys
+# Ctrl-C as in a terminal: a test run started in the background (nohup, `&` in a script)
+# hands its children SIGINT ignored, and launch's handler would then never hear it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import launch
 import launch.actions
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -105,10 +109,14 @@ class Launch:
         return [(pid, cmd) for pid, cmd in group_processes(self.pgid) if pid != self.proc.pid]
 
     def wait(self, timeout: float) -> int:
+        """The launch's exit code, once its output is read to the end (the reader thread may
+        still hold its last lines when the process has exited)."""
         try:
-            return self.proc.wait(timeout=timeout)
+            rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"launch still running:\n{self.output[-4000:]}") from None
+        self._reader.join(timeout=30)
+        return rc
 
     def wait_group_empty(self, timeout: float = 20.0) -> list[tuple[int, str]]:
         deadline = time.monotonic() + timeout

@@ -204,3 +204,26 @@ def test_a_late_first_joint_state_counts_while_the_arm_stood_still(tmp_path: Pat
     _late_start_bag(tmp_path / "moved", first_joint_ms=150, first_move_ms=120)
     with pytest.raises(BagSkipped, match="nor before the arm first moved"):
         read_episode(tmp_path / "moved", use_env_state=False)
+
+
+def test_arbiter_clamped_steps_are_nobodys(tmp_path: Path) -> None:
+    """In-process bags (no driver record): a step the arbiter's chunk-level safety step
+    clamped keeps its executed action but is neither a label anchor nor an imitation target."""
+    meta = bf.EpisodeMeta(
+        "ep-c", "transfer_cube", "p", "rollout", (("left", 0, 7), ("right", 7, 14))
+    )
+    with bf.EpisodeBagWriter(tmp_path / "ep-c", meta) as w:
+        for t in range(4):
+            t_ns = 1_000_000_000 + t * 20_000_000
+            w.write_joint_state(t_ns, [f"j{i}" for i in range(14)], np.zeros(14))
+            w.write_command(
+                t_ns,
+                step_index=t,
+                controller=[POLICY, POLICY],
+                action=np.full(14, t, np.float32),
+                clamped=t == 1,
+            )
+        w.finish("success", "operator")
+    ep = read_episode(tmp_path / "ep-c", use_env_state=False)
+    assert ep.authority[:, 0].tolist() == [POLICY, NONE, POLICY, POLICY]
+    assert ep.actions[1, 0] == 1.0

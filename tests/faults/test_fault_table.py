@@ -345,35 +345,94 @@ def test_nan_action(graph: Graph) -> None:
 
 
 def test_out_of_limit_action(graph: Graph) -> None:
-    # 10 rad: beyond every joint limit
-    t0 = _rogue_chunk_until_rejected(graph, lambda: np.full((50, 14), 10.0), "joint_limit")
-    n, worst, t1, t2 = _rejected_after(graph, t0, "joint_limit")
+    """A chunk of 10 rad is dropped on arrival by the arbiter's chunk-safety step (its first row
+    is 10 rad from the last executed action: past the jump limit), so the running chunk runs on
+    and the driver never sees it; the same 10 rad sent straight to the driver (a rogue
+    publisher) is rejected there."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from habc_msgs.msg import ExecutedCommand
+
+    c = graph.client
+    diags = c.record(DiagnosticArray, "/diagnostics", 50)
+    t0 = graph.rogue_chunk(np.full((50, 14), 10.0))  # 10 rad: beyond every joint limit
+    c.spin_for(0.6)
+    after = [m for _, m in graph.commands if stamp_s(m) > t0]
+    assert len(after) > 10
+    assert all(float(np.max(np.abs(m.action))) < 5.0 for m in after)  # never sent
+    assert not any(m.checkpoint_id == "rogue" for m in after)
+    policy_ticks = graph._policy_ticks_since(t0)
+    c.spin_until(
+        lambda: "dropped chunk 1000000" in graph.procs["arbiter"].log(), 10.0, "the arbiter's log"
+    )
+
+    def counted() -> dict[str, str]:  # the arbiter's counts on /diagnostics (1 Hz)
+        for _, arr in reversed(diags):
+            for st in arr.status:
+                if st.name == "intervention_arbiter: chunks":
+                    return {kv.key: kv.value for kv in st.values}
+        return {}
+
+    c.spin_until(
+        lambda: int(counted().get("safety_dropped_chunks", 0)) >= 1, 10.0, "the arbiter's counts"
+    )
+    pub = c.node.create_publisher(ExecutedCommand, "/habc/executed_command", 10)
+    c.spin_until(lambda: pub.get_subscription_count() > 0, 10.0, "the driver")
+    t1 = c.now_s()
+    for _ in range(5):
+        msg = ExecutedCommand(controller=[1, 1], step_index=7778)
+        msg.action = [10.0] * 14
+        pub.publish(msg)
+        c.spin_for(PERIOD)
+    c.spin_for(0.3)
+    c.node.destroy_publisher(pub)
+    n, worst, t2, t3 = _rejected_after(graph, t1, "joint_limit")
     assert worst == 0.0
     record(
         "out-of-limit action (a chunk of 10 rad)",
-        f"held: target moved {worst:.4f} rad on each of the {n} rejected commands (until the "
-        f"server's next chunk), joints {graph.joint_change(t1, t2 + PERIOD):.4f} rad",
+        f"chunk: dropped on arrival by the arbiter's chunk-safety step, the running chunk ran on "
+        f"({policy_ticks} policy ticks in the next 0.6 s); command sent to the driver: held, "
+        f"target moved {worst:.4f} rad on each of the {n} rejected commands, joints "
+        f"{graph.joint_change(t2, t3 + PERIOD):.4f} rad",
         "nothing",
-        "driver WARN `rejected command …: joint_limit: left_waist=10.0000 not in […]; "
-        "holding`, `~/applied_command` hold, /diagnostics WARN",
+        "arbiter WARN `dropped chunk 1000000: its first row to run is past the jump limit …` "
+        "(/diagnostics `safety_dropped_chunks`); driver WARN `rejected command …: joint_limit: "
+        "left_waist=10.0000 not in […]; holding`, `~/applied_command` hold, /diagnostics WARN",
     )
 
 
 def test_jump_between_chunks(graph: Graph) -> None:
-    def rows() -> np.ndarray:
-        out = np.tile(graph.last_q(), (50, 1))
-        out[:, 0] += 0.5  # 0.5 rad in one tick: 25 rad/s against the X5's 5
-        return out
-
-    t0 = _rogue_chunk_until_rejected(graph, rows, "velocity_limit")
-    n, worst, t1, t2 = _rejected_after(graph, t0, "velocity_limit")
-    assert worst == 0.0
+    """A chunk 0.5 rad off in one joint (25 rad/s in one tick against the X5's 5): the `rtc`
+    seam inpaints its first rows from the running chunk, so the arbiter's commands reach it
+    in steps the driver accepts; a step over the limit would be rejected there (held).
+    Re-sent (at most 5 times) until its rows run: the policy server's next chunk may replace
+    it before its first row does."""
+    c = graph.client
+    before = [m for _, m in graph.commands]
+    t_first = c.now_s()
+    for _ in range(5):
+        rows = np.tile(graph.last_q(), (50, 1))
+        rows[:, 0] += 0.5  # 0.5 rad in one tick: 25 rad/s against the X5's 5
+        t0 = graph.rogue_chunk(rows)
+        c.spin_for(0.6)
+        if any(m.checkpoint_id == "rogue" for _, m in graph.commands if stamp_s(m) > t0):
+            break
+    sent = [m for _, m in graph.commands if stamp_s(m) > t_first - PERIOD]
+    assert len(sent) > 10 and len(graph.commands) > len(before)
+    a0 = np.array([m.action[0] for m in sent])
+    biggest = float(np.max(np.abs(np.diff(a0))))
+    assert biggest < 0.1, biggest  # the jump spread over the seam's rows
+    assert any(m.checkpoint_id == "rogue" for m in sent)  # its (inpainted) rows did run
+    applied = [m for _, m in graph.applied if stamp_s(m) > t_first]
+    rejected = [m for m in applied if m.hold_reason == "velocity_limit"]
     record(
         "jump larger than the limit between two chunks (+0.5 rad in one tick)",
-        f"held: target moved {worst:.4f} rad on each of the {n} rejected commands, joints "
-        f"{graph.joint_change(t1, t2 + PERIOD):.4f} rad",
+        f"the `rtc` seam spread it: the arbiter's largest step {biggest:.4f} rad per tick "
+        f"(limit 0.1), {len(rejected)} commands rejected by the driver, joints "
+        f"{graph.joint_change(t0, t0 + 0.6):.4f} rad over 0.6 s",
         "nothing",
-        "driver WARN `rejected command …: velocity_limit: left_waist step +0.5… > 0.1000; holding`",
+        "nothing to see: a smooth seam (the driver would WARN `rejected command …: "
+        "velocity_limit: …; holding` for a step over its limit)",
     )
 
 
@@ -564,8 +623,9 @@ def test_disk_full_mid_episode(graph: Graph) -> None:
     res = graph.end_episode(EpisodeEvent.OUTCOME_SUCCESS)
     assert not res.success and "was lost" in res.message
     ok = graph.start_episode()  # the next episode records again once there is space
-    t_ok = c.now_s()
-    c.spin_until(lambda: graph._policy_ticks_since(t_ok) > 10, 30.0, "the policy")
+    c.spin_until(  # its clock starts with its first chunk
+        lambda: sum(m.episode_id == ok for _, m in graph.commands) > 10, 30.0, "its steps"
+    )
     assert graph.end_episode(EpisodeEvent.OUTCOME_FAILURE).success
     assert _complete_episodes(graph.bag_dir) == sorted([*before, ok]), _skipped(graph.bag_dir)
     record(

@@ -10,7 +10,7 @@ import pytest
 from habc_sim.core.rollouts import run_rollout
 
 from habc_learner.core.bag_reader import read_episode
-from habc_learner.core.episode import HUMAN, POLICY, Outcome
+from habc_learner.core.episode import HUMAN, NONE, POLICY, Outcome
 from habc_learner.core.labeling import LabelingConfig, Source, label_episode
 
 pytestmark = pytest.mark.sim
@@ -156,6 +156,100 @@ def test_non_finite_policy_output_never_reaches_the_robot(robot) -> None:
     )
     assert not r.success and r.failure == "non_finite_action" and r.steps == 0
     assert robot.status().step == 0  # no command was executed
+
+
+def test_chunk_safety_clamps_reach_the_bag_as_nobodys_steps(robot, tmp_path: Path) -> None:
+    """The arbiter's chunk-level safety step in-process: a policy 0.2 rad away in one joint
+    moves there at the 1 rad/s limit (0.02 rad per tick, 10 clamped steps); those steps are
+    recorded clamped and read back as nobody's; then the policy runs unclamped."""
+    from habc_policy.core.chunk_safety import ChunkSafetyConfig
+
+    obs = robot.reset(seed=2)
+    home = robot.hold_position().astype(np.float32)
+    target = home.copy()
+    target[0] += 0.2
+    limits = ChunkSafetyConfig(
+        action_dim=14,
+        max_jump=[1.0],
+        max_velocity=[1.0] + [30.0] * 13,
+        max_acceleration=[1e4],
+        period_s=robot.spec.control_period,
+    )
+    r = run_rollout(
+        robot,
+        seed=2,
+        policy=ConstantPolicy(target),
+        episode_id="clamped",
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=tmp_path / "clamped",
+        seam="rtc",
+        chunk_safety=limits,
+    )
+    assert obs is not None and r.clamped_steps == 10 and r.hold_steps == 0
+    ep = read_episode(tmp_path / "clamped", use_env_state=False)
+    assert ep.actions[:10, 0] == pytest.approx(home[0] + 0.02 * np.arange(1, 11), abs=1e-5)
+    assert ep.authority[:10].tolist() == [[NONE, NONE]] * 10
+    assert (ep.authority[10:] == POLICY).all()
+    assert ep.actions[10:, 0] == pytest.approx(target[0])
+
+
+def test_a_refused_chunk_is_dropped_and_the_next_one_requested(robot, tmp_path: Path) -> None:
+    """A policy 1.5 rad off in one joint (past the 1 rad jump limit): every chunk is dropped
+    on arrival, the arm holds at the reset pose, and the next tick asks for a new chunk."""
+    from habc_policy.core.chunk_safety import ChunkSafetyConfig
+
+    robot.reset(seed=5)
+    home = robot.hold_position().astype(np.float32)
+    far = home.copy()
+    far[0] += 1.5
+    policy = ConstantPolicy(far)
+    limits = ChunkSafetyConfig(14, [1.0], [30.0], [1250.0], robot.spec.control_period)
+    r = run_rollout(
+        robot,
+        seed=5,
+        policy=policy,
+        episode_id="refused",
+        task=TASK,
+        prompt=robot.prompt,
+        chunk_safety=limits,
+    )
+    assert r.hold_steps == r.steps and policy.calls == r.steps
+    np.testing.assert_allclose(robot.hold_position()[0], home[0], atol=0.02)
+
+
+def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) -> None:
+    """latency_rows = 2, lead_rows = 16: the first chunk runs at once from row 0 (the graph's
+    arbiter waits for it); the next is requested with 16 rows left (step 9), from that step's
+    observation, and takes over 2 ticks later at its row 2 (the overdue rows skipped); then every
+    9 steps."""
+    from rosbags.rosbag2 import Reader
+
+    from habc_common import bag_format as bf
+
+    robot.reset(seed=4)
+    policy = ConstantPolicy(robot.hold_position())
+    r = run_rollout(
+        robot,
+        seed=4,
+        policy=policy,
+        episode_id="timed",
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=tmp_path / "timed",
+        latency_rows=2,
+        lead_rows=16,
+    )
+    store = bf.typestore()
+    with Reader(tmp_path / "timed") as reader:
+        conns = [c for c in reader.connections if c.topic == bf.TOPIC_EXECUTED_COMMAND]
+        cmds = [store.deserialize_cdr(raw, c.msgtype) for c, _t, raw in reader.messages(conns)]
+    seq_row = [(int(m.chunk_seq), int(m.chunk_row)) for m in cmds[:30]]
+    assert seq_row[:11] == [(0, h) for h in range(11)]
+    assert seq_row[11:20] == [(1, h) for h in range(2, 11)]
+    assert seq_row[20:29] == [(2, h) for h in range(2, 11)]
+    assert r.hold_steps == 0
+    assert policy.calls == (r.steps - 1) // 9 + 1  # requests at steps 0, 9, 18, ...
 
 
 def test_main_job_evaluates_on_50_poses_by_default() -> None:

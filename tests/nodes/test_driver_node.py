@@ -6,6 +6,7 @@ executed tick), so every check is on the driver's own output.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,22 @@ def command(c: RosClient, action: np.ndarray, step: int = 0) -> None:
     c.cmd_pub.publish(msg)
 
 
-def stream(c: RosClient, actions: list[np.ndarray]) -> list[Any]:
-    """Publish one command per 20 ms; return the applied commands answering them."""
+def stream(c: RosClient, actions: list[np.ndarray], answered: bool = True) -> list[Any]:
+    """Publish one command per 20 ms; return the applied commands answering them (and the
+    driver's holds on silent ticks meanwhile). ``answered``: wait (up to 10 s) until the answer
+    to every command came (on a loaded machine some are still in flight after 0.1 s)."""
     start = len(c.applied)
     for k, a in enumerate(actions):
         command(c, a, k)
         c.spin_for(PERIOD)
+
+    def all_answered() -> bool:
+        steps = {m.step_index for _, m in c.applied[start:] if m.hold_reason != "no_command"}
+        return steps >= set(range(len(actions)))
+
+    end = time.monotonic() + 10.0
+    while answered and not all_answered() and time.monotonic() < end:
+        c.spin_for(0.02)
     c.spin_for(0.1)
     return [m for _, m in c.applied[start:]]
 
@@ -152,17 +163,23 @@ def test_gripper_velocity_is_clamped(client: RosClient) -> None:
     assert any(m.hold_reason == "" and m.action[6] == pytest.approx(target[6]) for m in applied)
 
 
-def test_silent_command_stream_holds_within_two_ticks(client: RosClient) -> None:
+def test_silent_command_stream_holds_at_the_last_target(client: RosClient) -> None:
     q = np.asarray(client.applied[-1][1].action, dtype=np.float64)
-    stream(client, [q] * 5)
-    t_last = client.now_s()
     start = len(client.applied)
-    client.spin_for(0.3)
-    holds = [(t, m) for t, m in client.applied[start:] if m.hold_reason == "no_command"]
-    assert len(holds) >= 8  # every tick after the silence: a hold
-    # first hold within 2 ticks (+ one tick of scheduling slack) of the last command
-    assert holds[0][0] - t_last <= 3 * PERIOD + 0.02, holds[0][0] - t_last
-    for _, m in holds:
+    stream(client, [q] * 5, answered=False)
+
+    def after_silence() -> list[Any]:  # the driver's answers after its answer to the last one
+        new = [m for _, m in client.applied[start:]]
+        last = max((i for i, m in enumerate(new) if m.step_index == 4 and not m.hold), default=-1)
+        return new[last + 1 :] if last >= 0 else []
+
+    client.spin_until(lambda: len(after_silence()) >= 8, 10.0, "the driver's holds")
+    holds = after_silence()
+    # Every silent tick after the last command is a hold at its target. (After how many
+    # silent ticks the first comes is SafetyLayer's count, tests/nodes/test_safety.py: a
+    # wall-clock bound here fails on a loaded machine, whose timers fire late.)
+    assert all(m.hold and m.hold_reason == "no_command" for m in holds)
+    for m in holds:
         np.testing.assert_allclose(m.action, q, atol=1e-6)
 
 
@@ -179,7 +196,11 @@ def test_estop_latches_until_reset(client: RosClient) -> None:
     moved[0] += 0.01
     applied = stream(client, [moved] * 10)
     assert applied and all(m.hold for m in applied)
-    assert {m.hold_reason for m in applied} <= {"estop"}
+    # Answers to silent ticks before the latch (no_command holds still in flight under load)
+    # may come first; from the first e-stop answer on, every one is an e-stop hold.
+    first = next(i for i, m in enumerate(applied) if m.hold_reason == "estop")
+    assert {m.hold_reason for m in applied[first:]} <= {"estop"}
+    assert {m.hold_reason for m in applied[:first]} <= {"no_command"}
     for m in applied:
         np.testing.assert_allclose(m.action, q, atol=1e-6)
     client.estop_pub.publish(Bool(data=False))  # "false" on the topic does not clear it
@@ -207,6 +228,36 @@ def test_reset_episode_service(client: RosClient) -> None:
     assert res.success and "seed 1" in res.message
     client.spin_for(0.2)
     np.testing.assert_allclose(client.joints[-1][1].position, SIM_HOME, atol=0.05)
+
+
+def test_after_a_reset_old_commands_are_ignored_until_the_next_episode(client: RosClient) -> None:
+    """The arbiter between episodes (episode id "") still runs a chunk of the old scene: after
+    ~/reset_episode such commands are not executed (the arm holds at the reset pose); the next
+    episode's first command is."""
+    from std_srvs.srv import Trigger
+
+    from habc_msgs.msg import ExecutedCommand
+
+    far = SIM_HOME + np.array([0.0, 0.3] + [0.0] * 12, dtype=np.float32)
+    stream(client, [SIM_HOME] * 3)  # commands of no episode ("")
+    assert client.call(Trigger, "/arx_x5_driver/reset_episode", Trigger.Request()).success
+    applied = stream(client, [far] * 10, answered=False)  # still "": the old scene's chunk
+    assert applied and all(m.hold and m.hold_reason == "no_command" for m in applied)
+    assert not any(np.allclose(m.action, far, atol=1e-4) for m in applied)
+    client.spin_for(0.2)
+    np.testing.assert_allclose(client.joints[-1][1].position, SIM_HOME, atol=0.05)
+    start = len(client.applied)
+    for k in range(5):
+        msg = ExecutedCommand(episode_id="ep-next", step_index=k, controller=[1, 1])
+        msg.action = (SIM_HOME + np.float32(0.01) * (k + 1) * (np.arange(14) == 1)).tolist()
+        client.cmd_pub.publish(msg)
+        client.spin_for(PERIOD)
+
+    def ran() -> list[Any]:
+        return [m for _, m in client.applied[start:] if m.episode_id == "ep-next"]
+
+    client.spin_until(lambda: len(ran()) >= 5, 10.0, "the next episode's commands executed")
+    assert [m.step_index for m in ran()] == [0, 1, 2, 3, 4] and not any(m.hold for m in ran())
 
 
 def test_bad_parameters_fail_fast(ros_env: dict[str, str], tmp_path: Path) -> None:

@@ -36,10 +36,14 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 TASK = "transfer_cube"
 SEED = 3  # the driver starts at seed 1; its resets before the two episodes move it to 2, 3
-MAX_STEPS = 600
+# The operator's takeover from step 150 finishes near step 575 (graph, measured); on the
+# loaded machine the graph's once ran past 600, so the limit leaves room.
+MAX_STEPS = 800
 SCRIPT = ((20, 40), (150, -1))
 HANDBACK_TICKS = 25
-LAG = 10  # ticks: the arbiter hears the operator's deadman after transport and scheduling
+# Ticks: the arbiter hears the operator's deadman after transport and scheduling (up to 15
+# measured on the loaded 2-core machine, with two graph test files running at once).
+LAG = 25
 
 
 def timeline(authority: np.ndarray) -> list[tuple[int, int, int]]:

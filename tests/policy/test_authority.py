@@ -190,6 +190,38 @@ def test_heartbeat_alive_by_hand() -> None:
     assert heartbeat_alive(100.0, None, 0, 0.02)  # off
 
 
+def test_episode_starts_when_somebody_can_act_on_the_new_scene() -> None:
+    from habc_policy.core.authority import episode_starts
+
+    def starts(chunk: bool, claiming: bool, acting: bool, waited: float = 0.1) -> bool:
+        return episode_starts(
+            chunk_ready=chunk,
+            claiming=claiming,
+            operator_acting=acting,
+            waited_s=waited,
+            timeout_s=5.0,
+        )
+
+    assert not starts(False, False, False)  # nobody yet: wait
+    assert starts(True, False, False)  # the first chunk, nobody claiming
+    assert starts(False, True, True)  # the operator acts on the new scene
+    assert starts(True, True, True)
+    # A claim without a command of the new scene (held over from the previous one): wait,
+    # even with a chunk there, until the operator acts or lets go.
+    assert not starts(True, True, False)
+    assert not starts(False, True, False)
+    assert starts(False, True, False, waited=5.01)  # the timeout starts it whatever
+    assert starts(False, False, False, waited=5.01)
+
+
+def test_teleop_fresh_by_hand() -> None:
+    arb = AuthorityArbiter(CFG)  # teleop_timeout_s 0.1, 4 action dims
+    assert arb.teleop_fresh(human(1.0, 0.0), 1.0999)
+    assert not arb.teleop_fresh(human(1.0, 0.0), 1.1001)
+    assert not arb.teleop_fresh(None, 1.0)
+    assert not arb.teleop_fresh(TeleopCommand(stamp_s=1.0, action=np.zeros(3, np.float32)), 1.0)
+
+
 def test_lost_heartbeat_holds_policy_arms_at_once_but_not_the_human() -> None:
     from habc_policy.core.authority import HOLD_POLICY_HEARTBEAT
 

@@ -383,22 +383,13 @@ def episode_reader(args: argparse.Namespace):
     return read
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    import torch
+def demos_and_sft(args: argparse.Namespace, say: Any) -> Path | None:
+    """Steps 1-2: ``args.demos`` scripted demonstrations into ``<out>/bags/demos`` and an SFT
+    checkpoint of ``args.sft_steps`` steps on the successful ones (``None``: none succeeded).
+    Bags and checkpoints already there are reused."""
+    from habc_learner.main_job import _trainer, record_episodes
 
-    torch.set_num_threads(args.threads)
-    from habc_learner.graph_job import EpisodeRunner
-    from habc_learner.main_job import _trainer, evaluate, record_episodes
-    from habc_policy.core.checkpoint import load_policy
-
-    t0 = time.monotonic()
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
-    def say(msg: str) -> None:
-        print(f"[habc-bringup-job {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
-
     say(f"{args.demos} scripted demonstrations -> {out}/bags/demos")
     seeds = [args.seed * 10_000 + i for i in range(args.demos)]
     record_episodes(
@@ -413,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     demos = [e for e in demos if e.outcome.value == "success"]
     if not demos:
         say("no successful demonstration: nothing to learn from")
-        return 1
+        return None
     proprio_dim, action_dim = demos[0].proprio_dim, demos[0].action_dim
     policy = vision_policy_config(args, proprio_dim, action_dim) if args.cameras else None
     kind = f"vision ({', '.join(args.cameras)} at {args.image_size}px)" if policy else "state"
@@ -428,6 +419,28 @@ def main(argv: list[str] | None = None) -> int:
         if sft.learner_step < args.sft_steps:
             say(sft.run_round(args.sft_steps - sft.learner_step).line())
         sft_ckpt = sft.save_checkpoint()
+    return sft_ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from habc_learner.graph_job import EpisodeRunner
+    from habc_learner.main_job import evaluate
+    from habc_policy.core.checkpoint import load_policy
+
+    t0 = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        print(f"[habc-bringup-job {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    sft_ckpt = demos_and_sft(args, say)
+    if sft_ckpt is None:
+        return 1
 
     config_dir = write_job_config(args)
     say(f"starting the node graph (config {config_dir}, log {out / 'launch.log'})")
@@ -506,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                 ev.mean_success_length,
             )
         )
-    trace = critic_trace(args, proprio_dim, action_dim)
+    sft_config = load_policy(sft_ckpt).config
+    trace = critic_trace(args, sft_config.proprio_dim, sft_config.action_dim)
     (out / "report.json").write_text(
         json.dumps(
             {

@@ -42,8 +42,11 @@ name                                   type                                 what
 =====================================  ===================================  ===================
 
 Each received command runs at once (one backend step per command: in simulation the physics
-advances exactly one control period per arbiter tick). A control-rate timer holds the arm when
-no command came for ``safety.hold_after_ticks`` ticks. The e-stop works in every lifecycle
+advances exactly one control period per arbiter tick). After ``~/reset_episode`` the commands
+of the episode id seen before it (the arbiter between episodes runs chunks computed on the old
+scene) are ignored, so the arm holds at the reset pose until the next episode's commands
+come. A control-rate timer holds the arm when no command came for ``safety.hold_after_ticks``
+ticks. The e-stop works in every lifecycle
 state and survives deactivate/activate and, through ``estop_latch_file``, a restart of the
 node; only ``~/reset_estop`` clears it.
 
@@ -303,6 +306,11 @@ class DriverNode(LifecycleNode):
         self._frame_watch: dict[str, FrameWatch] = {}
         self._stale_cameras: dict[str, str] = {}
         self._episode_over = ""
+        # After ~/reset_episode: commands of the episode id seen before it (e.g. "", the
+        # arbiter between episodes, running a chunk computed on the old scene) are ignored
+        # (the arm holds on silence) until a command of another, non-empty episode id arrives.
+        self._last_command_episode = ""
+        self._reset_hold: str | None = None
         self._seed = self.params.seed
         self._tick = 0
         self._last_diag_s = 0.0
@@ -531,6 +539,11 @@ class DriverNode(LifecycleNode):
     def _on_command(self, msg: ExecutedCommand) -> None:
         if not self._active or self._safety is None:
             return
+        if self._reset_hold is not None:
+            if msg.episode_id == self._reset_hold or not msg.episode_id:
+                return  # a command for the scene before the reset: hold (on silence)
+            self._reset_hold = None
+        self._last_command_episode = msg.episode_id
         now = self._now_s()
         verdict = self._safety.command(np.asarray(msg.action, dtype=np.float64), now)
         self._execute(verdict, now, msg)
@@ -763,6 +776,7 @@ class DriverNode(LifecycleNode):
             res.success, res.message = False, f"reset failed: {exc}"
             return res
         self._episode_over = ""
+        self._reset_hold = self._last_command_episode
         res.success, res.message = True, f"new episode, seed {self._seed}"
         return res
 

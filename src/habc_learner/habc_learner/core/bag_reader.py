@@ -1,6 +1,8 @@
 """Episode bags (see :mod:`bag_format`) → :class:`Episode` arrays, skipping bad bags.
 
-Control step ``t`` is the ``t``-th ``ExecutedCommand`` (by ``step_index``); its observation is
+Control step ``t`` is the ``t``-th ``ExecutedCommand`` (by ``step_index``); a step the arbiter
+(chunk-level safety step) or the driver clamped, or the driver refused, has authority NONE
+(never labelled, never imitated). Its observation is
 the newest joint state (and privileged env state, in simulation) received at or before that
 command, by the bag's receive timestamps (camera frames too: the newest frame at or before the
 command). Camera images are not decoded while reading: with an
@@ -264,6 +266,8 @@ def read_episode(
     if any(c.shape != (n_arms,) for c in controllers):
         raise BagSkipped(f"executed commands must tag {n_arms} arms each")
     authority = np.stack(controllers)
+    # A row the arbiter's chunk-level safety step clamped is not the policy's choice: nobody's.
+    authority[[bool(msg.clamped) for _t, msg in commands]] = NONE
     actions = np.stack([np.asarray(msg.action, dtype=np.float32) for _t, msg in commands])
     task_success_step = None
     if by_step:

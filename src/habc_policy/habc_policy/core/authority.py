@@ -76,6 +76,31 @@ def heartbeat_alive(now_s: float, last_stamp_s: float | None, ticks: int, period
     return last_stamp_s is not None and now_s - last_stamp_s <= ticks * period_s + 1e-9
 
 
+def episode_starts(
+    *,
+    chunk_ready: bool,
+    claiming: bool,
+    operator_acting: bool,
+    waited_s: float,
+    timeout_s: float,
+) -> bool:
+    """Whether a started episode's clock starts at this tick (its step 0).
+
+    It starts when somebody can act on the episode's scene: the operator, claiming an arm,
+    with a command computed after the start (``operator_acting``: the takeover reaches the arm
+    at step 0); with no arm claimed, a fresh row of a chunk computed after the start
+    (``chunk_ready``); or after ``timeout_s`` of waiting (the arm holds from step 0). A claim
+    without such a command (a deadman held over from before the start, whose last teleop
+    command was computed on the previous scene) waits: the ticks until then hold and belong to
+    no episode, and if the operator lets go, the chunk starts the episode without a hand-back.
+    """
+    if waited_s > timeout_s:
+        return True
+    if claiming:
+        return operator_acting
+    return chunk_ready
+
+
 @dataclass(frozen=True)
 class JoyMapping:
     """Button indices of ``sensor_msgs/Joy.buttons`` (defaults: an Xbox pad under ``joy``).
@@ -199,6 +224,14 @@ class AuthorityArbiter:
     def modes(self) -> tuple[Mode, ...]:
         return tuple(self._modes)
 
+    def policy_dims(self) -> np.ndarray:
+        """Action dimensions of the arms in ``POLICY`` mode (bool ``[d]``): the ones the
+        chunk-level safety step bounds (a hand-back ramps from the operator's action)."""
+        mask = np.zeros(self.config.action_dim, dtype=bool)
+        for (lo, hi), mode in zip(self.config.arm_slices, self._modes):
+            mask[lo:hi] = mode is Mode.POLICY
+        return mask
+
     def reset(self, hold_position: np.ndarray | None = None) -> None:
         """Back to policy control (new episode); ``hold_position`` seeds the hold action."""
         n = len(self.config.arm_slices)
@@ -232,6 +265,16 @@ class AuthorityArbiter:
         requested = self._requested_human(joy, now_s)
         return None if requested is None else tuple(requested)
 
+    def teleop_fresh(self, teleop: TeleopCommand | None, now_s: float) -> bool:
+        """The operator's command can drive a human-held arm at ``now_s``: there is one, at
+        most ``teleop_timeout_s`` old, with the action layout's dimension."""
+        cfg = self.config
+        return (
+            teleop is not None
+            and now_s - teleop.stamp_s <= cfg.teleop_timeout_s
+            and teleop.action.shape == (cfg.action_dim,)
+        )
+
     def _mark(self, joy: JoyState | None, fresh: bool) -> str:
         if joy is None or not fresh:
             return ""
@@ -258,6 +301,7 @@ class AuthorityArbiter:
         estop: bool,
         measured_position: np.ndarray | None = None,
         policy_alive: bool = True,
+        policy_refused: str = "",
     ) -> Decision:
         """Decide the action and authority for the tick at ``now_s``.
 
@@ -269,6 +313,8 @@ class AuthorityArbiter:
             measured_position: current joint positions; the hold action until an action was
                 executed once.
             policy_alive: the policy server's heartbeat is fresh (:func:`heartbeat_alive`).
+            policy_refused: why there is no ``policy_row`` although a chunk is fresh (the
+                chunk-level safety step refused it); the hold reason of policy arms.
         """
         cfg = self.config
         if self._last_action is None and measured_position is not None:
@@ -293,13 +339,9 @@ class AuthorityArbiter:
                     last = self._last_action
                     self._handback_from[i] = None if last is None else last[lo:hi].copy()
 
-        teleop_fresh = (
-            teleop is not None
-            and now_s - teleop.stamp_s <= cfg.teleop_timeout_s
-            and teleop.action.shape == (cfg.action_dim,)
-        )
+        teleop_fresh = self.teleop_fresh(teleop, now_s)
         policy_action = None if policy_row is None else np.asarray(policy_row.action, np.float32)
-        policy_hold = HOLD_POLICY_STALE
+        policy_hold = policy_refused or HOLD_POLICY_STALE
         if not policy_alive:  # a dead server's last chunk never runs out its rows
             policy_action, policy_hold = None, HOLD_POLICY_HEARTBEAT
         pad_silent = cfg.pad_supervision_s > 0 and (

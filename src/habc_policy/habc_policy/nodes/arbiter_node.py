@@ -29,7 +29,11 @@ name                             type                            what
                                                                  ``true`` (a reset) clears
 ``/habc/episode_event`` (sub)    ``habc_msgs/EpisodeEvent``      episode id + step index reset
 ``/habc/executed_command``       ``habc_msgs/ExecutedCommand``   one per tick, with per-arm
-(pub)                                                            authority tags
+(pub)                                                            authority tags; ``clamped`` when
+                                                                 the chunk safety step changed
+                                                                 the policy row
+``/diagnostics`` (pub)           ``diagnostic_msgs/               seam mode, chunk-safety clamps
+                                 DiagnosticArray``               per limit, episode-start waits
 ``/habc/episode_mark`` (pub)     ``habc_msgs/EpisodeEvent``      the operator's mark (END +
                                                                  outcome), for the record
 ``/habc/end_episode`` (client)   ``habc_msgs/EndEpisode``        called on a mark button
@@ -41,17 +45,31 @@ With ``teleop_source: jog`` the operator's action comes from the joystick jog in
 teleop topic, on the kinematics the backend provides (``jog.kinematics``: ``sim_aloha``, the
 scene's MuJoCo model; ``x5``, the X5 SDK's solver and joint limits, the arx default:
 :mod:`arx_x5_driver.core.kinematics`). A pad alone then corrects the real arms.
+
+Chunks run in the ``seam`` mode of :mod:`habc_policy.core.chunking` (``switch`` | ``ensemble`` |
+``rtc``), and every policy row passes the chunk-level safety step
+(:mod:`habc_policy.core.chunk_safety`: jump, velocity, acceleration limits against the last
+executed action) before the authority state machine. An episode's clock starts at the first
+tick with a row of a chunk computed after the episode's start event (``step_index`` 0): the
+ticks before it hold and belong to no episode, so an episode never starts with a hold. The
+operator claiming an arm with a teleop command computed after the start (its header stamp),
+or ``first_chunk_timeout_s`` of waiting, starts it at once; a claim without one (a deadman
+held over from the previous scene) keeps it waiting (:func:`~habc_policy.core.authority.
+episode_starts`). Nothing from before the start drives the arm in the episode: teleop
+commands stamped before it are dropped, and the hold position is the first measurement
+stamped after it.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -66,12 +84,25 @@ from habc_msgs.srv import EndEpisode
 from habc_policy.core.authority import (
     ArbiterConfig,
     AuthorityArbiter,
+    Controller,
     JoyMapping,
     JoyState,
     TeleopCommand,
+    episode_starts,
     heartbeat_alive,
 )
-from habc_policy.core.chunking import Chunk, ChunkScheduler
+from habc_policy.core.chunk_safety import (
+    HOLD_CHUNK_JUMP,
+    ChunkSafety,
+    ChunkSafetyConfig,
+)
+from habc_policy.core.chunking import (
+    DEFAULT_SEAM,
+    SEAM_MODES,
+    Chunk,
+    ChunkScheduler,
+    ScheduledRow,
+)
 from habc_policy.core.jog import EndEffectorJog, JogConfig
 from habc_policy.nodes import declare
 
@@ -129,6 +160,11 @@ class ArbiterParams:
     measured_topic: str = topics.MEASURED_COMMAND
     policy_heartbeat_topic: str = topics.POLICY_HEARTBEAT
     policy_heartbeat_ticks: int = 2
+    seam: str = DEFAULT_SEAM
+    ensemble_decay: float = 0.01
+    first_chunk_timeout_s: float = 5.0
+    chunk_safety: ChunkSafetyConfig | None = None
+    diagnostics_hz: float = 1.0
 
     @classmethod
     def declare(cls, node: Any) -> ArbiterParams:
@@ -199,6 +235,36 @@ class ArbiterParams:
                 d(node, "policy_heartbeat_ticks", 2, "heartbeat silent this many ticks → hold")
             ),
         )
+        n = len(action_names)
+        safety = None
+        if bool(d(node, "chunk_safety.enabled", True, "bound policy rows before the driver")):
+            safety = ChunkSafetyConfig(
+                action_dim=n,
+                max_jump=[float(v) for v in d(node, "chunk_safety.max_jump", [1.0], "rad")],
+                max_velocity=[
+                    float(v) for v in d(node, "chunk_safety.max_velocity", [30.0], "rad/s")
+                ],
+                max_acceleration=[
+                    float(v) for v in d(node, "chunk_safety.max_acceleration", [1250.0], "rad/s^2")
+                ],
+                period_s=1.0 / p.control_hz,
+            )
+        p = replace(
+            p,
+            seam=d(node, "seam", DEFAULT_SEAM, f"chunk seam mode, one of {SEAM_MODES}"),
+            ensemble_decay=float(d(node, "ensemble_decay", 0.01, "ACT ensembling decay m")),
+            first_chunk_timeout_s=float(
+                d(node, "first_chunk_timeout_s", 5.0, "episode starts without a chunk after (s)")
+            ),
+            chunk_safety=safety,
+            diagnostics_hz=float(d(node, "diagnostics_hz", 1.0, "/diagnostics rate (Hz)")),
+        )
+        if p.seam not in SEAM_MODES:
+            raise ValueError(f"seam must be one of {SEAM_MODES}, got {p.seam!r}")
+        if not (math.isfinite(p.first_chunk_timeout_s) and p.first_chunk_timeout_s > 0):
+            raise ValueError(f"first_chunk_timeout_s must be > 0, got {p.first_chunk_timeout_s}")
+        if not (math.isfinite(p.diagnostics_hz) and p.diagnostics_hz > 0):
+            raise ValueError(f"diagnostics_hz must be > 0, got {p.diagnostics_hz}")
         if p.policy_heartbeat_ticks < 0:
             raise ValueError(
                 f"policy_heartbeat_ticks must be >= 0 (0 = off), got {p.policy_heartbeat_ticks}"
@@ -228,13 +294,20 @@ class ArbiterNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self.params = p = ArbiterParams.declare(self)
         self._period = 1.0 / p.control_hz
-        self._scheduler = ChunkScheduler(p.arbiter.action_dim, p.execute_rows)
+        self._scheduler = ChunkScheduler(
+            p.arbiter.action_dim, p.execute_rows, seam=p.seam, ensemble_decay=p.ensemble_decay
+        )
+        self._safety = None if p.chunk_safety is None else ChunkSafety(p.chunk_safety)
+        self._pending: tuple[str, float] | None = None  # (episode id, start) until step 0
+        self._counts = {"clamped_ticks": 0, "refused_ticks": 0, "episodes": 0, "start_waits": 0}
         self._arbiter = AuthorityArbiter(p.arbiter)
         self._chunk_learner_step: dict[tuple[str, int], int] = {}
         self._joy: JoyState | None = None
         self._axes: tuple[float, ...] = ()
         self._teleop: TeleopCommand | None = None
+        self._teleop_after = -math.inf  # teleop stamped before an episode's start
         self._measured: np.ndarray | None = None
+        self._measured_after = -math.inf  # measurements stamped before an episode's start
         self._last_action: np.ndarray | None = None
         self._estop = False
         self._episode_id = ""
@@ -284,10 +357,13 @@ class ArbiterNode(Node):
         self.create_subscription(Bool, p.estop_state_topic, self._on_estop_state, latched)
         self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode_event, 10)
         self._end_client = self.create_client(EndEpisode, p.end_episode_service)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+        self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics)
         self._timer = self.create_timer(self._period, self._on_tick)
         self.get_logger().info(
             f"ticking at {p.control_hz:g} Hz; teleop from {p.teleop_source}; hand-back over "
-            f"{p.arbiter.handback_ticks} ticks"
+            f"{p.arbiter.handback_ticks} ticks; seam {p.seam}; chunk safety "
+            f"{'on' if self._safety else 'off'}"
         )
 
     def _now_s(self) -> float:
@@ -309,7 +385,16 @@ class ArbiterNode(Node):
         except ValueError as exc:
             self.get_logger().warning(f"dropped chunk: {exc}", throttle_duration_sec=1.0)
             return
-        if why := self._scheduler.offer(chunk):
+        now = self._now_s()
+        first = self._scheduler.first_row(chunk, now)
+        if self._safety is not None and not self._safety.admits(first, self._arbiter.policy_dims()):
+            self.get_logger().warning(
+                f"dropped chunk {chunk.seq}: its first row to run is past the jump limit from "
+                "the last executed action (chunk_safety.max_jump); the running chunk runs on",
+                throttle_duration_sec=1.0,
+            )
+            return
+        if why := self._scheduler.offer(chunk, now):
             self.get_logger().warning(f"dropped chunk: {why}", throttle_duration_sec=1.0)
             return
         self._chunk_learner_step = {(chunk.checkpoint_id, chunk.seq): int(msg.learner_step)}
@@ -319,6 +404,14 @@ class ArbiterNode(Node):
         self._axes = tuple(float(a) for a in msg.axes)
 
     def _on_teleop(self, msg: JointState) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp and stamp < self._teleop_after:
+            # Computed on an observation from before the episode's start: the previous scene.
+            self.get_logger().info(
+                "teleop command stamped before the episode's start: ignored",
+                throttle_duration_sec=1.0,
+            )
+            return
         names = self.params.action_names
         pos = np.asarray(msg.position, dtype=np.float32)
         if not msg.name:
@@ -350,6 +443,9 @@ class ArbiterNode(Node):
             )
             return
         q = np.asarray(msg.position, dtype=np.float32)
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp and stamp < self._measured_after:
+            return
         if q.shape == (self.params.arbiter.action_dim,) and np.all(np.isfinite(q)):
             self._measured = q
 
@@ -390,13 +486,28 @@ class ArbiterNode(Node):
 
     def _on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_START:
-            self._episode_id, self._step = msg.episode_id, 0
-            self._arbiter.reset(hold_position=self._measured)
-            self._scheduler.clear()
+            # Step 0 is the first tick with a chunk from after this start (see _on_tick).
+            start = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            self._episode_id, self._step = "", 0
+            self._pending = (msg.episode_id, start if start > 0 else self._now_s())
+            # The hold position is the first measurement stamped after the start: one from
+            # before it may show the arm before the driver reset the scene.
+            self._measured, self._measured_after = None, self._pending[1]
+            # Nothing computed on the previous scene drives the arm in this episode: not the
+            # last executed action (the hold position), not the operator's last command (one
+            # stamped before the start is dropped on arrival, see _on_teleop).
+            self._last_action, self._teleop, self._teleop_after = None, None, self._pending[1]
+            self._arbiter.reset(hold_position=None)
+            self._scheduler.begin_episode(self._pending[1])
+            if self._safety is not None:
+                self._safety.reset(None)
             if self._jog is not None:
                 self._jog.reset(None)
-        elif msg.event == EpisodeEvent.EVENT_END and msg.episode_id == self._episode_id:
-            self._episode_id = ""
+        elif msg.event == EpisodeEvent.EVENT_END:
+            if msg.episode_id == self._episode_id:
+                self._episode_id = ""
+            if self._pending is not None and self._pending[0] == msg.episode_id:
+                self._pending = None
 
     # Tick ---------------------------------------------------------------------------------
     def _jog_command(self, now: float) -> TeleopCommand | None:
@@ -423,7 +534,34 @@ class ArbiterNode(Node):
         self._drain_heartbeats()
         now = self._now_s()
         teleop = self._jog_command(now) if self._jog is not None else self._teleop
-        row = self._scheduler.select(now)
+        if self._pending is None:
+            row = self._scheduler.select(now)
+        else:
+            claimed = self._arbiter.requested_arms(self._joy, now)
+            claiming = claimed is not None and any(claimed)
+            # While an arm is claimed the first chunk is not taken (anchored) yet: it runs
+            # from its row 0 at step 0, whenever the claim lets the episode start.
+            row = None if claiming else self._scheduler.select(now)
+            if episode_starts(
+                chunk_ready=row is not None,
+                claiming=claiming,
+                operator_acting=claiming and self._arbiter.teleop_fresh(teleop, now),
+                waited_s=now - self._pending[1],
+                timeout_s=self.params.first_chunk_timeout_s,
+            ):
+                self._episode_id, self._step = self._pending[0], 0
+                self._pending = None
+                self._counts["episodes"] += 1
+                # Step 0 starts from a clean authority state: a takeover or hand-back ramp
+                # the operator began while the episode waited is not the episode's (an arm
+                # still claimed is the operator's again at this very tick). The hold
+                # position is this scene's (``_last_action`` was cleared at the start).
+                self._arbiter.reset(hold_position=self._last_action)
+                if row is None:
+                    row = self._scheduler.select(now)
+            else:
+                self._counts["start_waits"] += 1
+        row, refused, clamped = self._safe(row)
         decision = self._arbiter.step(
             now,
             joy=self._joy,
@@ -434,6 +572,7 @@ class ArbiterNode(Node):
             policy_alive=heartbeat_alive(
                 now, self._heartbeat_s, self.params.policy_heartbeat_ticks, self._period
             ),
+            policy_refused=refused,
         )
         if not np.all(np.isfinite(decision.action)):
             # No position to hold yet (no joint state): send nothing; the driver holds.
@@ -442,6 +581,14 @@ class ArbiterNode(Node):
             )
             return
         self._last_action = decision.action
+        if self._safety is not None:
+            self._safety.executed(decision.action)
+        ran_policy = any(
+            c in (Controller.POLICY, Controller.HANDBACK) for c in decision.controllers
+        )
+        clamped = clamped and ran_policy
+        self._counts["clamped_ticks"] += int(clamped)
+        self._counts["refused_ticks"] += int(decision.hold_reason == HOLD_CHUNK_JUMP)
         msg = ExecutedCommand()
         sec = math.floor(now)  # the tick time the decision was made for
         msg.header.stamp.sec = int(sec)
@@ -452,6 +599,7 @@ class ArbiterNode(Node):
         msg.action = decision.action.astype(np.float32).tolist()
         msg.hold = decision.hold
         msg.hold_reason = decision.hold_reason
+        msg.clamped = clamped
         msg.checkpoint_id = decision.checkpoint_id
         msg.chunk_seq = decision.chunk_seq
         msg.chunk_row = decision.chunk_row
@@ -462,6 +610,36 @@ class ArbiterNode(Node):
         self._step += 1
         if decision.mark:
             self._mark(decision.mark, msg.header.stamp)
+
+    def _safe(self, row: ScheduledRow | None) -> tuple[ScheduledRow | None, str, bool]:
+        """The chunk-level safety step on the scheduled row: ``(row, refused, clamped)``."""
+        if row is None or self._safety is None:
+            return row, "", False
+        res = self._safety.check(row.action, self._arbiter.policy_dims())
+        if res.action is None:
+            # The chunk is dropped: it never ran, so the next one is not inpainted from it.
+            self._scheduler.clear()
+            self.get_logger().warning(
+                f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit; holding "
+                "until the next chunk",
+                throttle_duration_sec=1.0,
+            )
+            return None, HOLD_CHUNK_JUMP, False
+        return replace(row, action=res.action), "", res.clamped
+
+    def _publish_diagnostics(self) -> None:
+        st = DiagnosticStatus(name=f"{NODE_NAME}: chunks", level=DiagnosticStatus.OK)
+        values = {"seam": self.params.seam, **{k: str(v) for k, v in self._counts.items()}}
+        if self._safety is not None:
+            values.update({f"safety_{k}": str(v) for k, v in self._safety.counts.items()})
+        st.message = (
+            f"seam {self.params.seam}; chunk safety clamped {self._counts['clamped_ticks']} "
+            f"and refused {self._counts['refused_ticks']} ticks"
+        )
+        st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
 
     def _mark(self, mark: str, stamp: Any) -> None:
         if not self._episode_id:

@@ -31,11 +31,13 @@ name                           type                                what
 
 Inference runs in a worker thread, never in a ROS callback; a hot-swap loads in its own
 callback group, so observations keep arriving while a checkpoint is verified. The worker
-starts the next chunk at row :func:`~habc_policy.core.chunking.inference_trigger_row` of the
-current one (``execute_rows`` minus the measured latency in rows minus a margin), from the
-newest observation, so the next chunk arrives before the current one's executable rows run
-out. It never computes from an observation older than ``max_observation_age_s`` (a dead driver
-gives no chunks, and the arbiter then holds).
+starts the next chunk at the trigger row of :class:`~habc_policy.core.chunking.RequestTimer`
+(``execute_rows`` minus the p99 inference latency plus the p99 transport latency of the joint
+states, in rows, minus a margin that grows after a late chunk), from the newest observation,
+so the next chunk arrives before the current one's executable rows run out. An episode's
+start event restarts the schedule: the first chunk of an episode is computed at once from the
+first observation stamped after the start. It never computes from an observation older than
+``max_observation_age_s`` (a dead driver gives no chunks, and the arbiter then holds).
 
 Policies with cameras: the frames must be at most ``max_image_age_s`` old (a frozen or dead
 camera: nothing is published, the arbiter holds) and at most ``max_camera_joint_skew_s`` (one
@@ -77,7 +79,7 @@ from habc_policy.core.checkpoint import (
     latest_checkpoint,
     load_policy,
 )
-from habc_policy.core.chunking import inference_trigger_row
+from habc_policy.core.chunking import RequestTimer
 from habc_policy.core.serving_guard import resolve_under_roots, use_env_state
 from habc_policy.nodes import declare
 
@@ -116,6 +118,7 @@ class ServerParams:
     max_image_age_s: float = 0.2
     follow_episode_prompt: bool = True
     max_camera_joint_skew_s: float = 0.02
+    max_margin_rows: int = 10
 
     @classmethod
     def declare(cls, node: Any) -> ServerParams:
@@ -153,6 +156,9 @@ class ServerParams:
             max_camera_joint_skew_s=float(
                 d(node, "max_camera_joint_skew_s", 0.02, "frames/joints pairing tolerance (s)")
             ),
+            max_margin_rows=int(
+                d(node, "max_margin_rows", 10, "margin rows may grow to this after late chunks")
+            ),
         )
         if p.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {p.backend!r}")
@@ -169,6 +175,10 @@ class ServerParams:
             raise ValueError(f"use_env_state must be one of {USE_ENV_STATE}, got {p.use_env_state}")
         if p.execute_rows < 1 or p.margin_rows < 0 or p.torch_threads < 1:
             raise ValueError("execute_rows >= 1, margin_rows >= 0 and torch_threads >= 1 needed")
+        if p.max_margin_rows < p.margin_rows:
+            raise ValueError(
+                f"max_margin_rows {p.max_margin_rows} must be >= margin_rows {p.margin_rows}"
+            )
         for name in (
             "control_period_s",
             "max_observation_age_s",
@@ -330,7 +340,10 @@ class PolicyServer(Node):
         self._images: dict[str, tuple[float, Image]] = {}  # camera -> (stamp s, newest frame)
         self._prompt = p.prompt
         self._seq = 0
-        self._latencies: deque[float] = deque(maxlen=20)
+        self._timer = RequestTimer(
+            p.execute_rows, p.control_period_s, p.margin_rows, p.max_margin_rows
+        )
+        self._episode_start: float | None = None  # set by a start event, taken by the worker
         self._stop = threading.Event()
         self._pub = self.create_publisher(ActionChunk, TOPIC_ACTION_CHUNK, 10)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
@@ -379,7 +392,9 @@ class PolicyServer(Node):
     # Inputs (executor thread) -------------------------------------------------------------
     def _on_joints(self, msg: JointState) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        transport = self.get_clock().now().nanoseconds * 1e-9 - stamp
         with self._lock:
+            self._timer.add_transport(transport)
             self._joints = (stamp, np.asarray(msg.position, dtype=np.float32))
             self._joint_history.append(self._joints)
 
@@ -394,6 +409,10 @@ class PolicyServer(Node):
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         """The prompt recorded with the episode is the one the policy is given."""
+        if msg.event == EpisodeEvent.EVENT_START:
+            start = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            with self._lock:
+                self._episode_start = start if start > 0 else self._now_s()
         if msg.event == EpisodeEvent.EVENT_START and msg.prompt:
             with self._lock:
                 changed, self._prompt = msg.prompt != self._prompt, msg.prompt
@@ -448,22 +467,27 @@ class PolicyServer(Node):
         return stamp, q, imgs
 
     # Worker -------------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def latency_estimate(self) -> float:
-        """A high quantile of the recent inference latencies (s)."""
-        if not self._latencies:
-            return 0.1
-        return float(np.quantile(np.asarray(self._latencies), 0.9))
+        """q99 of the recent inference latencies plus q99 of the transport latencies (s)."""
+        with self._lock:
+            return self._timer.latency_s
 
     def _run(self) -> None:
         p = self.params
         last_stamp: float | None = None
+        min_stamp = -math.inf  # observations of the running episode only
         last_why = ""
         while not self._stop.is_set():
-            now = self.get_clock().now().nanoseconds * 1e-9
+            now = self._now_s()
+            with self._lock:
+                start, self._episode_start = self._episode_start, None
+                trigger = self._timer.trigger_row()
+            if start is not None:  # a new episode: its first chunk now, from after the start
+                last_stamp, min_stamp = None, start
             if last_stamp is not None:
-                trigger = inference_trigger_row(
-                    p.execute_rows, p.control_period_s, self.latency_estimate(), p.margin_rows
-                )
                 wait = last_stamp + trigger * p.control_period_s - now
                 if wait > 0:
                     self._stop.wait(min(wait, 0.05))
@@ -486,7 +510,7 @@ class PolicyServer(Node):
                 self._stop.wait(0.005)
                 continue
             stamp, proprio, images = obs
-            if last_stamp is not None and stamp <= last_stamp:
+            if stamp < min_stamp or (last_stamp is not None and stamp <= last_stamp):
                 self._stop.wait(0.002)  # no newer observation yet
                 continue
             last_why = ""
@@ -500,12 +524,23 @@ class PolicyServer(Node):
                 )
                 self._stop.wait(0.1)
                 continue
-            self._latencies.append(time.perf_counter() - t0)
+            with self._lock:
+                self._timer.add_inference(time.perf_counter() - t0)
             if not np.all(np.isfinite(chunk)):
                 self.get_logger().error("policy produced non-finite actions: chunk dropped")
                 last_stamp = stamp
                 continue
             self._publish(policy, stamp, chunk)
+            if last_stamp is not None:
+                with self._lock:
+                    late = self._timer.late(self._now_s(), last_stamp)
+                    margin = self._timer.margin
+                if late:
+                    self.get_logger().warning(
+                        f"chunk {self._seq - 1} late for the running chunk's last row: margin "
+                        f"now {margin} rows",
+                        throttle_duration_sec=2.0,
+                    )
             last_stamp = stamp
 
     def _publish(self, policy: LoadedPolicy, stamp: float, chunk: np.ndarray) -> None:

@@ -1,7 +1,12 @@
 """In-process rollouts on a robot backend: policy chunks, scripted takeovers, episode bags.
 
 The same control semantics as the ROS node graph, without ROS: the policy serves chunks of
-``H`` rows computed from the latest observation, ``execute_rows`` of each run open loop; the
+``H`` rows computed from the latest observation, ``execute_rows`` of each run open loop,
+scheduled by the arbiter's own :class:`~habc_policy.core.chunking.ChunkScheduler` (the same
+seam modes, the episode's first chunk from its row 0) and, when given, checked by its
+chunk-level safety step (:mod:`habc_policy.core.chunk_safety`); ``latency_rows`` simulates the
+graph's inference latency (a chunk requested that many rows before the running one runs out,
+from the observation of that tick, becomes available that many ticks later); the
 scripted operator watches every step and, when it takes over, drives the arms it took (steps
 tagged ``HUMAN``) until it hands back. Who controls each arm is decided by the arbiter's own
 state machine (:class:`habc_policy.core.authority.AuthorityArbiter`), fed with the joystick
@@ -40,6 +45,8 @@ class RolloutResult:
     takeovers: int = 0  # takeovers in this episode
     handbacks: int = 0  # of them, handed back to the policy
     suffix_steps: int = 0  # policy steps after the last takeover and its hand-back ramp
+    clamped_steps: int = 0  # steps the chunk safety step clamped
+    hold_steps: int = 0  # steps some arm held (stale policy, refused row)
 
 
 #: Joystick layout the in-process operator "presses" (the arbiter's defaults).
@@ -107,6 +114,10 @@ def run_rollout(
     base_time_ns: int = BASE_TIME_NS,
     handback_ticks: int = 25,
     safety: Any | None = None,
+    seam: str = "rtc",
+    chunk_safety: Any | None = None,
+    latency_rows: int = 0,
+    lead_rows: int | None = None,
 ) -> RolloutResult:
     """Run one episode on a connected ``backend`` until it is done.
 
@@ -124,6 +135,15 @@ def run_rollout(
             every command through, as the driver node does; the bag then also holds the
             driver's applied command of each step (``None``: no safety layer, the benchmark's
             default).
+        seam: the arbiter's seam mode (``habc_policy.core.chunking.SEAM_MODES``; its
+            default, ``DEFAULT_SEAM``).
+        chunk_safety: the arbiter's chunk-level safety step
+            (``habc_policy.core.chunk_safety.ChunkSafetyConfig``; ``None``: off).
+        latency_rows: simulated inference latency in ticks (0: a chunk is computed and used at
+            the tick the running one runs out).
+        lead_rows: request the next chunk when the running one has this many rows left
+            (``None``: ``latency_rows``, so it arrives as the running one runs out); the graph
+            requests earlier (its p99 lead), so its chunks take over sooner.
     """
     if policy is None and operator is None:
         raise ValueError("a rollout needs a policy, an operator, or both")
@@ -131,8 +151,18 @@ def run_rollout(
         operator_from_start = True
     if operator_from_start and operator is None:
         raise ValueError("operator_from_start needs an operator")
+    from dataclasses import replace
+
     from habc_policy.core.authority import HOLD_NON_FINITE, JoyState, TeleopCommand
-    from habc_policy.core.chunking import ScheduledRow
+    from habc_policy.core.chunk_safety import HOLD_CHUNK_JUMP, ChunkSafety
+    from habc_policy.core.chunking import Chunk, ChunkScheduler
+
+    lead = latency_rows if lead_rows is None else lead_rows
+    if not 0 <= latency_rows <= lead < execute_rows:
+        raise ValueError(
+            f"need 0 <= latency_rows {latency_rows} <= lead_rows {lead} < execute_rows "
+            f"{execute_rows}"
+        )
 
     spec = backend.spec
     arm_slices = tuple((name, lo, hi) for name, lo, hi in backend.arm_slices)
@@ -144,6 +174,12 @@ def run_rollout(
         if operator_from_start:
             operator.take_over_now(obs, reason="demonstration")
     arbiter = arbiter_for(arm_slices, handback_ticks)
+    period = spec.control_period
+    scheduler = ChunkScheduler(arm_slices[-1][2], execute_rows, seam=seam)
+    scheduler.begin_episode(-period)
+    guard = None if chunk_safety is None else ChunkSafety(chunk_safety)
+    if guard is not None:
+        guard.reset(backend.hold_position())  # the command space's measured position
     if safety is not None:
         safety.start(obs.joint_positions, 0.0)
 
@@ -153,9 +189,9 @@ def run_rollout(
         writer = bf.EpisodeBagWriter(bag_path, meta).__enter__()
         writer.write_event(base_time_ns, bf.EVENT_START, reason=f"{source}, seed {seed}")
     joint_names = list(spec.joint_names)
-    chunk: np.ndarray | None = None
-    row = 0
+    pending: tuple[int, Chunk] | None = None  # (available at step, chunk)
     chunk_seq = -1
+    clamped_steps = hold_steps = 0
     takeover_step: int | None = None
     checkpoint_id = "" if policy is None else policy.checkpoint_id
     learner_step = -1 if policy is None else int(policy.learner_step)
@@ -172,21 +208,47 @@ def run_rollout(
                 if command.takeover and command.action is not None:
                     takeover, mask = True, tuple(command.mask)
                     human = np.asarray(command.action, dtype=np.float32)
-            policy_row = None
+            policy_row, refused, clamped = None, "", False
             if policy is not None and not (takeover and all(mask)):
-                if chunk is None or row >= execute_rows:
-                    chunk = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
-                    row, chunk_seq = 0, chunk_seq + 1
-                policy_row = ScheduledRow(chunk[row], checkpoint_id, chunk_seq, row)
-                row += 1
-            else:
-                chunk = None  # a fresh chunk when the policy gets an arm back
+                if pending is None and scheduler.rows_left(now_s) <= lead:
+                    actions = _sample(policy, obs, use_env_state, prompt, sample_seed, step)
+                    if not np.all(np.isfinite(actions)):
+                        # Never forward a non-finite command: the arm stays where it is and
+                        # the episode ends as a failure (the graph's server drops such chunks).
+                        nonfinite = True
+                        break
+                    chunk_seq += 1
+                    # Observed just after the previous tick: row 0 is this tick's.
+                    made = Chunk(actions, now_s - 0.5 * period, period, checkpoint_id, chunk_seq)
+                    # As the graph's arbiter waits for an episode's first chunk (the clock
+                    # starts with it), a chunk with none running is there at once.
+                    delay = latency_rows if scheduler.chunk is not None else 0
+                    pending = (step + delay, made)
+                if pending is not None and step >= pending[0]:
+                    first = scheduler.first_row(pending[1], now_s)
+                    if guard is None or guard.admits(first, arbiter.policy_dims()):
+                        scheduler.offer(pending[1], now_s)  # else dropped, as the arbiter does
+                    pending = None
+                policy_row = scheduler.select(now_s)
+                if policy_row is not None and guard is not None:
+                    checked = guard.check(policy_row.action, arbiter.policy_dims())
+                    if checked.action is None:  # dropped, as the arbiter node does
+                        policy_row, refused = None, HOLD_CHUNK_JUMP
+                        scheduler.clear()
+                    else:
+                        policy_row = replace(policy_row, action=checked.action)
+                        clamped = checked.clamped
+            else:  # a fresh chunk, from its row 0, when the policy gets an arm back
+                scheduler.begin_episode(now_s - period)
+                pending = None
             decision = arbiter.step(
                 now_s,
                 joy=JoyState(now_s, joystick_buttons(takeover, mask)),
                 teleop=None if human is None else TeleopCommand(now_s, human),
                 policy_row=policy_row,
                 estop=False,
+                measured_position=backend.hold_position() if step == 0 else None,
+                policy_refused=refused,
             )
             controller = [int(c) for c in decision.controllers]
             if takeover and takeover_step is None:
@@ -198,6 +260,13 @@ def run_rollout(
                 nonfinite = True
                 break
             tags.append(tuple(controller))
+            if guard is not None:
+                guard.executed(action)
+            clamped = clamped and any(
+                c in (bf.CONTROLLER_POLICY, bf.CONTROLLER_HANDBACK) for c in controller
+            )
+            clamped_steps += int(clamped)
+            hold_steps += int(bf.CONTROLLER_NONE in controller)
             if writer is not None:
                 write_observation(writer, t_ns, obs, joint_names)
                 writer.write_command(
@@ -210,6 +279,7 @@ def run_rollout(
                     chunk_seq=decision.chunk_seq,
                     chunk_row=decision.chunk_row,
                     learner_step=learner_step if decision.checkpoint_id else -1,
+                    clamped=clamped,
                 )
             if safety is None:
                 backend.command(action)
@@ -249,6 +319,8 @@ def run_rollout(
         takeovers=0 if operator is None else operator.takeovers,
         handbacks=0 if operator is None else len(operator.release_steps),
         suffix_steps=suffix_steps(tags),
+        clamped_steps=clamped_steps,
+        hold_steps=hold_steps,
     )
 
 

@@ -101,7 +101,10 @@ class ScriptedOperatorNode(Node):
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
         self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
-        self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10)
+        self._episode_sub = self.create_subscription(
+            EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10
+        )
+        self._obs_after = 0.0  # joint states stamped before the episode's start: not its scene
         self.create_timer(1.0 / joy_hz, self._publish_joy)
         self.get_logger().info(
             f"operator for {self._task}: intervention rate {config.intervention_rate}, forced "
@@ -159,7 +162,22 @@ class ScriptedOperatorNode(Node):
     def _on_episode(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_START:
             self._events_seen = True
+            self._obs_after = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            self._env = None  # the next one, received after the start
             self._new_episode()
+
+    def _drain_episode_events(self) -> None:
+        """Take every episode event already delivered before acting on an observation: the
+        executor may hand this node the new scene's joint states before the start event that
+        came with them, and the operator must not act on the new scene with the previous
+        episode's takeover (its command would be computed from the previous scene's plan)."""
+        sub = self._episode_sub
+        try:
+            with sub.handle:
+                while (taken := sub.handle.take_message(EpisodeEvent, False)) is not None:
+                    self._on_episode(taken[0])
+        except Exception as exc:  # an rclpy without take_message: the callback still runs
+            self.get_logger().debug(f"episode event drain unavailable: {exc}")
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -190,9 +208,12 @@ class ScriptedOperatorNode(Node):
         self._set_holding(False)
 
     def _on_joints(self, msg: JointState) -> None:
+        self._drain_episode_events()
         if self._env is None or self._marked:
             return
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp and stamp < self._obs_after:
+            return  # from before the episode's start: maybe the previous scene
         obs = Observation(
             joint_positions=np.asarray(msg.position, dtype=np.float64),
             joint_velocities=np.asarray(msg.velocity, dtype=np.float64),
