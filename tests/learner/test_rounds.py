@@ -172,3 +172,35 @@ def test_round_record_round_trips_through_json(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(TypeError, match="not JSON serializable: object"):
         write_json_atomic(tmp_path / "bad.json", {"x": object()})
+
+
+def test_bringup_job_rows_pair_each_round_with_the_checkpoint_that_drove_it() -> None:
+    """The bringup job's report: round k's graph figures beside the evaluation of the
+    checkpoint that drove round k (SFT for round 1, round k−1's for the others), then the
+    final checkpoint's row."""
+    from habc_learner.bringup_job import round_results
+    from habc_learner.main_job import StageResult
+
+    def record(k: int, serving: str, step: int, rate: float) -> RoundRecord:
+        collect = {"checkpoint_id": f"c{k}", "episodes": 4, "success": k, "autonomous_success": 1}
+        collect |= {"takeovers": 2, "aborted": 0}
+        return RoundRecord(
+            round=k,
+            checkpoint=Path(f"/ckpt/{serving}"),
+            learner_step=step,
+            collect=collect,
+            learn={"serving": serving},
+            evaluate={"success_rate": rate, "mean_success_length": 100.0 + k},
+            wall_s={},
+        )
+
+    sft = StageResult("r1", "c1", 30, 0.5, 90.0, 10)
+    rows = round_results([record(1, "c2", 35, 0.6), record(2, "c3", 40, 0.7)], sft)
+    assert [(r.round, r.checkpoint_id, r.learner_step) for r in rows] == [
+        (1, "c1", 30),
+        (2, "c2", 35),
+        (3, "c3", 40),
+    ]
+    assert [r.eval_success_rate for r in rows] == [0.5, 0.6, 0.7]
+    assert [r.eval_mean_length for r in rows] == [90.0, 101.0, 102.0]
+    assert [r.success for r in rows] == [1, 2, 0] and rows[-1].episodes == 0  # the final row

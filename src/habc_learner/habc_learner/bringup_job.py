@@ -41,6 +41,13 @@ from habc_learner.core.bag_reader import read_episode, read_episodes
 from habc_learner.core.episode import AUTHORITY_NAMES, HANDBACK, HUMAN, POLICY
 from habc_learner.core.labeling import segment_controllers
 from habc_learner.core.replay import ReplayStore
+from habc_learner.core.rounds import (
+    Collected,
+    JsonRoundRecords,
+    Learned,
+    RoundEngine,
+    RoundRecord,
+)
 from habc_learner.core.trainer import TrainerConfig
 from habc_learner.protocol import fmt_rate
 
@@ -383,6 +390,126 @@ def episode_reader(args: argparse.Namespace):
     return read
 
 
+class GraphRounds:
+    """The bringup job's online rounds as the phases of a
+    :class:`~habc_learner.core.rounds.RoundEngine`: the node graph collects (``--episodes``
+    episodes of the checkpoint the policy server serves, the scripted operator taking over),
+    the learner node learns (the job waits for the checkpoint it announces and the server
+    hot-swaps), and the new checkpoint is evaluated in-process on held-out poses."""
+
+    def __init__(self, args: argparse.Namespace, graph: Any, runner: Any, say: Any) -> None:
+        self.args = args
+        self.graph = graph
+        self.runner = runner
+        self.say = say
+        self.serving = runner.serving  # the checkpoint id driving the current round
+
+    def collect(self, k: int, policy: Path) -> Collected:
+        args = self.args
+        outcomes = []
+        for i in range(args.episodes):
+            self.graph.check()
+            o = self.runner.run_episode(args.task)
+            took = _took_over(args.out / "bags" / "rollouts" / o.episode_id)
+            outcomes.append((o, took))
+            self.say(
+                f"round {k} episode {i + 1}/{args.episodes}: {o.outcome}"
+                f"{' after a takeover' if took else ''} ({o.seconds:.1f} s)"
+            )
+        return Collected(
+            {
+                "checkpoint_id": self.serving,
+                "episodes": len(outcomes),
+                "success": sum(o.outcome == "success" for o, _ in outcomes),
+                "autonomous_success": sum(o.outcome == "success" and not t for o, t in outcomes),
+                "takeovers": sum(t for _, t in outcomes),
+                "aborted": sum(o.outcome == "aborted" for o, _ in outcomes),
+            }
+        )
+
+    def learn(self, k: int, start: Path, collected: Collected) -> Learned:
+        from habc_policy.core.checkpoint import load_policy
+
+        self.say(
+            f"round {k}: waiting for the learner's checkpoint (round of "
+            f"{self.args.round_steps} steps)"
+        )
+        new = self.runner.wait_serving(self.serving, timeout_s=self.args.round_timeout)
+        self.serving = new
+        ckpt = _checkpoint_for(self.args.out / "learner", new)
+        if ckpt is None:
+            return Learned(Path(), -1, {"serving": new})
+        return Learned(ckpt, load_policy(ckpt).learner_step, {"serving": new})
+
+    def evaluate(self, k: int, checkpoint: Path) -> dict[str, Any]:
+        from habc_learner.main_job import evaluate
+
+        if not checkpoint.name:  # the served checkpoint is not on this machine
+            return {"success_rate": float("nan"), "mean_success_length": float("nan")}
+        stage = f"r{k + 1}" if k < self.args.rounds else "final"
+        return asdict(evaluate(self.args, checkpoint, stage))
+
+    def said(self, record: RoundRecord, reused: bool) -> None:
+        c = record.collect
+        rate = record.evaluate["success_rate"]
+        n = self.args.eval_episodes
+        self.say(
+            f"round {record.round} ({c['checkpoint_id']}): {c['success']}/{c['episodes']} "
+            f"successes, {c['autonomous_success']} without takeover, {c['takeovers']} "
+            f"takeovers; now serving {record.learn['serving']} (step {record.learner_step}), "
+            f"held-out eval {fmt_rate(round(rate * n), n) if rate == rate else 'n/a'}"
+        )
+
+
+class GraphRoundRecords(JsonRoundRecords):
+    """One record per round in ``<out>/rounds``, never reused: a round of the graph cannot be
+    resumed from its record (the learner node and the policy server keep their own state)."""
+
+    def load(self, round_index: int) -> RoundRecord | None:
+        return None
+
+
+def round_results(records: list[RoundRecord], sft_eval: Any) -> list[RoundResult]:
+    """The report's rows: round k with the evaluation of the checkpoint that drove it (the
+    SFT one for round 1, round k−1's for the others), then the final checkpoint's row."""
+    rows = []
+    driver_eval, driver_step = asdict(sft_eval), sft_eval.learner_step
+    for rec in records:
+        c = rec.collect
+        rows.append(
+            RoundResult(
+                round=rec.round,
+                checkpoint_id=c["checkpoint_id"],
+                learner_step=driver_step,
+                episodes=c["episodes"],
+                success=c["success"],
+                autonomous_success=c["autonomous_success"],
+                takeovers=c["takeovers"],
+                aborted=c["aborted"],
+                eval_success_rate=driver_eval["success_rate"],
+                eval_mean_length=driver_eval["mean_success_length"],
+            )
+        )
+        driver_eval, driver_step = rec.evaluate, rec.learner_step
+    if records and records[-1].checkpoint.name:
+        last = records[-1]
+        rows.append(
+            RoundResult(
+                last.round + 1,
+                last.learn["serving"],
+                last.learner_step,
+                0,
+                0,
+                0,
+                0,
+                0,
+                last.evaluate["success_rate"],
+                last.evaluate["mean_success_length"],
+            )
+        )
+    return rows
+
+
 def demos_and_sft(args: argparse.Namespace, say: Any) -> Path | None:
     """Steps 1-2: ``args.demos`` scripted demonstrations into ``<out>/bags/demos`` and an SFT
     checkpoint of ``args.sft_steps`` steps on the successful ones (``None``: none succeeded).
@@ -443,82 +570,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     config_dir = write_job_config(args)
+    sft_eval = evaluate(args, sft_ckpt, "r1")  # round 1's policy, before the graph loads the CPU
+    say(f"SFT checkpoint: held-out eval {sft_eval.rate_text()} (95 % interval)")
     say(f"starting the node graph (config {config_dir}, log {out / 'launch.log'})")
     graph = Graph(args, config_dir, sft_ckpt)
-    rounds: list[RoundResult] = []
     runner = None
     try:
         runner = EpisodeRunner(timeout_s=60.0)
         runner.wait_ready(timeout_s=180.0)
-        serving = runner.serving
-        say(f"graph up; policy server serves {serving} (SFT)")
-        for k in range(1, args.rounds + 1):
-            outcomes = []
-            for i in range(args.episodes):
-                graph.check()
-                o = runner.run_episode(args.task)
-                took = _took_over(out / "bags" / "rollouts" / o.episode_id)
-                outcomes.append((o, took))
-                say(
-                    f"round {k} episode {i + 1}/{args.episodes}: {o.outcome}"
-                    f"{' after a takeover' if took else ''} ({o.seconds:.1f} s)"
-                )
-            say(
-                f"round {k}: waiting for the learner's checkpoint (round of "
-                f"{args.round_steps} steps)"
-            )
-            new = runner.wait_serving(serving, timeout_s=args.round_timeout)
-            ckpt = _checkpoint_for(out, serving)
-            policy = load_policy(ckpt) if ckpt else None
-            ev = evaluate(args, ckpt, f"r{k}") if ckpt else None
-            rounds.append(
-                RoundResult(
-                    round=k,
-                    checkpoint_id=serving,
-                    learner_step=policy.learner_step if policy else -1,
-                    episodes=len(outcomes),
-                    success=sum(o.outcome == "success" for o, _ in outcomes),
-                    autonomous_success=sum(o.outcome == "success" and not t for o, t in outcomes),
-                    takeovers=sum(t for _, t in outcomes),
-                    aborted=sum(o.outcome == "aborted" for o, _ in outcomes),
-                    eval_success_rate=ev.success_rate if ev else float("nan"),
-                    eval_mean_length=ev.mean_success_length if ev else float("nan"),
-                )
-            )
-            r = rounds[-1]
-            say(
-                f"round {k} ({r.checkpoint_id}, step {r.learner_step}): {r.success}/{r.episodes} "
-                f"successes, {r.autonomous_success} without takeover, {r.takeovers} takeovers; "
-                f"held-out eval {_eval_text(r, args.eval_episodes)} (95 % interval); "
-                f"now serving {new}"
-            )
-            serving = new
+        say(f"graph up; policy server serves {runner.serving} (SFT)")
+        phases = GraphRounds(args, graph, runner, say)
+        outcome = RoundEngine(
+            phases.collect,
+            phases.learn,
+            phases.evaluate,
+            GraphRoundRecords(out / "rounds", {"args": vars(args)}),
+            on_round=phases.said,
+        ).run(range(1, args.rounds + 1), sft_ckpt)
     finally:
         if runner is not None:
             runner.close()
         graph.stop()
-
-    final = _checkpoint_for(out / "learner", serving)
-    if final is not None:
-        ev = evaluate(args, final, "final")
-        say(
-            f"final checkpoint {serving}: held-out eval "
-            f"{fmt_rate(round(ev.success_rate * args.eval_episodes), args.eval_episodes)}"
-        )
-        rounds.append(
-            RoundResult(
-                args.rounds + 1,
-                serving,
-                load_policy(final).learner_step,
-                0,
-                0,
-                0,
-                0,
-                0,
-                ev.success_rate,
-                ev.mean_success_length,
-            )
-        )
+    if outcome.failure is not None:
+        raise outcome.failure.exception
+    rounds = round_results(outcome.records, sft_eval)
     sft_config = load_policy(sft_ckpt).config
     trace = critic_trace(args, sft_config.proprio_dim, sft_config.action_dim)
     (out / "report.json").write_text(

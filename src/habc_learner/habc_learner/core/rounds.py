@@ -19,8 +19,9 @@ next round), so a job started again after a crash resumes at the first round wit
 A round that raises is handed to ``records.fail`` and ends the run; the rounds before it keep
 their records (:attr:`RoundsOutcome.failure` says which round failed and why).
 
-Users: :mod:`habc_learner.main_job` (one method, bags per round under ``--out``) and the
-protocol's online rounds (:mod:`habc_learner.protocol.run`, one engine per method and step).
+Users: :mod:`habc_learner.main_job` (one method, bags per round under ``--out``), the
+protocol's online rounds (:mod:`habc_learner.protocol.run`, one engine per method and step) and
+:mod:`habc_learner.bringup_job` (the node graph collects, the learner node learns).
 """
 
 from __future__ import annotations
