@@ -293,10 +293,9 @@ def run_in_process(
     schedule: tuple[int, int] = (0, 0),
     tag: str = "",
 ) -> Figures:
-    from habc_sim.core.rollouts import run_rollout
-
     from arx_x5_driver.core.factory import make_backend
     from habc_policy.core.checkpoint import load_policy
+    from habc_sim.core.rollouts import run_rollout
 
     policy = load_policy(ckpt)
     limits = chunk_safety_config(args.out / f"graph_{mode}" / "config")

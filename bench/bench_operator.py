@@ -53,12 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from habc_sim.core.operator import OperatorConfig, ScriptedOperator
-    from habc_sim.core.rollouts import run_rollout
-
     from arx_x5_driver.core.factory import make_backend
     from habc_learner.protocol import backend_of
     from habc_policy.core.checkpoint import load_policy
+    from habc_sim.core.operator import OperatorConfig, ScriptedOperator
+    from habc_sim.core.rollouts import run_rollout
 
     backend = backend_of(args.task)
     policy = load_policy(args.checkpoint)

@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT / "src" / "arx_x5_driver"))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
-from habc_sim.core.expert import AlohaExpert, MetaWorldExpert  # noqa: E402
 
 from arx_x5_driver.core.factory import make_backend  # noqa: E402
+from habc_sim.core.expert import AlohaExpert, MetaWorldExpert  # noqa: E402
 
 CAMERAS = ("top", "left_wrist", "right_wrist")
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from habc_sim.core.rollouts import run_rollout
 
 from habc_learner.core.bag_reader import read_episode
 from habc_learner.core.episode import HUMAN, NONE, POLICY, Outcome
 from habc_learner.core.labeling import LabelingConfig, Source, label_episode
+from habc_sim.core.rollouts import run_rollout
 
 pytestmark = pytest.mark.sim
 

@@ -97,12 +97,11 @@ def check_labels(ep: Any) -> dict[str, Any]:
 def in_process(checkpoint: Path) -> Any:
     """The benchmark's rollout, through the driver's safety layer with the values the driver
     node runs with (config/driver.yaml: 30 rad/s joints, 10/s grippers, clamp)."""
-    from habc_sim.core.operator import OperatorConfig, ScriptedOperator
-    from habc_sim.core.rollouts import run_rollout
-
     from arx_x5_driver.core.factory import make_backend
     from arx_x5_driver.core.safety import SafetyConfig, SafetyLayer, uniform_velocity
     from habc_policy.core.checkpoint import load_policy
+    from habc_sim.core.operator import OperatorConfig, ScriptedOperator
+    from habc_sim.core.rollouts import run_rollout
 
     operator = ScriptedOperator.for_backend(
         "sim", TASK, OperatorConfig(intervention_rate=0.0, script=SCRIPT)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from habc_sim.core.expert import AlohaExpert, ExpertConfig
 
 from arx_x5_driver.core.ik import ArmIk
 from arx_x5_driver.core.sim_aloha import SimAlohaBackend
+from habc_sim.core.expert import AlohaExpert, ExpertConfig
 
 
 def run_expert(robot: SimAlohaBackend, expert: AlohaExpert, seed: int) -> bool:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from habc_sim.core.expert import MetaWorldExpert
-from habc_sim.core.operator import ScriptedOperator
 
 from arx_x5_driver.core.config import MetaWorldConfig
 from arx_x5_driver.core.factory import make_backend
+from habc_sim.core.expert import MetaWorldExpert
+from habc_sim.core.operator import ScriptedOperator
 
 
 @pytest.mark.sim

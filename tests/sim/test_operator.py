@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from arx_x5_driver.core.sim_aloha import SimAlohaBackend
 from habc_sim.core.expert import AlohaExpert, ExpertConfig, SceneState, scene_recoverable
 from habc_sim.core.operator import (
     Milestone,
@@ -15,8 +17,6 @@ from habc_sim.core.operator import (
     mask_to_array,
     segment_distance,
 )
-
-from arx_x5_driver.core.sim_aloha import SimAlohaBackend
 
 
 def perturb(robot: SimAlohaBackend, seed: int, steps: int = 100) -> None:

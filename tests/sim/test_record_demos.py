@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from habc_sim.record_demos import main
 from rosbags.highlevel import AnyReader
 
 from habc_common import bag_format as bf
+from habc_sim.record_demos import main
 
 
 def _read(bag: Path) -> tuple[dict[str, int], dict[str, list]]:

@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from habc_common.bag_format import read_custom_data
-from habc_sim.core.rollouts import RolloutResult, run_rollout
 
+from habc_common.bag_format import read_custom_data
 from habc_learner.core.bag_reader import read_episodes
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.rounds import Collected, JsonRoundRecords, Learned, RoundEngine, RoundRecord
 from habc_learner.core.trainer import Trainer, TrainerConfig
+from habc_sim.core.rollouts import RolloutResult, run_rollout
 
 LOG = logging.getLogger("habc.main")
 EVAL_SEED_BASE = 1_000_000  # evaluation object poses never overlap training seeds
@@ -147,10 +147,9 @@ def record_episodes(
     simulated robot, action noise σ on Meta-World): demonstrations of graded quality.
     ``max_steps``: the episodes' step limit (``None``: the backend's own).
     """
+    from arx_x5_driver.core.factory import make_backend
     from habc_sim.core.expert import make_expert
     from habc_sim.core.operator import OperatorConfig, ScriptedOperator
-
-    from arx_x5_driver.core.factory import make_backend
 
     folder.mkdir(parents=True, exist_ok=True)
     arms = ("left", "right") if args.backend == "sim" else ("arm",)

@@ -228,10 +228,9 @@ class SeedRun:
     def evaluate(self, checkpoint: Path, seeds: Sequence[int] | None = None) -> dict[str, Any]:
         """Success and length over the fresh evaluation poses (or ``seeds``), no takeovers, no
         bags; ``episodes`` holds [success, steps, failure] per pose in pose order."""
-        from habc_sim.core.rollouts import run_rollout
-
         from arx_x5_driver.core.factory import make_backend
         from habc_policy.core.checkpoint import load_policy
+        from habc_sim.core.rollouts import run_rollout
 
         policy = load_policy(checkpoint)
         episodes = []
