@@ -98,7 +98,10 @@ class ScriptedOperatorNode(Node):
         self._teleop_pub = self.create_publisher(
             JointState, d(self, "teleop_topic", topics.TELEOP_COMMAND, "teleop topic"), 10
         )
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        # One observation per driver step: the queue holds 2 s of them, so an operator starved
+        # of CPU for a moment catches up instead of losing steps (its step count, which scripted
+        # takeovers are timed by, stays the driver's).
+        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 100)
         self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
         self._episode_sub = self.create_subscription(
