@@ -24,25 +24,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from arx_x5_driver.core.robot import bimanual_action_names
 from tests.nodes.conftest import SIM_HOME, NodeProcess, RosClient
 
 pytestmark = [pytest.mark.ros]
 
 PERIOD = 0.02
 DEADMAN = 4  # config/arbiter.yaml joy.deadman
-NAMES = [
-    f"{arm}_{j}"
-    for arm in ("left", "right")
-    for j in (
-        "waist",
-        "shoulder",
-        "elbow",
-        "forearm_roll",
-        "wrist_angle",
-        "wrist_rotate",
-        "gripper",
-    )
-]
+NAMES = list(bimanual_action_names())  # the simulated arms' layout, as the arbiter's default
 OLD_Q = SIM_HOME + np.float32(0.3)  # the previous scene's arm
 OLD_TELEOP = SIM_HOME + np.float32(0.5)  # the operator's command computed on it
 NEW_TELEOP = SIM_HOME + np.float32(0.05)  # the operator's command computed on the new scene

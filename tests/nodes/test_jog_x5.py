@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,43 +35,58 @@ Q_RIGHT = np.array([-0.2, 0.5, 1.0, 0.0, 0.1, -0.3])
 DEADMAN, STICK_X = 4, 1  # config/arbiter.yaml: joy.deadman, joy.jog_axes[0]
 
 
+START = np.concatenate([Q_LEFT, [0.5], Q_RIGHT, [0.5]])
+
+
+class PadRig:
+    """The arbiter on the shipped arx config, the driver's hold position (50 Hz, named as the
+    X5's joints) and the operator's pad (the joy node's 20 Hz), all played by the test."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        from sensor_msgs.msg import JointState, Joy
+
+        from arx_x5_driver.core.robot import X5_JOINTS, bimanual_action_names
+        from habc_msgs.msg import ExecutedCommand
+
+        self.arbiter = NodeProcess(
+            "arbiter_node", env, log_dir, extra_params_files=("arbiter_arx.yaml",)
+        )
+        self.client = c = RosClient(name)
+        self.pad = {"deadman": False, "x": 0.0}
+        self.commands = c.record(ExecutedCommand, topics.EXECUTED_COMMAND, 200)
+        names = list(bimanual_action_names(("left", "right"), X5_JOINTS))
+        measured = c.node.create_publisher(JointState, topics.MEASURED_COMMAND, 10)
+        joy = c.node.create_publisher(Joy, topics.JOY, 10)
+        ticks = [0]
+
+        def feed() -> None:
+            measured.publish(JointState(name=names, position=START.tolist()))
+            ticks[0] += 1
+            if ticks[0] % 2 == 0:
+                buttons, axes = [0] * 8, [0.0] * 6
+                buttons[DEADMAN], axes[STICK_X] = int(self.pad["deadman"]), self.pad["x"]
+                joy.publish(Joy(axes=axes, buttons=buttons))
+
+        c.node.create_timer(0.02, feed)
+
+    def close(self) -> None:
+        self.client.close()
+        self.arbiter.stop()
+
+
 def test_pad_jog_moves_the_x5_arm_along_the_stick(ros_env: dict[str, str], tmp_path: Path) -> None:
-    from sensor_msgs.msg import JointState, Joy
-
-    from arx_x5_driver.core.robot import X5_JOINTS, bimanual_action_names
-    from habc_msgs.msg import ExecutedCommand
-
     sdk_dir = tmp_path / "sdk"
     sdk_dir.mkdir()
     (sdk_dir / "arx5_interface.py").write_text(FAKE_SDK)
     env = dict(ros_env, PYTHONPATH=f"{sdk_dir}{os.pathsep}{ros_env.get('PYTHONPATH', '')}")
-    arbiter = NodeProcess("arbiter_node", env, tmp_path, extra_params_files=("arbiter_arx.yaml",))
-    client = RosClient("jog_x5_pad")
+    rig = PadRig(env, tmp_path, "jog_x5_pad")
     try:
-        names = list(bimanual_action_names(("left", "right"), X5_JOINTS))
-        start = np.concatenate([Q_LEFT, [0.5], Q_RIGHT, [0.5]])
-        commands = client.record(ExecutedCommand, topics.EXECUTED_COMMAND, 200)
-        measured = client.node.create_publisher(JointState, topics.MEASURED_COMMAND, 10)
-        joy = client.node.create_publisher(Joy, topics.JOY, 10)
-        pad = {"deadman": False, "x": 0.0}
-
-        def feed() -> None:  # the driver's hold position (50 Hz) and the pad (its 20 Hz)
-            measured.publish(JointState(name=names, position=start.tolist()))
-            feed.n += 1
-            if feed.n % 2 == 0:
-                buttons = [0] * 8
-                buttons[DEADMAN] = int(pad["deadman"])
-                axes = [0.0] * 6
-                axes[STICK_X] = pad["x"]
-                joy.publish(Joy(axes=axes, buttons=buttons))
-
-        feed.n = 0
-        client.node.create_timer(0.02, feed)
+        arbiter, client, commands = rig.arbiter, rig.client, rig.commands
         client.spin_until(lambda: len(commands) > 10, 60.0, arbiter.log)
         assert "joystick jog on x5 kinematics" in arbiter.log()
-        pad.update(deadman=True, x=1.0)  # take both arms, full stick forward (+x)
+        rig.pad.update(deadman=True, x=1.0)  # take both arms, full stick forward (+x)
 
-        def human() -> list[ExecutedCommand]:
+        def human() -> list[Any]:
             return [m for _, m in commands if list(m.controller) == [2, 2]]
 
         client.spin_until(lambda: len(human()) > 50, 60.0, lambda: arbiter.log()[-2000:])
@@ -86,8 +102,7 @@ def test_pad_jog_moves_the_x5_arm_along_the_stick(ros_env: dict[str, str], tmp_p
         right = fake_fk(last[7:13])[:3] - fake_fk(first[7:13])[:3]
         assert right[0] == pytest.approx(moved[0], rel=0.15)
     finally:
-        client.close()
-        arbiter.stop()
+        rig.close()
 
 
 def test_without_the_sdk_the_arbiter_runs_and_a_pad_takeover_holds(
@@ -95,37 +110,16 @@ def test_without_the_sdk_the_arbiter_runs_and_a_pad_takeover_holds(
 ) -> None:
     """No X5 SDK on this machine: the arbiter says so and runs; a takeover without a teleop
     device holds the arm (NONE, at the hold position), it never moves."""
-    from sensor_msgs.msg import JointState, Joy
-
-    from arx_x5_driver.core.robot import X5_JOINTS, bimanual_action_names
-    from habc_msgs.msg import ExecutedCommand
-
-    env = dict(ros_env)
-    arbiter = NodeProcess("arbiter_node", env, tmp_path, extra_params_files=("arbiter_arx.yaml",))
-    client = RosClient("jog_x5_no_sdk")
+    rig = PadRig(dict(ros_env), tmp_path, "jog_x5_no_sdk")
+    rig.pad.update(deadman=True, x=1.0)
     try:
-        names = list(bimanual_action_names(("left", "right"), X5_JOINTS))
-        start = np.concatenate([Q_LEFT, [0.5], Q_RIGHT, [0.5]])
-        commands = client.record(ExecutedCommand, topics.EXECUTED_COMMAND, 200)
-        measured = client.node.create_publisher(JointState, topics.MEASURED_COMMAND, 10)
-        joy = client.node.create_publisher(Joy, topics.JOY, 10)
-        buttons = [0] * 8
-        buttons[DEADMAN] = 1
-        axes = [0.0] * 6
-        axes[STICK_X] = 1.0
-
-        def feed() -> None:
-            measured.publish(JointState(name=names, position=start.tolist()))
-            joy.publish(Joy(axes=axes, buttons=buttons))
-
-        client.node.create_timer(0.02, feed)
+        arbiter, client, commands = rig.arbiter, rig.client, rig.commands
         client.spin_until(lambda: len(commands) > 60, 60.0, lambda: arbiter.log()[-2000:])
         assert arbiter.alive()
         assert "joystick jog unavailable" in arbiter.log() and "arx5_interface" in arbiter.log()
         late = [m for _, m in commands[-30:]]
         assert all(list(m.controller) == [0, 0] for m in late), [m.hold_reason for m in late]
         for m in late:
-            np.testing.assert_allclose(m.action, start, atol=1e-6)
+            np.testing.assert_allclose(m.action, START, atol=1e-6)
     finally:
-        client.close()
-        arbiter.stop()
+        rig.close()

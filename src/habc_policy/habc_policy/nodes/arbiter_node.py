@@ -78,6 +78,7 @@ from std_msgs.msg import Bool, Header
 
 from arx_x5_driver.core.kinematics import JOG_KINEMATICS as KINEMATICS
 from arx_x5_driver.core.kinematics import ArmKinematics, jog_kinematics
+from arx_x5_driver.core.robot import bimanual_action_names
 from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
@@ -116,19 +117,7 @@ TOPIC_EXECUTED = topics.EXECUTED_COMMAND
 TOPIC_MARK = topics.EPISODE_MARK
 TELEOP_SOURCES = ("topic", "jog")
 JOG_KINEMATICS = tuple(KINEMATICS)  # every backend provides its arms' kinematics
-DEFAULT_ACTION_NAMES = ",".join(
-    f"{arm}_{j}"
-    for arm in ("left", "right")
-    for j in (
-        "waist",
-        "shoulder",
-        "elbow",
-        "forearm_roll",
-        "wrist_angle",
-        "wrist_rotate",
-        "gripper",
-    )
-)
+DEFAULT_ACTION_NAMES = ",".join(bimanual_action_names())  # the simulated arms' layout
 
 
 def _names(text: str) -> tuple[str, ...]:
