@@ -99,16 +99,9 @@ from habc_common import topics
 from habc_msgs.msg import ExecutedCommand
 
 NODE_NAME = topics.DRIVER_NODE
-TOPIC_COMMAND = topics.EXECUTED_COMMAND
-TOPIC_JOINT_STATES = topics.JOINT_STATES
-TOPIC_ENV_STATE = topics.ENV_STATE
-TOPIC_ESTOP = topics.ESTOP
 BACKENDS = ("sim", "arx")
 IMAGE_RELIABILITY = ("reliable", "best_effort")
 REASON_FAULT = "backend_fault"
-#: ``applied_command.hold_reason`` of a command that came after the episode ended (simulation).
-HOLD_EPISODE_OVER = topics.HOLD_EPISODE_OVER
-camera_topic = topics.camera_topic
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -334,8 +327,8 @@ class DriverNode(LifecycleNode):
             self.get_logger().warning("estop_latch_file is '': the e-stop latch is not persisted")
         # /estop: a volatile subscription hears every publisher; a transient-local one also
         # gets an e-stop published (transient-local) while this node was down.
-        self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop_msg, 10)
-        self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop_msg, latched)
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop_msg, 10)
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop_msg, latched)
         self.create_service(Trigger, "~/estop", self._on_estop_srv)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
         self.create_service(Trigger, "~/reset_episode", self._on_reset_episode)
@@ -411,18 +404,18 @@ class DriverNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
         )
         self._pubs = {
-            "joints": self.create_publisher(JointState, TOPIC_JOINT_STATES, 10),
+            "joints": self.create_publisher(JointState, topics.JOINT_STATES, 10),
             "measured": self.create_publisher(JointState, "~/measured_command", 10),
             "applied": self.create_publisher(ExecutedCommand, "~/applied_command", 10),
             "diag": self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10),
         }
         if p.publish_env_state:  # off for image policies: the topic does not even exist
-            self._pubs["env"] = self.create_publisher(Float32MultiArray, TOPIC_ENV_STATE, 10)
+            self._pubs["env"] = self.create_publisher(Float32MultiArray, topics.ENV_STATE, 10)
         for cam in p.cameras:
-            self._pubs[f"img:{cam}"] = self.create_publisher(Image, camera_topic(cam), qos)
+            self._pubs[f"img:{cam}"] = self.create_publisher(Image, topics.camera_topic(cam), qos)
             if p.compressed:
                 self._pubs[f"jpg:{cam}"] = self.create_publisher(
-                    CompressedImage, camera_topic(cam, True), qos
+                    CompressedImage, topics.camera_topic(cam, True), qos
                 )
         self.get_logger().info(
             f"configured: backend {p.backend}, {spec.action_dim} dims, cameras {p.cameras}, "
@@ -457,7 +450,7 @@ class DriverNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         p = self.params
         self._command_sub = self.create_subscription(
-            ExecutedCommand, TOPIC_COMMAND, self._on_command, 10
+            ExecutedCommand, topics.EXECUTED_COMMAND, self._on_command, 10
         )
         self._timers = [self.create_timer(1.0 / p.control_hz, self._on_tick)]
         self._timers.append(self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics))
@@ -642,7 +635,7 @@ class DriverNode(LifecycleNode):
         applied.action = np.asarray(verdict.target, dtype=np.float32).tolist()
         applied.hold = verdict.hold or not executed
         applied.hold_reason = (
-            verdict.reason if verdict.hold else ("" if executed else HOLD_EPISODE_OVER)
+            verdict.reason if verdict.hold else ("" if executed else topics.HOLD_EPISODE_OVER)
         )
         applied.clamped = verdict.accepted and executed and verdict.reason == REASON_VELOCITY
         applied.task_success = task_success

@@ -108,13 +108,6 @@ from habc_policy.core.jog import EndEffectorJog, JogConfig
 from habc_policy.nodes import declare
 
 NODE_NAME = "intervention_arbiter"
-TOPIC_CHUNK = topics.ACTION_CHUNK
-TOPIC_JOY = topics.JOY
-TOPIC_JOINT_STATES = topics.JOINT_STATES
-TOPIC_ESTOP = topics.ESTOP
-TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
-TOPIC_EXECUTED = topics.EXECUTED_COMMAND
-TOPIC_MARK = topics.EPISODE_MARK
 TELEOP_SOURCES = ("topic", "jog")
 JOG_KINEMATICS = tuple(KINEMATICS)  # every backend provides its arms' kinematics
 DEFAULT_ACTION_NAMES = ",".join(bimanual_action_names())  # the simulated arms' layout
@@ -330,10 +323,10 @@ class ArbiterNode(Node):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
-        self._pub = self.create_publisher(ExecutedCommand, TOPIC_EXECUTED, 10)
-        self._mark_pub = self.create_publisher(EpisodeEvent, TOPIC_MARK, 10)
-        self.create_subscription(ActionChunk, TOPIC_CHUNK, self._on_chunk, 10)
-        self.create_subscription(Joy, TOPIC_JOY, self._on_joy, 10)
+        self._pub = self.create_publisher(ExecutedCommand, topics.EXECUTED_COMMAND, 10)
+        self._mark_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_MARK, 10)
+        self.create_subscription(ActionChunk, topics.ACTION_CHUNK, self._on_chunk, 10)
+        self.create_subscription(Joy, topics.JOY, self._on_joy, 10)
         self.create_subscription(JointState, p.measured_topic, self._on_joints, 10)
         self._heartbeat_s: float | None = None
         self._driver_latched = False
@@ -342,9 +335,9 @@ class ArbiterNode(Node):
         )
         if self._jog is None:  # teleop_source topic, or a jog without kinematics
             self.create_subscription(JointState, p.teleop_topic, self._on_teleop, 10)
-        self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, 10)
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop, 10)
         self.create_subscription(Bool, p.estop_state_topic, self._on_estop_state, latched)
-        self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode_event, 10)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENT, self._on_episode_event, 10)
         self._end_client = self.create_client(EndEpisode, p.end_episode_service)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics)

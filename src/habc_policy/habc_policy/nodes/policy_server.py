@@ -84,18 +84,9 @@ from habc_policy.core.serving_guard import resolve_under_roots, use_env_state
 from habc_policy.nodes import declare
 
 NODE_NAME = "policy_server"
-TOPIC_JOINT_STATES = topics.JOINT_STATES
-TOPIC_ENV_STATE = topics.ENV_STATE
-TOPIC_ACTION_CHUNK = topics.ACTION_CHUNK
-TOPIC_HEARTBEAT = topics.POLICY_HEARTBEAT
-SERVICE_ANNOUNCE = topics.ANNOUNCE_CHECKPOINT
 USE_ENV_STATE = ("auto", "true", "false")
 BACKENDS = ("sim", "arx")
-TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
 JOINT_HISTORY = 50  # joint states kept to pair with camera frames (1 s at 50 Hz)
-
-
-camera_topic = topics.camera_topic
 
 
 @dataclass(frozen=True)
@@ -345,21 +336,21 @@ class PolicyServer(Node):
         )
         self._episode_start: float | None = None  # set by a start event, taken by the worker
         self._stop = threading.Event()
-        self._pub = self.create_publisher(ActionChunk, TOPIC_ACTION_CHUNK, 10)
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 10)
+        self._pub = self.create_publisher(ActionChunk, topics.ACTION_CHUNK, 10)
+        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, 10)
         if p.backend == "sim":  # a real robot has no privileged state to read
-            self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+            self.create_subscription(Float32MultiArray, topics.ENV_STATE, self._on_env, 10)
         if p.follow_episode_prompt:
-            self.create_subscription(EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10)
+            self.create_subscription(EpisodeEvent, topics.EPISODE_EVENT, self._on_episode, 10)
         for cam in policy.config.camera_names:
             self.create_subscription(
-                Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
+                Image, topics.camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
             )
         # Loading + verifying a checkpoint may take seconds: its own callback group (and the
         # multi-threaded executor of main()) keeps the observations flowing meanwhile.
         self.create_service(
             AnnounceCheckpoint,
-            SERVICE_ANNOUNCE,
+            topics.ANNOUNCE_CHECKPOINT,
             self._on_announce,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
@@ -367,7 +358,7 @@ class PolicyServer(Node):
         self._worker.start()
         # The heartbeat: the arbiter holds within a few ticks once it stops (a dead server's
         # last chunk must not run out its rows). Its own thread: never behind inference.
-        self._heartbeat_pub = self.create_publisher(Header, TOPIC_HEARTBEAT, 10)
+        self._heartbeat_pub = self.create_publisher(Header, topics.POLICY_HEARTBEAT, 10)
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
         self.get_logger().info(

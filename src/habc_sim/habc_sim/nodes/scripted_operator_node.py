@@ -39,10 +39,6 @@ from habc_sim.core.expert import ExpertConfig
 from habc_sim.core.operator import OperatorConfig, ScriptedOperator
 
 NODE_NAME = "scripted_operator"
-TOPIC_JOY = topics.JOY
-TOPIC_JOINT_STATES = topics.JOINT_STATES
-TOPIC_ENV_STATE = topics.ENV_STATE
-TOPIC_EPISODE_EVENT = topics.EPISODE_EVENT
 ARMS = ("left", "right")
 MARK_PRESS_TICKS = 5  # a button press lasts this many joystick messages
 
@@ -94,18 +90,18 @@ class ScriptedOperatorNode(Node):
         self._marked = False
         self._seed_key = ""  # the driver's episode seed (from /diagnostics)
         self._events_seen = False  # a recorder announces episodes: count steps from its start
-        self._joy_pub = self.create_publisher(Joy, TOPIC_JOY, 10)
+        self._joy_pub = self.create_publisher(Joy, topics.JOY, 10)
         self._teleop_pub = self.create_publisher(
             JointState, d(self, "teleop_topic", topics.TELEOP_COMMAND, "teleop topic"), 10
         )
         # One observation per driver step: the queue holds 2 s of them, so an operator starved
         # of CPU for a moment catches up instead of losing steps (its step count, which scripted
         # takeovers are timed by, stays the driver's).
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joints, 100)
-        self.create_subscription(Float32MultiArray, TOPIC_ENV_STATE, self._on_env, 10)
+        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, 100)
+        self.create_subscription(Float32MultiArray, topics.ENV_STATE, self._on_env, 10)
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
         self._episode_sub = self.create_subscription(
-            EpisodeEvent, TOPIC_EPISODE_EVENT, self._on_episode, 10
+            EpisodeEvent, topics.EPISODE_EVENT, self._on_episode, 10
         )
         self._obs_after = 0.0  # joint states stamped before the episode's start: not its scene
         self.create_timer(1.0 / joy_hz, self._publish_joy)
