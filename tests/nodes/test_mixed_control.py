@@ -47,8 +47,17 @@ LAG = 25
 
 
 def timeline(authority: np.ndarray) -> list[tuple[int, int, int]]:
-    """(controller, start, stop) segments without the holds (NONE) the graph adds."""
-    return [(s.controller, s.start, s.stop) for s in segment_controllers(authority)]
+    """(controller, start, stop) segments; a hold (NONE) the graph adds inside a segment (a
+    tick the driver clamped or never reported, a late heartbeat) does not split it."""
+    out: list[tuple[int, int, int]] = []
+    for s in segment_controllers(authority):
+        if s.controller == NONE:
+            continue
+        if out and out[-1][0] == s.controller:
+            out[-1] = (s.controller, out[-1][1], s.stop)
+        else:
+            out.append((s.controller, s.start, s.stop))
+    return out
 
 
 def kinds(authority: np.ndarray) -> list[int]:
@@ -86,7 +95,8 @@ def check_labels(ep: Any) -> dict[str, Any]:
     return {
         "kinds": kinds(ep.authority),
         "first_human": ramp[1] - first[1],
-        "ramp": ramp[2] - ramp[1],
+        # hand-back ticks of the ramp (a hold inside it pauses the ramp, it does not end it)
+        "ramp": int((ep.authority[ramp[1] : ramp[2]] == HANDBACK).any(axis=1).sum()),
         "second_start": second[1],
         "authority": ep.authority,
         "T_s_is_last_step": ep.success_step == T - 1,
