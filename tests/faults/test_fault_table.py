@@ -684,14 +684,15 @@ def test_policy_server_killed(graph: Graph) -> None:
     c.spin_until(lambda: len(graph.chunks) > n, 10.0, "a fresh chunk")
     graph.procs["policy"].signal(signal.SIGKILL)
     t_kill = c.now_s()
-    # Until the arbiter's ticks of the whole window have arrived (a loaded machine delays them).
-    c.spin_until(
-        lambda: any(stamp_s(m) >= t_kill + 0.95 for _, m in graph.commands[-50:]),
-        10.0,
-        "the arbiter's ticks after the kill",
-    )
     deadline = t_kill + (HEARTBEAT_TICKS + 1) * PERIOD
-    after = [m for _, m in graph.commands if deadline < stamp_s(m) < t_kill + 0.95]
+
+    def after_deadline() -> list[Any]:
+        return [m for _, m in graph.commands if stamp_s(m) > deadline]
+
+    # > 20 arbiter ticks after the window (a loaded machine delays them; a fresh-clone run saw
+    # the arbiter tick not at all for ~1 s after the kill, the driver holding on silence)
+    c.spin_until(lambda: len(after_deadline()) > 20, 30.0, "the arbiter's ticks after the kill")
+    after = after_deadline()
     assert len(after) > 20, [round(stamp_s(m) - t_kill, 3) for _, m in graph.commands[-60:]]
     assert all(list(m.controller) == [0, 0] for m in after)
     t1, t2 = stamp_s(after[0]), stamp_s(after[-1])
