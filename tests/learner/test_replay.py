@@ -84,6 +84,48 @@ def test_sampling_follows_mixing_ratios() -> None:
         _store().sample_indices(4, {"demo": 1.0}, rng)
 
 
+def test_fixed_shares_pin_a_source_whatever_the_counts() -> None:
+    store = _mixed_store()
+    counts = store.source_counts()
+    mix = {"demo": 1.0, "rollout_success": 1.0, "rollout_failure": 1.0, "intervention": 1.0}
+    rng = np.random.default_rng(1)
+    rows = store.sample_indices(40_000, mix, rng, proportional=True, fixed_shares={"demo": 0.5})
+    src = store.table.source[rows]
+    assert abs((src == Source.DEMO).mean() - 0.5) < 0.01
+    # The other half is proportional to the online sources' window counts.
+    online = counts["rollout_success"] + counts["rollout_failure"] + counts["intervention"]
+    for name, s in (
+        ("rollout_failure", Source.ROLLOUT_FAILURE),
+        ("intervention", Source.INTERVENTION),
+    ):
+        assert abs((src == s).mean() - 0.5 * counts[name] / online) < 0.01
+    # Without the pin, demos get their share of the union (not 0.5).
+    free = store.sample_indices(40_000, mix, rng, proportional=True)
+    union = sum(counts[k] for k in mix)
+    assert abs((store.table.source[free] == Source.DEMO).mean() - counts["demo"] / union) < 0.01
+    assert abs(counts["demo"] / union - 0.5) > 0.05
+    # Only the pinned source has windows: it takes the whole batch.
+    demo_only = _store()
+    demo_only.add_episode(scenario_episode("demo", seed=0, length=100))
+    rows = demo_only.sample_indices(64, mix, rng, proportional=True, fixed_shares={"demo": 0.5})
+    assert (demo_only.table.source[rows] == Source.DEMO).all()
+    with pytest.raises(ValueError, match="fixed_shares"):
+        store.sample_indices(4, mix, rng, fixed_shares={"demo": 1.0})
+
+
+def test_demohalf_variant_pins_half_of_habc_batches_to_demos() -> None:
+    from habc_learner.core.methods import MethodConfig, get_method
+    from habc_learner.protocol.config import ProtocolConfig, method_config
+
+    method = method_config(ProtocolConfig(task="transfer_cube"), "habc+demohalf")
+    assert method.fixed_shares == (("demo", 0.5),) and method.proportional
+    assert get_method("habc").fixed_shares == ()
+    with pytest.raises(ValueError, match="fixed share"):
+        MethodConfig(
+            name="x", description="", mixing=(("demo", 1.0),), fixed_shares=(("intervention", 0.5),)
+        )
+
+
 def test_sampling_is_seeded() -> None:
     store = _mixed_store()
     mix = {"demo": 1.0, "rollout_success": 1.0}

@@ -58,6 +58,9 @@ class MethodConfig:
         mixing: (source name, ratio) pairs the batches are drawn from.
         proportional: ratios are multiplied by each source's window count (ratio 1 everywhere =
             uniform over the union of the sources).
+        fixed_shares: (source, share of the batch) pairs pinned whatever the window counts;
+            the other sources share the rest by ``mixing`` (variant ``+demohalf``: demos 0.5,
+            Imit-DAgger's demonstration share; not in the paper, which gives no batch mix).
         labeling: ``"intervention_aware"`` or ``"naive"``.
         weighting: name of the w̃ rule in :data:`WEIGHTINGS`.
         train_viability, train_efficiency: train the dual-head critic's heads.
@@ -89,6 +92,7 @@ class MethodConfig:
     description: str
     mixing: tuple[tuple[str, float], ...]
     proportional: bool = False
+    fixed_shares: tuple[tuple[str, float], ...] = ()
     labeling: str = "intervention_aware"
     weighting: str = "uniform"
     train_viability: bool = False
@@ -109,6 +113,18 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixing", tuple((str(s), float(r)) for s, r in self.mixing))
+        object.__setattr__(
+            self, "fixed_shares", tuple((str(s), float(r)) for s, r in self.fixed_shares)
+        )
+        mixed = {s for s, _ in self.mixing}
+        for source, share in self.fixed_shares:
+            if source not in mixed or not 0.0 <= share < 1.0:
+                raise ValueError(
+                    f"method {self.name!r}: fixed share of {source!r} must be a mixed source "
+                    f"with 0 <= share < 1, got {share}"
+                )
+        if sum(r for _, r in self.fixed_shares) >= 1.0:
+            raise ValueError(f"method {self.name!r}: fixed shares must sum to < 1")
         if not self.mixing or sum(r for _, r in self.mixing) <= 0:
             raise ValueError(
                 f"method {self.name!r}: mixing must have a positive ratio, got {self.mixing}"
@@ -350,6 +366,7 @@ def method_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     """Rebuild a :class:`MethodConfig` from ``dataclasses.asdict`` output (e.g. a manifest)."""
     kwargs = dict(data)
     kwargs["mixing"] = tuple((s, r) for s, r in kwargs["mixing"])
+    kwargs["fixed_shares"] = tuple((s, r) for s, r in kwargs.get("fixed_shares", ()))
     if isinstance(kwargs.get("ire_vla"), Mapping):
         kwargs["ire_vla"] = IreVlaConfig(**kwargs["ire_vla"])
     return MethodConfig(**kwargs)

@@ -300,6 +300,7 @@ class ReplayStore:
         rng: np.random.Generator,
         proportional: bool = False,
         split: str = "all",
+        fixed_shares: Mapping[str, float] | None = None,
     ) -> np.ndarray:
         """Draw ``batch_size`` window rows, mixing sources.
 
@@ -308,10 +309,18 @@ class ReplayStore:
         windows are skipped and the rest renormalized; within a source, rows are uniform with
         replacement. The per-source counts come from one multinomial draw, and rows are
         returned grouped by source.
+
+        ``fixed_shares`` (source -> share of the batch, summing to < 1) pins those sources'
+        probability whatever their window counts; the other sources of ``mixing`` share the
+        remainder by the rule above. A pinned source without windows gives its share back to
+        the rest (and when only pinned sources have windows, they are renormalized).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        names, probs, pools = [], [], []
+        fixed = dict(fixed_shares or {})
+        if any(v < 0 for v in fixed.values()) or sum(fixed.values()) >= 1.0:
+            raise ValueError(f"fixed_shares must be >= 0 and sum to < 1, got {fixed}")
+        names, probs, pools, pinned = [], [], [], []
         for name, ratio in mixing.items():
             if ratio < 0:
                 raise ValueError(f"mixing ratio for {name!r} must be >= 0, got {ratio}")
@@ -321,12 +330,22 @@ class ReplayStore:
             names.append(name)
             probs.append(ratio * (len(pool) if proportional else 1.0))
             pools.append(pool)
+            pinned.append(name in fixed)
         if not pools:
             raise ValueError(
                 f"no windows to sample for sources {sorted(mixing)} in split {split!r}; "
                 f"store has {self.source_counts(split)}"
             )
         p = np.asarray(probs, dtype=np.float64)
+        is_pinned = np.asarray(pinned, dtype=bool)
+        if is_pinned.any() and not is_pinned.all():
+            free = p[~is_pinned] / p[~is_pinned].sum()
+            pinned_share = np.asarray([fixed[n] for n, k in zip(names, pinned) if k])
+            p = np.empty(len(names), dtype=np.float64)
+            p[is_pinned] = pinned_share
+            p[~is_pinned] = free * (1.0 - pinned_share.sum())
+        elif is_pinned.all():
+            p = np.asarray([fixed[n] for n in names], dtype=np.float64)
         counts = rng.multinomial(batch_size, p / p.sum())
         rows = [pool[rng.integers(0, len(pool), size=c)] for pool, c in zip(pools, counts) if c > 0]
         return np.concatenate(rows)
@@ -399,12 +418,13 @@ class ReplayStore:
         augment: bool = False,
         shard: slice | None = None,
         augment_rng: np.random.Generator | None = None,
+        fixed_shares: Mapping[str, float] | None = None,
     ) -> Batch:
         """:meth:`sample_indices` then :meth:`gather`; with ``augment``, the configured image
         augmentation (drawn from ``augment_rng``, default ``rng``, independently per sample and
         camera, s and s'). ``shard``: keep only these rows of the ``batch_size`` drawn (a
         data-parallel rank's share of the global batch, :mod:`habc_learner.core.distributed`)."""
-        rows = self.sample_indices(batch_size, mixing, rng, proportional, split)
+        rows = self.sample_indices(batch_size, mixing, rng, proportional, split, fixed_shares)
         if shard is not None:
             rows = rows[shard]
         batch = self.gather(rows, load_images, next_images)

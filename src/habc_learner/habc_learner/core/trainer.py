@@ -493,6 +493,7 @@ class Trainer:
             augment=True,
             shard=D.shard_rows(self.dist, cfg.batch_size * world) if self.dist.enabled else None,
             augment_rng=self._augment_rng,
+            fixed_shares=dict(method.fixed_shares),
         ).to(self.device)
         t_compute = time.perf_counter()
         q = normalizer.normalize_proprio(batch.proprio)

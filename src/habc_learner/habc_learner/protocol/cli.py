@@ -14,6 +14,7 @@ from habc_learner.protocol.config import (
     DEFAULT_DEMO_CANDIDATES,
     DEFAULT_METHODS,
     DEFAULT_STEP2,
+    NETWORKS,
     TASK_DEFAULTS,
     Counters,
     ProtocolConfig,
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-validate-every", type=int, default=100)
     p.add_argument("--sft-min-delta", type=float, default=0.01)
     p.add_argument("--val-demos", type=int, default=4, help="held-out demonstrations (SFT plateau)")
+    p.add_argument(
+        "--network",
+        choices=sorted(NETWORKS),
+        default="default",
+        help="policy network size (small: feature 128, hidden 192, 2 blocks; 3.5-3.9x faster "
+        "a learner step on a CPU)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="step-1 online rounds")
     p.add_argument("--rollouts", type=int, default=100, help="rollout episodes per round")
     p.add_argument("--round-steps", type=int, default=6000, help="gradient steps per round")
@@ -187,6 +195,7 @@ def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
         threads=args.threads,
         jobs=args.jobs,
         device=args.device,
+        network=args.network,
         command=command,
     )
 

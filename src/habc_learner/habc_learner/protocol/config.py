@@ -25,6 +25,12 @@ RECORD_VERSION = 1
 #: The paper's sanity figures (``HABC_METHOD.md``).
 PAPER_G_SUCCESS = (0.68, 0.86)
 PAPER_RECAP_PASS = (0.19, 0.27)
+#: ``--network``: the actor's (and own critic encoder's) size. ``small`` is 3.5–3.9× faster a
+#: learner step on this CPU (``bench/bench_learner_step.py``, ``docs/results/power.md``).
+NETWORKS: dict[str, dict[str, int]] = {
+    "default": {},
+    "small": {"feature_dim": 128, "hidden_dim": 192, "num_blocks": 2},
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ def normalize_task(task: str) -> str:
 
 #: Fields the SFT start depends on besides the task and the demonstrations' number.
 SFT_FIELDS = (
+    "network",
     "demo_noise",
     "sft_steps",
     "sft_patience",
@@ -125,6 +132,7 @@ class ProtocolConfig:
         batch_size: learner batch. warmup_steps: override of every method's g ≡ 1 warmup
             (``None``: the method's own, 500). trace_episodes: episodes per critic trace.
         work: bags, checkpoints, round records. out: report root (``out/<task>/``).
+        network: the policy network's size, a key of :data:`NETWORKS`.
         threads: torch threads per worker. jobs: seeds run in parallel processes.
         device: torch device of the learner (``cpu``, ``cuda``); rollouts and evaluation run
             the policy on the CPU beside the simulator.
@@ -163,10 +171,14 @@ class ProtocolConfig:
     threads: int = 1
     jobs: int = 1
     device: str = "cpu"
+    network: str = "default"
     command: str = ""
 
     def __post_init__(self) -> None:
         from habc_learner.core.methods import get_method
+
+        if self.network not in NETWORKS:
+            raise ValueError(f"network {self.network!r} is not one of {sorted(NETWORKS)}")
 
         object.__setattr__(self, "task", normalize_task(self.task))
         for name in ("seeds", "methods", "step2_methods", "demo_candidates", "band"):
@@ -319,6 +331,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "nofailcorr": ("method", {"drop_failed_corrections": True}),
     # a window's flow loss averaged over all H·d entries (Eq. 1 as written), not its targets
     "allentries": ("method", {"entry_mean": "all_entries"}),
+    # half of every batch from demonstrations whatever the counts (Imit-DAgger's share); the
+    # other half over the online sources by window count (power.md, finding 2)
+    "demohalf": ("method", {"fixed_shares": (("demo", 0.5),)}),
 }
 
 

@@ -27,6 +27,7 @@ from habc_learner.core.rounds import (
     write_json_atomic,
 )
 from habc_learner.protocol.config import (
+    NETWORKS,
     RECORD_VERSION,
     SFT_FIELDS,
     Counters,
@@ -198,7 +199,9 @@ class SeedRun:
         proprio_dim, action_dim = self.dims
         return TrainerConfig(
             method=method,
-            policy=FlowPolicyConfig(action_dim=action_dim, proprio_dim=proprio_dim),
+            policy=FlowPolicyConfig(
+                action_dim=action_dim, proprio_dim=proprio_dim, **NETWORKS[self.cfg.network]
+            ),
             critic=CriticConfig(
                 **{"efficiency_target": self.cfg.efficiency_target, **critic_overrides(name)}
             ),
