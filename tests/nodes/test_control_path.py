@@ -27,7 +27,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim]
 PERIOD = 0.02
 EXECUTE_ROWS = 25
 HANDBACK = 20
-TAKEOVER_STEP = 100  # the operator presses the deadman at its 100th observation ...
+# The operator presses the deadman at its 250th observation ... Its joint-state queue is 100
+# deep, so a node starved at start-up works through up to 100 queued observations at once;
+# 250 leaves >= 3 s of live, unpressed /joy for this client to discover the publisher and hear
+# it (a fresh-clone run with 100 heard /joy only after the press).
+TAKEOVER_STEP = 250
 TAKEOVER_STEPS = 50  # ... and releases it 50 steps later
 DEADMAN = 4
 CAMERA = "top"
@@ -119,6 +123,10 @@ class Stack:
             mark_outcome=False,
         )
         c.spin_until(lambda: len(self.joy) > 5, 30.0, lambda: f"/joy\n{self.logs_tail()}")
+        assert not self.joy[0][1].buttons[DEADMAN], (
+            "this client heard the operator's /joy only after the scripted press (discovery "
+            f"slower than the operator's {TAKEOVER_STEP} observations)"
+        )
 
     def logs_tail(self) -> str:
         return "\n".join(f"--- {n}\n{p.log()[-3000:]}" for n, p in self.procs.items())
