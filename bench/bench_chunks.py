@@ -349,6 +349,8 @@ def start_learner(args: argparse.Namespace, ckpt: Path, env: dict) -> subprocess
         str(ckpt),
         "--threads",
         "1",
+        "--nice",
+        str(args.learner_nice),
     ]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -367,6 +369,12 @@ def main() -> int:
         "--reuse-graph", action="store_true", help="read the graph's bags of an earlier run"
     )
     p.add_argument("--no-learner", action="store_true", help="no learner training beside it")
+    p.add_argument(
+        "--learner-nice",
+        type=int,
+        default=10,
+        help="the learner's cpu_nice (config/learner.yaml: 10; 0: as before the setting existed)",
+    )
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(MODES):
@@ -422,7 +430,7 @@ def main() -> int:
                 learner.kill()
     print(
         f"== chunk execution, {args.episodes} episodes per mode, learner "
-        f"{'off' if args.no_learner else 'training beside the graph'}, "
+        f"{'off' if args.no_learner else f'training beside the graph (nice {args.learner_nice})'}, "
         f"{time.monotonic() - t0:.0f} s wall"
     )
     print(

@@ -175,3 +175,32 @@ def test_config_saved_with_every_checkpoint_and_resume_refuses_a_new_shape(
     assert main([*args, "--critic.lr", "0.001", "--critic.efficiency_target", "mc"]) == 0
     saved = json.loads((out / "checkpoints" / "step_000000004" / L.CONFIG_FILE).read_text())
     assert saved["critic"]["lr"] == 0.001 and saved["critic"]["efficiency_target"] == "mc"
+
+
+def test_cpu_nice_lowers_the_training_threads_priority(tmp_path: Path) -> None:
+    """``cpu_nice`` (``--nice``): the thread that applies it and every thread it starts later run
+    at the raised niceness (Linux: a thread's niceness is its own). Run in a child process, since
+    niceness cannot be lowered back without privilege."""
+    import subprocess
+    import sys
+
+    assert L.parse_cli(["--bags", "a", "--nice", "7"]).cpu_nice == 7
+    with pytest.raises(ValueError, match="cpu_nice"):
+        L.LearnerConfig(bag_dirs=("a",), cpu_nice=20)
+    code = """
+import os, threading
+from habc_learner.core.learner_config import yield_cpu
+base = os.nice(0)
+seen = {}
+def nice_of_this_thread():
+    with open(f"/proc/self/task/{threading.get_native_id()}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+print(yield_cpu(7) - base, nice_of_this_thread() - base)
+t = threading.Thread(target=lambda: seen.setdefault("child", nice_of_this_thread()))
+t.start(); t.join()
+print(seen["child"] - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["7", "7", "7"], out.stdout + out.stderr
+    node_file = yaml.safe_load((Path(__file__).parents[2] / "config" / "learner.yaml").read_text())
+    assert node_file["learner"]["ros__parameters"]["cpu_nice"] == 10

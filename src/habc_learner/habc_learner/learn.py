@@ -49,6 +49,7 @@ from habc_learner.core.learner_config import (
     PolicyKnobs,
     parse_cli,
     shape_changes,
+    yield_cpu,
 )
 from habc_learner.core.replay import ReplayStore
 from habc_learner.core.trainer import RoundSummary, Trainer, TrainerConfig
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(config.torch_threads)
+    yield_cpu(config.cpu_nice)
     missing = [str(d) for d in config.bag_dirs if not d.is_dir()]
     if missing:
         print(f"habc-learn: error: bag folder(s) not found: {', '.join(missing)}", file=sys.stderr)

@@ -173,6 +173,10 @@ class LearnerConfig:
     fleet: bool = False
     # Torch intra-op threads per process.
     torch_threads: int = 1
+    # Added to the training thread's niceness (0-19; raising it needs no privilege): on a
+    # machine shared with the control path (policy server, arbiter, driver) training yields the
+    # CPU to them. The learner node's file sets 10.
+    cpu_nice: int = 0
     # Seconds between scans while watching.
     poll_period_s: float = 5.0
     # Rounds to run without watch (CLI only; the node always watches).
@@ -203,6 +207,8 @@ class LearnerConfig:
         for name in ("steps_per_round", "min_new_episodes", "batch_size", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cpu_nice <= 19:
+            raise ValueError(f"cpu_nice must be in 0..19, got {self.cpu_nice}")
         if self.torch_threads < 1 or self.poll_period_s <= 0 or self.stale_cutoff < 1:
             raise ValueError("torch_threads and stale_cutoff must be >= 1, poll_period_s > 0")
 
@@ -232,6 +238,15 @@ class LearnerConfig:
         return json.loads(json.dumps(draccus.encode(self), default=str))
 
 
+def yield_cpu(nice: int) -> int:
+    """Raise the calling thread's niceness by ``nice`` (threads it starts later inherit it) and
+    return the new value. On Linux a thread's niceness is its own, so call this in the thread
+    that then starts the training work (:attr:`LearnerConfig.cpu_nice`)."""
+    import os
+
+    return os.nice(nice) if nice else os.nice(0)
+
+
 # --------------------------------------------------------------------------------- parsing
 #: Flags of ``habc-learn`` before the typed config, still accepted: flag -> (key, kind).
 LEGACY_FLAGS: dict[str, tuple[str, str]] = {
@@ -242,6 +257,7 @@ LEGACY_FLAGS: dict[str, tuple[str, str]] = {
     "--min-new": ("min_new_episodes", "value"),
     "--batch-size": ("batch_size", "value"),
     "--threads": ("torch_threads", "value"),
+    "--nice": ("cpu_nice", "value"),
     "--poll": ("poll_period_s", "value"),
     "--watch": ("watch", "true"),
     "--no-env-state": ("policy.use_env_state", "false"),

@@ -22,6 +22,7 @@ from habc_common import topics
 from habc_learner.core.learner_config import (
     from_node_parameters,
     node_parameter_defaults,
+    yield_cpu,
 )
 from habc_learner.learn import LearnerJob
 from habc_learner.nodes import run_node
@@ -48,6 +49,9 @@ class LearnerNode(Node):
         import torch
 
         torch.set_num_threads(config.torch_threads)
+        # Before the worker starts: the training thread (and torch's pool it creates) inherit
+        # the niceness; this node's ROS threads, already running, keep theirs.
+        yield_cpu(config.cpu_nice)
         self.announce = self.create_client(AnnounceCheckpoint, service)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="learner", daemon=True)
