@@ -217,6 +217,13 @@ def test_demos_auto_and_sft_options_from_the_command_line() -> None:
         cfg("--val-demos", "0")
     budget = fixed.budget()
     assert {"sft_patience", "sft_validate_every", "sft_min_delta", "val_demos"} <= set(budget)
+    # SFT's plateau is measured on success unless told otherwise, checked every 500 steps
+    assert tuned.sft_criterion == "success" and tuned.sft_validate_every == 500
+    flow = cfg("--sft-criterion", "flow")
+    assert flow.sft_criterion == "flow" and flow.sft_validate_every == 100
+    assert {"sft_criterion", "network"} <= set(budget)
+    with pytest.raises(SystemExit):
+        cfg("--sft-criterion", "vibes")
 
 
 @pytest.mark.slow
@@ -231,6 +238,7 @@ def test_band_tuning_and_sft_plateau_end_to_end(tmp_path: Path) -> None:
         "--task", "transfer_cube", "--seeds", "0", "--methods", "sft",
         "--demos", "auto", "--demo-candidates", "1", "2", "3", "--tune-episodes", "2",
         "--val-demos", "1", "--sft-steps", "40", "--sft-validate-every", "10",
+        "--sft-criterion", "flow",
         "--sft-patience", "2", "--rounds", "1", "--round-steps", "5", "--eval-episodes", "2",
         "--batch-size", "16", "--threads", "1",
         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
@@ -257,3 +265,39 @@ def test_band_tuning_and_sft_plateau_end_to_end(tmp_path: Path) -> None:
     md = report.read_text()
     assert "## SFT start" in md and "## Paired differences" in md
     assert f"**{tuning['chosen_demos']} demonstrations**" in md
+
+
+@pytest.mark.slow
+def test_sft_success_criterion_rolls_the_saved_policy_out_on_its_own_poses(tmp_path: Path) -> None:
+    """--sft-criterion success: each held-out evaluation saves the policy, rolls it out on the
+    seed's SFT validation poses (none of them a tuning, demo or evaluation pose) and feeds
+    1 − success to the plateau rule; the scratch checkpoints are removed."""
+    pytest.importorskip("gym_aloha")
+    from habc_learner.protocol import SeedRun
+    from habc_learner.protocol.config import (
+        ProtocolConfig,
+        demo_seed,
+        eval_seed,
+        sft_val_seed,
+        tune_seed,
+    )
+
+    cfg = ProtocolConfig(
+        task="transfer_cube", seeds=(0,), methods=("sft",), demos=2, sft_steps=20,
+        sft_validate_every=10, sft_patience=5, tune_episodes=1, val_demos=1, batch_size=16,
+        work=str(tmp_path / "work"), out=str(tmp_path / "out"),
+    )  # fmt: skip
+    assert cfg.sft_criterion == "success"
+    run = SeedRun(cfg, 0)
+    demos, _ = run.demo_episodes(2)
+    evaluated: list[list[int]] = []
+    real = run.evaluate
+    run.evaluate = lambda ckpt, seeds=None: evaluated.append(list(seeds)) or real(ckpt, seeds)
+    ckpt, info = run.train_sft(demos, run.val_demo_episodes(), "sft_ok")
+    assert info["criterion"] == "success"
+    assert [s for s, _ in info["history"]] == [0, 10, 20]
+    assert all(loss in (0.0, 1.0) for _, loss in info["history"])  # 1 − success on one pose
+    assert evaluated == [[sft_val_seed(0, 0)]] * 3
+    others = {tune_seed(0, 0), demo_seed(0, 0), demo_seed(0, 1), eval_seed(0, 0)}
+    assert sft_val_seed(0, 0) not in others
+    assert not (Path(ckpt).parent / "validation").exists() and Path(ckpt).is_dir()

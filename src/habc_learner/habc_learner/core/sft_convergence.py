@@ -12,6 +12,7 @@ import copy
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class HeldOutFlowLoss:
         self.noise, self.tau = trainer.policy.draw_noise_and_tau(len(rows), gen, trainer.device)
         self.windows = len(rows)
 
+    name = "held-out flow loss"
+
     def __call__(self) -> float:
         tr = self.trainer
         norm = tr.ensure_normalizer()
@@ -68,9 +71,64 @@ class HeldOutFlowLoss:
         return float(loss.mean())
 
 
+class HeldOutActionError:
+    """L_act = Σ_i Σ_{h,d} m_{i,h,d} (Â_i − A_i)² / Σ m over held-out windows: the squared
+    error of the chunk the policy would *execute* (the Euler sampler's output from a fixed
+    noise, normalized action space) against the demonstrated chunk, on its target entries.
+
+    Unlike the flow loss (a one-τ denoising error), this is the policy's closed-loop output,
+    which is what success depends on (``docs/results/power.md``: the flow loss stops falling
+    hundreds of steps before success does)."""
+
+    def __init__(
+        self,
+        trainer,
+        store: ReplayStore,
+        max_windows: int = 1024,
+        seed: int = 0,
+        rows: np.ndarray | None = None,
+    ):
+        rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+        if len(rows) == 0:
+            raise ValueError("the held-out store has no windows")
+        if len(rows) > max_windows:
+            rows = rows[np.linspace(0, len(rows) - 1, max_windows).astype(int)]
+        self.trainer = trainer
+        cams = bool(trainer.config.policy.camera_names)
+        self.batch = store.gather(rows, load_images=cams, next_images=False).to(trainer.device)
+        cfg = trainer.policy.config
+        gen = torch.Generator(device=trainer.device)
+        gen.manual_seed(seed)
+        self.noise = torch.randn(
+            len(rows), cfg.horizon, cfg.action_dim, generator=gen, device=trainer.device
+        )
+        self.windows = len(rows)
+
+    name = "held-out chunk error"
+
+    def __call__(self) -> float:
+        tr = self.trainer
+        norm = tr.ensure_normalizer()
+        b = self.batch
+        was = tr.policy.training
+        tr.policy.eval()
+        with torch.no_grad():
+            sampled = tr.policy.sample_actions(
+                norm.normalize_proprio(b.proprio),
+                b.prompt_tokens,
+                b.images or None,
+                noise=self.noise,
+            )
+            target = norm.normalize_action(b.actions)
+            m = b.action_mask.to(sampled.dtype)
+            err = float(((sampled - target) ** 2 * m).sum() / m.sum().clamp_min(1.0))
+        tr.policy.train(was)
+        return err
+
+
 def train_to_plateau(
     trainer,
-    heldout: HeldOutFlowLoss,
+    heldout: Callable[[], float],
     *,
     max_steps: int,
     validate_every: int,
@@ -109,7 +167,8 @@ def train_to_plateau(
             best_state = copy.deepcopy(trainer.policy.state_dict())
         if say is not None:
             say(
-                f"SFT step {trainer.learner_step}: held-out flow loss {loss:.4f} "
+                f"SFT step {trainer.learner_step}: {getattr(heldout, 'name', 'held-out loss')} "
+                f"{loss:.4f} "
                 f"(best {stopper.best_loss:.4f} at {stopper.best_step}, "
                 f"{stopper.bad_evals}/{stopper.patience} without improvement)"
             )
@@ -120,7 +179,7 @@ def train_to_plateau(
         **stopper.to_dict(),
         "max_steps": max_steps,
         "validate_every": validate_every,
-        "heldout_windows": heldout.windows,
+        "heldout_windows": getattr(heldout, "windows", None),
         "steps_run": steps_run,
         "train_s": time.monotonic() - t0,
         "means": {k: sums[k] / counts[k] for k in sums},

@@ -15,6 +15,7 @@ from habc_learner.protocol.config import (
     DEFAULT_METHODS,
     DEFAULT_STEP2,
     NETWORKS,
+    SFT_CRITERIA,
     TASK_DEFAULTS,
     Counters,
     ProtocolConfig,
@@ -95,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         "relative improvement of the flow loss on --val-demos held-out demonstrations "
         "(0: a fixed --sft-steps)",
     )
-    p.add_argument("--sft-validate-every", type=int, default=100)
+    p.add_argument(
+        "--sft-criterion",
+        choices=SFT_CRITERIA,
+        default="success",
+        help="what SFT's plateau is measured on: success on --tune-episodes validation poses "
+        "of the seed, the flow loss or the sampled chunk's error on --val-demos held-out "
+        "demonstrations",
+    )
+    p.add_argument(
+        "--sft-validate-every",
+        type=int,
+        default=None,
+        help="steps between SFT's held-out evaluations (default: 500 for success, else 100)",
+    )
     p.add_argument("--sft-min-delta", type=float, default=0.01)
     p.add_argument("--val-demos", type=int, default=4, help="held-out demonstrations (SFT plateau)")
     p.add_argument(
@@ -170,7 +184,9 @@ def config_from_args(args: argparse.Namespace, command: str) -> ProtocolConfig:
         demo_noise=args.demo_noise if args.demo_noise is not None else d.demo_noise,
         sft_steps=args.sft_steps if args.sft_steps is not None else d.sft_steps,
         sft_patience=args.sft_patience,
-        sft_validate_every=args.sft_validate_every,
+        sft_criterion=args.sft_criterion,
+        sft_validate_every=args.sft_validate_every
+        or (500 if args.sft_criterion == "success" else 100),
         sft_min_delta=args.sft_min_delta,
         val_demos=args.val_demos,
         tune_demos=tune,

@@ -19,6 +19,9 @@ DEFAULT_STEP2 = ("habc", "habc_ir")
 EVAL_SEED_BASE = 1_000_000  # evaluation poses never overlap training seeds (< 1e6)
 VAL_DEMO_OFFSET = 5_000  # held-out demonstrations of seed k: demo_seed(k, 5000 + j)
 TUNE_POSE_OFFSET = 50_000  # poses of the band tuner's cheap success estimate
+SFT_VAL_POSE_OFFSET = 60_000  # poses of SFT's success criterion (never the tuner's)
+#: ``--sft-criterion``: what SFT's plateau is measured on.
+SFT_CRITERIA = ("flow", "action", "success")
 DEFAULT_DEMO_CANDIDATES = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 SEED_STRIDE = 100_000  # demo, rollout and evaluation seeds of experiment seed k: k * stride + …
 RECORD_VERSION = 1
@@ -96,6 +99,7 @@ def normalize_task(task: str) -> str:
 #: Fields the SFT start depends on besides the task and the demonstrations' number.
 SFT_FIELDS = (
     "network",
+    "sft_criterion",
     "demo_noise",
     "sft_steps",
     "sft_patience",
@@ -132,6 +136,11 @@ class ProtocolConfig:
         batch_size: learner batch. warmup_steps: override of every method's g ≡ 1 warmup
             (``None``: the method's own, 500). trace_episodes: episodes per critic trace.
         work: bags, checkpoints, round records. out: report root (``out/<task>/``).
+        sft_criterion: the held-out measure whose plateau ends SFT (:data:`SFT_CRITERIA`):
+            ``flow`` (Eq. 1's loss on ``val_demos``), ``action`` (the sampled chunk's squared
+            error on them) or ``success`` (1 − success on ``tune_episodes`` validation poses of
+            the seed, disjoint from every other pose; the closed-loop measure the flow loss
+            does not follow, ``docs/results/power.md``).
         network: the policy network's size, a key of :data:`NETWORKS`.
         threads: torch threads per worker. jobs: seeds run in parallel processes.
         device: torch device of the learner (``cpu``, ``cuda``); rollouts and evaluation run
@@ -146,7 +155,8 @@ class ProtocolConfig:
     demo_noise: float = 0.01
     sft_steps: int = 1500
     sft_patience: int = 5
-    sft_validate_every: int = 100
+    sft_criterion: str = "success"
+    sft_validate_every: int = 500
     sft_min_delta: float = 0.01
     val_demos: int = 4
     tune_demos: bool = False
@@ -224,6 +234,10 @@ class ProtocolConfig:
             )
         if self.sft_patience and self.val_demos < 1:
             raise ValueError("SFT to a plateau (sft_patience > 0) needs val_demos >= 1")
+        if self.sft_criterion not in SFT_CRITERIA:
+            raise ValueError(
+                f"sft_criterion {self.sft_criterion!r} is not one of {sorted(SFT_CRITERIA)}"
+            )
         if not 0.0 <= self.sft_min_delta < 1.0:
             raise ValueError(f"sft_min_delta must be in [0, 1), got {self.sft_min_delta}")
         if self.val_demos > 999:
@@ -312,6 +326,11 @@ def sft_name(successful_demos: int) -> str:
     """Checkpoint folder of the SFT start on the first ``successful_demos`` successful
     demonstrations of a seed (the band tuner's probe and the seed's start share it)."""
     return f"sft_ok{successful_demos}"
+
+
+def sft_val_seed(seed: int, i: int) -> int:
+    """Pose i of seed k's SFT success criterion (disjoint from demos, rollouts, eval, tuning)."""
+    return seed * SEED_STRIDE + SFT_VAL_POSE_OFFSET + i
 
 
 def tune_seed(seed: int, i: int) -> int:

@@ -109,8 +109,14 @@ def render_markdown(cfg, recs, invocations, compute_s: float, figures: list[str]
         f"({'waypoint offset, m' if cfg.backend == 'sim' else 'action noise'}); only successful "
         f"ones used; "
         + (
-            f"SFT to the plateau of the flow loss on {cfg.val_demos} held-out demonstrations "
-            f"(every {cfg.sft_validate_every} steps, patience {cfg.sft_patience}, "
+            (
+                f"SFT to the plateau of its success on {cfg.tune_episodes} validation poses "
+                if cfg.sft_criterion == "success"
+                else f"SFT to the plateau of the "
+                f"{'flow loss' if cfg.sft_criterion == 'flow' else 'sampled chunk error'} on "
+                f"{cfg.val_demos} held-out demonstrations "
+            )
+            + f"(every {cfg.sft_validate_every} steps, patience {cfg.sft_patience}, "
             f"{cfg.sft_min_delta:.0%} relative; at most {cfg.sft_steps} steps; best weights kept)"
             if cfg.sft_patience
             else f"{cfg.sft_steps} SFT steps"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from habc_learner.protocol.config import (
     needs_rollouts,
     rollout_seed,
     sft_name,
+    sft_val_seed,
     tune_seed,
     val_demo_seed,
     variant_overrides,
@@ -147,7 +149,7 @@ class SeedRun:
         ``sft_steps`` steps. Reused when ``checkpoints/<name>`` holds a finished one."""
         from habc_learner.core.power import PlateauStopper
         from habc_learner.core.replay import ReplayStore
-        from habc_learner.core.sft_convergence import HeldOutFlowLoss, train_to_plateau
+        from habc_learner.core.sft_convergence import train_to_plateau
         from habc_learner.core.trainer import Trainer
         from habc_policy.core import checkpoint as ckpt_io
 
@@ -162,16 +164,15 @@ class SeedRun:
         store.add_episodes(demos)
         with Trainer(tcfg, store) as trainer:  # a crashed half run starts over
             if cfg.sft_patience:
-                vstore = ReplayStore(tcfg.replay_config())
-                vstore.add_episodes(val)
                 info = train_to_plateau(
                     trainer,
-                    HeldOutFlowLoss(trainer, vstore, seed=self.seed),
+                    self.sft_criterion(trainer, val, Path(tcfg.checkpoint_dir)),
                     max_steps=cfg.sft_steps,
                     validate_every=cfg.sft_validate_every,
                     stopper=PlateauStopper(cfg.sft_patience, cfg.sft_min_delta),
                     say=self.say,
                 )
+                info["criterion"] = cfg.sft_criterion
             else:
                 t0 = time.monotonic()
                 summary = trainer.run_round(cfg.sft_steps)
@@ -190,6 +191,19 @@ class SeedRun:
         return ckpt, info
 
     # -------------------------------------------------------------------------- learner
+    def sft_criterion(self, trainer, val: list, checkpoint_dir: Path) -> Callable[[], float]:
+        """The held-out measure of ``cfg.sft_criterion`` (lower is better) for ``trainer``."""
+        from habc_learner.core.replay import ReplayStore
+        from habc_learner.core.sft_convergence import HeldOutActionError, HeldOutFlowLoss
+
+        kind = self.cfg.sft_criterion
+        if kind in ("flow", "action"):
+            vstore = ReplayStore(trainer.config.replay_config())
+            vstore.add_episodes(val)
+            cls = HeldOutFlowLoss if kind == "flow" else HeldOutActionError
+            return cls(trainer, vstore, seed=self.seed)
+        return _ValidationFailureRate(self, trainer, checkpoint_dir / "validation")
+
     def trainer_config(self, method, name: str, steps: int):
         from habc_learner.core.critic import CriticConfig
         from habc_learner.core.trainer import TrainerConfig
@@ -390,6 +404,26 @@ class SeedRun:
         write_json_atomic(self.record_path("sft_start", 0), record)
         self.counters.rounds_done += 1
         return ckpt
+
+
+class _ValidationFailureRate:
+    """1 − success of the policy as deployed (saved, loaded, rolled out without takeovers) on
+    the seed's SFT validation poses (:func:`sft_val_seed`): SFT's success criterion."""
+
+    name = "validation failure rate (1 - success)"
+    windows = None
+
+    def __init__(self, run: SeedRun, trainer, scratch: Path) -> None:
+        self.run, self.trainer, self.scratch = run, trainer, scratch
+        self.seeds = [sft_val_seed(run.seed, i) for i in range(run.cfg.tune_episodes)]
+
+    def __call__(self) -> float:
+        self.trainer.ensure_normalizer()  # step 0: not fitted before the first training step
+        ckpt = self.trainer.save_checkpoint(self.scratch)
+        try:
+            return 1.0 - self.run.evaluate(ckpt, seeds=self.seeds)["success_rate"]
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 @dataclasses.dataclass
