@@ -804,12 +804,9 @@ def run_protocol(cfg: ProtocolConfig) -> tuple[Counters, Path]:
     total = Counters()
     cfg = resolve_demos(cfg, total)
     if cfg.jobs > 1 and len(cfg.seeds) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from habc_learner.core.workers import worker_pool
 
-        with ProcessPoolExecutor(
-            max_workers=min(cfg.jobs, len(cfg.seeds)), mp_context=mp.get_context("spawn")
-        ) as pool:
+        with worker_pool(min(cfg.jobs, len(cfg.seeds))) as pool:
             for c in pool.map(_run_seed, [cfg] * len(cfg.seeds), cfg.seeds):
                 total.add(c)
     else:
