@@ -74,6 +74,28 @@ def test_tuner_bisects_towards_the_band() -> None:
     assert [p.rate for p in res.probes] == [0.65, 0.0, 0.1]
 
 
+def test_tuner_refines_between_integer_candidates_that_straddle_the_band() -> None:
+    # 8 demos -> 4/30 (13 %), 12 -> 16/30 (53 %): no candidate in the band, 10 is.
+    table = {2: 0, 4: 1, 8: 4, 9: 6, 10: 9, 11: 12, 12: 16, 16: 20}
+    probed: list[int] = []
+
+    def est(n: int) -> tuple[int, int]:
+        probed.append(n)
+        return table[n], 30
+
+    res = tune_monotone_knob([2, 4, 8, 16], est, (0.15, 0.50), refine_integers=True)
+    # bisection: 4 (3 %) -> 8 (13 %) -> 16 (67 %), closed; then the integers: 12 (53 %), 10
+    assert probed == [4, 8, 16, 12, 10]
+    assert res.value == 10 and res.in_band
+    # without the refinement: the probe closest to the band, 8 (2 points below it)
+    probed.clear()
+    plain = tune_monotone_knob([2, 4, 8, 16], est, (0.15, 0.50))
+    assert probed == [4, 8, 16] and plain.value == 8 and not plain.in_band
+    # a gap with no integer in the band: 8 (13 %) and 9 (67 %) -> the closer, 8
+    res = tune_monotone_knob([8, 9], lambda n: ({8: 4, 9: 20}[n], 30), refine_integers=True)
+    assert res.value == 8 and not res.in_band and [p.value for p in res.probes] == [8, 9]
+
+
 def test_tuner_breaks_a_tie_towards_the_weaker_setting() -> None:
     est, calls = _fake({1: 0, 2: 1, 3: 3}, episodes=4)
     res = tune_monotone_knob([1, 2, 3], est, (0.25, 0.50))

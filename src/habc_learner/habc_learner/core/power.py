@@ -113,6 +113,7 @@ def tune_monotone_knob(
     candidates: Sequence[Any],
     estimate: Callable[[Any], tuple[int, int]],
     band: tuple[float, float] = (0.15, 0.50),
+    refine_integers: bool = False,
 ) -> TuneResult:
     """Bisection over ``candidates`` (ordered so that success grows along them) for a value
     whose estimate ``estimate(value) -> (successes, episodes)`` lies in ``band``.
@@ -121,6 +122,10 @@ def tune_monotone_knob(
     below the band to stronger ones, and stops at the first probe inside the band. When the
     bracket closes without one, the probe closest to the band is chosen (``in_band`` False);
     among equally close probes the weaker one. At most ``ceil(log2(n + 1))`` probes.
+
+    ``refine_integers`` (integer candidates, e.g. a number of demonstrations): when the
+    bracket closes between a probe below the band and one above it with integers in between
+    (8 → 13 %, 12 → 53 %), bisect on those integers too (10, then 9 or 11) before giving up.
     """
     if not candidates:
         raise ValueError("tune_monotone_knob needs at least one candidate")
@@ -144,8 +149,24 @@ def tune_monotone_knob(
             hi = mid - 1
         else:
             lo = mid + 1
-    best = min(range(len(probes)), key=lambda i: (band_distance(probes[i].rate, band), index_of[i]))
-    return TuneResult(probes[best].value, False, tuple(probes))
+    if refine_integers:
+        below = [p.value for p in probes if p.rate < lo_b]
+        above = [p.value for p in probes if p.rate > hi_b]
+        a, b = (max(below), min(above)) if below and above else (0, 0)
+        while b - a > 1:
+            m = (a + b) // 2
+            s, n = estimate(m)
+            if n < 1 or not 0 <= s <= n:
+                raise ValueError(f"estimate({m!r}) returned ({s}, {n})")
+            probes.append(KnobProbe(m, int(s), int(n)))
+            if lo_b <= s / n <= hi_b:
+                return TuneResult(m, True, tuple(probes))
+            a, b = (a, m) if s / n > hi_b else (m, b)
+        order = {p.value: p.value for p in probes}  # integers: weaker = smaller
+    else:
+        order = {probes[i].value: index_of[i] for i in index_of}
+    best = min(probes, key=lambda p: (band_distance(p.rate, band), order[p.value]))
+    return TuneResult(best.value, False, tuple(probes))
 
 
 # ------------------------------------------------------------------------------ paired stats

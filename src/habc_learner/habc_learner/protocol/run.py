@@ -765,7 +765,9 @@ def tune_demos(cfg: ProtocolConfig, counters: Counters | None = None) -> dict[st
         by_successful[len(demos)] = (n, ok)
         return ok, len(seeds)
 
-    result = tune_monotone_knob(list(cfg.demo_candidates), estimate, tuple(cfg.band))
+    result = tune_monotone_knob(
+        list(cfg.demo_candidates), estimate, tuple(cfg.band), refine_integers=True
+    )
     rec = {
         "key": key,
         "chosen_demos": int(result.value),
