@@ -371,8 +371,8 @@ class SeedRun:
         train_s = time.monotonic() - t0
         ev = self.evaluate(ckpt)
         plateau = (
-            f" (held-out flow loss plateau: {sft_info['plateau']}, {sft_info['steps_run']} steps "
-            f"run)"
+            f" (plateau of the {self.cfg.sft_criterion} criterion: {sft_info['plateau']}, "
+            f"{sft_info['steps_run']} steps run)"
             if self.cfg.sft_patience
             else ""
         )
