@@ -144,8 +144,9 @@ class SeedRun:
         return ok
 
     def train_sft(self, demos: list, val: list, name: str) -> tuple[Path, dict[str, Any]]:
-        """An SFT checkpoint on ``demos``: to the plateau of the held-out flow loss on ``val``
-        (``sft_patience`` > 0, at most ``sft_steps`` steps, best weights kept) or exactly
+        """An SFT checkpoint on ``demos``: to the plateau of ``cfg.sft_criterion`` (success on
+        the seed's validation poses, or a loss on the held-out demonstrations ``val``;
+        ``sft_patience`` > 0, at most ``sft_steps`` steps, best weights kept) or exactly
         ``sft_steps`` steps. Reused when ``checkpoints/<name>`` holds a finished one."""
         from habc_learner.core.power import PlateauStopper
         from habc_learner.core.replay import ReplayStore
