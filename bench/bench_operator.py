@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--handback-ticks", type=int, default=25, help="the arbiter's hand-back ramp (ticks)"
     )
+    p.add_argument(
+        "--lift-clear", type=float, default=None, help="'lifted clear' in m (the task's)"
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         release=args.release == "on",
         one_arm=args.one_arm == "on",
         handback_level=args.handback_level,
+        lift_clear=args.lift_clear,
     )
     operator = ScriptedOperator.for_backend(backend, args.task, config)
     seeds = [SEED_BASE + i for i in range(args.episodes)]

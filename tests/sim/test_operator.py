@@ -336,6 +336,8 @@ def test_milestones_of_the_aloha_tasks() -> None:
     # 4 cm above rest is not clear of the table yet.
     low = {"cube": (np.array([0.1, 0.5, 0.06]), np.eye(3))}
     assert aloha_milestone("transfer_cube", _hold_scene(low, grip_r, at_right)).level == 0
+    # ... unless "clear" is 3 cm (OperatorConfig.lift_clear): 0.06 > 0.02 + 0.03.
+    assert aloha_milestone("transfer_cube", _hold_scene(low, grip_r, at_right), 0.03).level == 1
     # Held by the right at the meeting point (0, 0.5, 0.22), 3 cm off: milestone 2, where a
     # full takeover hands back.
     met = {"cube": (np.array([0.03, 0.5, 0.22]), np.eye(3))}

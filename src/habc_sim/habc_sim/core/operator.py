@@ -108,6 +108,11 @@ class OperatorConfig:
             (a human does not hand back with a second to go).
         max_takeovers: takeovers per episode; the last one holds to the end, with every arm.
         one_arm: take over only the arm at fault when one arm has the problem.
+        handback_level: least milestone at which a full takeover hands back (``None``: the
+            task's, :func:`aloha_milestone`).
+        lift_clear: the clearance (m) of "lifted clear of the table" in the ALOHA milestones
+            (``None``: the task's, :data:`TRANSFER_CLEAR` / :data:`INSERTION_CLEAR`); a
+            smaller one hands a corrected grasp back earlier.
     """
 
     intervention_rate: float = 0.5
@@ -128,6 +133,7 @@ class OperatorConfig:
     max_takeovers: int = 3
     one_arm: bool = True
     handback_level: int | None = None
+    lift_clear: float | None = None
     script: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -233,7 +239,7 @@ class Milestone(NamedTuple):
     handback_level: int = 1
 
 
-def aloha_milestone(task: str, s: SceneState) -> Milestone:
+def aloha_milestone(task: str, s: SceneState, clear: float | None = None) -> Milestone:
     """Back-on-track milestones of the ALOHA tasks (arms in order left, right).
 
     transfer_cube: 1 = a gripper holds the cube lifted 5 cm clear of the table; 2 = the right
@@ -248,7 +254,8 @@ def aloha_milestone(task: str, s: SceneState) -> Milestone:
     """
     if task == "transfer_cube":
         cube, _ = s.objects["cube"]
-        held = {arm: _holds(s, arm, "cube", CUBE_HALF, TRANSFER_CLEAR) for arm in ("left", "right")}
+        lift = TRANSFER_CLEAR if clear is None else clear
+        held = {arm: _holds(s, arm, "cube", CUBE_HALF, lift) for arm in ("left", "right")}
         lifted = any(held.values())
         level = 0
         if lifted:
@@ -261,8 +268,9 @@ def aloha_milestone(task: str, s: SceneState) -> Milestone:
         picker = "left" if float(cube[0]) < LEFT_PICK_X else "right"
         done = {arm: lifted or arm != picker for arm in ("left", "right")}
         return Milestone(level, (done["left"], done["right"]), handback_level=2)
-    peg_ok = _holds(s, "right", "peg", float(PEG_HALF[2]), INSERTION_CLEAR)
-    socket_ok = _holds(s, "left", "socket", float(SOCKET_HALF[2]), INSERTION_CLEAR)
+    lift = INSERTION_CLEAR if clear is None else clear
+    peg_ok = _holds(s, "right", "peg", float(PEG_HALF[2]), lift)
+    socket_ok = _holds(s, "left", "socket", float(SOCKET_HALF[2]), lift)
     level = 0
     if peg_ok and socket_ok:
         level = 1
@@ -380,7 +388,7 @@ class RolloutMonitor:
                     drop = True
             if "collision" in cfg.signals:
                 collision = self._collision(obs)
-            milestone: Milestone | None = aloha_milestone(self.expert.task, s)
+            milestone: Milestone | None = aloha_milestone(self.expert.task, s, cfg.lift_clear)
         else:
             if obs.env_state is None:
                 raise ValueError("the monitor needs Observation.env_state")
