@@ -266,6 +266,15 @@ def render_paired(cfg, recs) -> list[str]:
     return lines
 
 
+def _criterion_name(cfg) -> str:
+    """What the SFT start's plateau was measured on (``cfg.sft_criterion``)."""
+    return {
+        "success": "validation failure rate (1 − success)",
+        "flow": "held-out flow loss",
+        "action": "held-out chunk error",
+    }.get(getattr(cfg, "sft_criterion", "flow"), "held-out loss")
+
+
 def render_sft_start(cfg, recs) -> list[str]:
     """The converged SFT start per seed, and the band tuner's probes."""
     lines = ["## SFT start", ""]
@@ -279,8 +288,8 @@ def render_sft_start(cfg, recs) -> list[str]:
             f"{t['key']['band'][0]:.0%}–{t['key']['band'][1]:.0%} on "
             f"{t['key']['tune_episodes']} tuning poses ({t['wall_s'] / 60:.1f} min). Probes:",
             "",
-            "| demos | successful | SFT step (best held-out loss) | plateau | success on "
-            "tuning poses |",
+            f"| demos | successful | SFT step (best {_criterion_name(cfg)}) | plateau | success "
+            "on tuning poses |",
             "|---|---|---|---|---|",
         ]
         for p in t["probes"]:
@@ -292,8 +301,8 @@ def render_sft_start(cfg, recs) -> list[str]:
     rows = sorted((r for r in recs if r["method"] == "sft_start"), key=lambda r: r["seed"])
     if rows:
         lines += [
-            "| seed | demos (successful / held out) | SFT step | steps run | held-out plateau "
-            "| best held-out flow loss | success (95 % Wilson) |",
+            "| seed | demos (successful / held out) | SFT step | steps run | plateau "
+            f"| best {_criterion_name(cfg)} | success (95 % Wilson) |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in rows:
