@@ -120,6 +120,10 @@ def test_demohalf_variant_pins_half_of_habc_batches_to_demos() -> None:
     method = method_config(ProtocolConfig(task="transfer_cube"), "habc+demohalf")
     assert method.fixed_shares == (("demo", 0.5),) and method.proportional
     assert get_method("habc").fixed_shares == ()
+    # +nogate: g ≡ 1 all run long, even when the run sets a warmup for every method
+    cfg = ProtocolConfig(task="transfer_cube", warmup_steps=100)
+    assert method_config(cfg, "habc+nogate").warmup_steps == 10**12
+    assert method_config(cfg, "habc").warmup_steps == 100
     with pytest.raises(ValueError, match="fixed share"):
         MethodConfig(
             name="x", description="", mixing=(("demo", 1.0),), fixed_shares=(("intervention", 0.5),)

@@ -353,6 +353,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # half of every batch from demonstrations whatever the counts (Imit-DAgger's share); the
     # other half over the online sources by window count (power.md, finding 2)
     "demohalf": ("method", {"fixed_shares": (("demo", 0.5),)}),
+    # g ≡ 1 for the whole run (the warmup never ends): the per-source rule alone (successes,
+    # interventions, demos 1; failures 0), i.e. filtered BC; isolates what the gate adds
+    "nogate": ("method", {"warmup_steps": 10**12}),
 }
 
 
@@ -381,9 +384,10 @@ def method_config(cfg: ProtocolConfig, name: str, ir_from_round: int | None = No
     from habc_learner.core.methods import get_method
 
     method = get_method(split_variant(name)[0])
-    changes: dict[str, Any] = variant_overrides(name, "method")
+    changes: dict[str, Any] = {}
     if cfg.warmup_steps is not None and hasattr(method, "warmup_steps"):
         changes["warmup_steps"] = cfg.warmup_steps
+    changes.update(variant_overrides(name, "method"))  # a variant's own value wins
     if ir_from_round is not None and getattr(method, "intervention_reweighting", False):
         changes["ir_from_round"] = ir_from_round
     return method.replace(**changes) if changes else method
