@@ -344,7 +344,7 @@ class ReplayStore:
             p = np.empty(len(names), dtype=np.float64)
             p[is_pinned] = pinned_share
             p[~is_pinned] = free * (1.0 - pinned_share.sum())
-        elif is_pinned.all():
+        elif is_pinned.all() and sum(fixed[n] for n in names) > 0:
             p = np.asarray([fixed[n] for n in names], dtype=np.float64)
         counts = rng.multinomial(batch_size, p / p.sum())
         rows = [pool[rng.integers(0, len(pool), size=c)] for pool, c in zip(pools, counts) if c > 0]
