@@ -626,7 +626,9 @@ def test_disk_full_mid_episode(graph: Graph) -> None:
     c.spin_until(  # its clock starts with its first chunk; 1 s of steps, so a recorder that
         # lags the graph under load (a full-suite run once recorded this episode's commands
         # but none of its joint states after 10 ticks) has them in the bag before the end
-        lambda: sum(m.episode_id == ok for _, m in graph.commands) > 50, 30.0, "its steps"
+        lambda: sum(m.episode_id == ok for _, m in graph.commands) > 50,
+        30.0,
+        "its steps",
     )
     assert graph.end_episode(EpisodeEvent.OUTCOME_FAILURE).success
     assert _complete_episodes(graph.bag_dir) == sorted([*before, ok]), _skipped(graph.bag_dir)
