@@ -71,14 +71,15 @@ class HeldOutFlowLoss:
         return float(loss.mean())
 
 
-class HeldOutActionError:
+class HeldOutActionError(HeldOutFlowLoss):
     """L_act = Σ_i Σ_{h,d} m_{i,h,d} (Â_i − A_i)² / Σ m over held-out windows: the squared
     error of the chunk the policy would *execute* (the Euler sampler's output from a fixed
     noise, normalized action space) against the demonstrated chunk, on its target entries.
 
     Unlike the flow loss (a one-τ denoising error), this is the policy's closed-loop output,
-    which is what success depends on (``docs/results/power.md``: the flow loss stops falling
-    hundreds of steps before success does)."""
+    which is what success depends on (``docs/results/budget.md`` § 1: the held-out losses stop
+    falling long before success does). The windows are chosen as :class:`HeldOutFlowLoss`
+    chooses them; the sampler's starting noise is drawn once from ``seed``."""
 
     def __init__(
         self,
@@ -88,21 +89,13 @@ class HeldOutActionError:
         seed: int = 0,
         rows: np.ndarray | None = None,
     ):
-        rows = np.arange(len(store)) if rows is None else np.asarray(rows)
-        if len(rows) == 0:
-            raise ValueError("the held-out store has no windows")
-        if len(rows) > max_windows:
-            rows = rows[np.linspace(0, len(rows) - 1, max_windows).astype(int)]
-        self.trainer = trainer
-        cams = bool(trainer.config.policy.camera_names)
-        self.batch = store.gather(rows, load_images=cams, next_images=False).to(trainer.device)
+        super().__init__(trainer, store, max_windows, seed, rows)
         cfg = trainer.policy.config
         gen = torch.Generator(device=trainer.device)
         gen.manual_seed(seed)
         self.noise = torch.randn(
-            len(rows), cfg.horizon, cfg.action_dim, generator=gen, device=trainer.device
+            self.windows, cfg.horizon, cfg.action_dim, generator=gen, device=trainer.device
         )
-        self.windows = len(rows)
 
     name = "held-out chunk error"
 
