@@ -49,10 +49,25 @@ def test_latency_compensated_selection_and_staleness() -> None:
     first = s.select(1.071)
     assert first is not None and (first.row, first.seq) == (3, 0)
     assert s.select(1.06).row == 2
-    assert s.select(1.50).row == 24  # last executable row
+    assert s.select(1.50).row == 24  # last row while the next chunk is on time
+    assert not s.select(1.50).overrun
     assert s.rows_left(1.50) == 1
-    assert s.select(1.51) is None  # row 25 of 25 executable: stale -> hold
-    assert s.rows_left(1.51) == 0
+    # The next chunk is late: rows 25..34 (10 overrun rows) run on, flagged; row 35 is stale.
+    late = s.select(1.51)
+    assert late is not None and (late.row, late.overrun) == (25, True)
+    assert s.rows_left(1.51) == 0  # the request timing still aims at execute_rows
+    assert s.select(1.70).row == 34
+    assert s.select(1.71) is None  # stale -> hold
+    # No overrun: stale right after execute_rows.
+    s0 = ChunkScheduler(action_dim=2, execute_rows=25, overrun_rows=0)
+    s0.offer(chunk(stamp=1.00, seq=0))
+    assert s0.select(1.50).row == 24 and s0.select(1.51) is None
+    # Never past the chunk's horizon (30 rows: 25 + 5 at most).
+    s30 = ChunkScheduler(action_dim=2, execute_rows=25)
+    s30.offer(chunk(stamp=1.00, seq=0, horizon=30))
+    assert s30.select(1.60).row == 29 and s30.select(1.61) is None
+    with pytest.raises(ValueError, match="overrun_rows"):
+        ChunkScheduler(action_dim=2, execute_rows=25, overrun_rows=-1)
 
 
 def test_newer_chunk_replaces_older_and_out_of_order_is_refused() -> None:
@@ -105,7 +120,7 @@ def test_first_chunk_of_an_episode_runs_from_row_0_at_the_first_tick() -> None:
     assert first.action.tolist() == [0.0, 2.0]
     assert s.select(10.12).row == 1
     assert s.select(10.58).row == 24  # 24 periods after the first tick: the last row
-    assert s.select(10.60) is None  # then stale
+    assert s.select(10.60).overrun  # then the overrun rows (the next chunk is late)
     # A later chunk of the same episode is latency-compensated as usual.
     assert s.offer(chunk(10.40, seq=3), now_s=10.47) is None
     assert s.select(10.47).row == 3  # 3.5 periods after its observation: ceil(3.25) - 1
@@ -195,7 +210,9 @@ def test_temporal_ensemble_weights_the_oldest_chunk_most() -> None:
 
 
 def test_ensemble_seam_averages_every_chunk_covering_the_tick() -> None:
-    s = ChunkScheduler(action_dim=2, execute_rows=5, seam="ensemble", ensemble_decay=math.log(2))
+    s = ChunkScheduler(
+        action_dim=2, execute_rows=5, seam="ensemble", ensemble_decay=math.log(2), overrun_rows=0
+    )
     assert s.offer(chunk(1.00, seq=0, horizon=6)) is None
     assert s.offer(chunk(1.04, seq=1, horizon=6)) is None
     # At 1.10 chunk 0 is at row 4 ([4, 0]), chunk 1 at row 2 ([2, 1]): weights 1 and 1/2.
