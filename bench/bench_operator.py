@@ -45,11 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="one line per takeover episode")
     p.add_argument("--handback-level", type=int, default=None, help="(default: the task's)")
     p.add_argument(
-        "--handback-ticks", type=int, default=25, help="the arbiter's hand-back ramp (ticks)"
+        "--handback-ticks",
+        type=int,
+        default=None,
+        help="the arbiter's hand-back ramp (ticks; default: the arbiter's)",
     )
     p.add_argument(
         "--lift-clear", type=float, default=None, help="'lifted clear' in m (the task's)"
     )
+    p.add_argument(
+        "--pick-handback",
+        choices=("grasp", "lift"),
+        default=None,
+        help="a one-arm takeover of a picking arm hands back at the grasp or the lift "
+        "(default: the operator's)",
+    )
+    p.add_argument("--max-takeovers", type=int, default=None, help="(default: the operator's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -64,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = backend_of(args.task)
     policy = load_policy(args.checkpoint)
+    overrides = {
+        k: v
+        for k, v in (("pick_handback", args.pick_handback), ("max_takeovers", args.max_takeovers))
+        if v is not None
+    }
     config = OperatorConfig(
         intervention_rate=args.intervention_rate,
         release=args.release == "on",
         one_arm=args.one_arm == "on",
         handback_level=args.handback_level,
         lift_clear=args.lift_clear,
+        **overrides,
     )
     operator = ScriptedOperator.for_backend(backend, args.task, config)
     seeds = [SEED_BASE + i for i in range(args.episodes)]
@@ -111,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     declined = sum((r.operator_reason or "").startswith("unrecoverable") for r in results)
     n = len(took)
 
+    from habc_policy.core.authority import DEFAULT_HANDBACK_TICKS
+
+    ramp = DEFAULT_HANDBACK_TICKS if args.handback_ticks is None else args.handback_ticks
+
     def pct(k: int, d: int) -> str:
         return f"{k}/{d} ({100 * k / d:.0f} %)" if d else "0/0"
 
     print(f"task {args.task}, checkpoint {policy.checkpoint_id} (step {policy.learner_step})")
     print(
         f"operator: intervention rate {args.intervention_rate}, hand-back {args.release}, "
-        f"one-arm {args.one_arm}, ramp {args.handback_ticks} ticks; "
+        f"one-arm {args.one_arm}, pick hand-back at the {config.pick_handback}, "
+        f"at most {config.max_takeovers} takeovers, ramp {ramp} ticks; "
         f"{len(results)} episodes in {wall:.0f} s "
         f"({wall / max(len(results), 1):.2f} s per episode)"
     )

@@ -278,6 +278,73 @@ def test_one_arm_takeover_takes_the_arm_at_fault_and_hands_it_back() -> None:
     assert model.mask == (True, True)
 
 
+def test_one_arm_takeover_hands_back_at_the_grasp() -> None:
+    """``pick_handback="grasp"``: the right arm's takeover ends once the operator closed its
+    gripper around the object, before the lift (``arm_done`` still False); ``"lift"`` waits
+    for ``arm_done``; and an arm that already held its object when the takeover began is
+    corrected to the lift."""
+
+    def sig(done: tuple[bool, bool], grasped: tuple[bool, bool], stall: bool = False) -> Signals:
+        return Signals(stall, False, False, 0.0, milestone=Milestone(0, done, 1, grasped))
+
+    for pick, released_at in (("grasp", 4), ("lift", 6)):
+        model = TakeoverModel(
+            _release_config(min_control_steps=0, release_confirm_steps=2, pick_handback=pick)
+        )
+        model.reset(seed=0, horizon=400)
+        assert model.update(sig((True, False), (False, False), stall=True)).takeover
+        assert model.mask == (False, True)
+        # Control steps 1-2 approach, 3-4 grasped on the table, 5- lifted (arm_done); the
+        # condition must hold 2 steps: released at 4 (grasp) or 6 (lift).
+        trace = [sig((True, False), (False, False))] * 2
+        trace += [sig((True, False), (False, True))] * 2 + [sig((True, True), (False, True))] * 3
+        takeover = [model.update(s).takeover for s in trace]
+        assert takeover.index(False) + 1 == released_at, (pick, takeover)
+    # The right gripper already held the cube on the table when the operator took over (a
+    # stalled lift): a grasp is no progress, the lift is.
+    model = TakeoverModel(_release_config(min_control_steps=0, release_confirm_steps=2))
+    model.reset(seed=0, horizon=400)
+    assert model.update(sig((True, False), (False, True), stall=True)).takeover
+    assert model.mask == (False, True)
+    assert all(model.update(sig((True, False), (False, True))).takeover for _ in range(10))
+    assert model.update(sig((True, True), (False, True))).takeover
+    assert not model.update(sig((True, True), (False, True))).takeover
+    with pytest.raises(ValueError, match="pick_handback"):
+        OperatorConfig(pick_handback="touch")
+
+
+def test_grasps_is_the_gripper_closed_around_the_object() -> None:
+    from habc_sim.core.expert import CUBE_HALF, PEG_HALF
+    from habc_sim.core.operator import grasps
+
+    cube = {"cube": (np.array([0.1, 0.5, 0.02]), np.eye(3))}
+    closed, open_ = {"left": 1.0, "right": 0.3}, {"left": 1.0, "right": 0.9}
+    far = np.array([-0.3, 0.5, 0.3])
+
+    def at(site: list[float], objects: dict = cube, grip: dict = closed) -> SceneState:
+        return _hold_scene(objects, grip, {"left": far, "right": np.array(site)})
+
+    # 1 cm along x, 0 across, fingertips 0.5 cm above the centre (top at +2 cm): a grasp.
+    assert grasps(at([0.11, 0.5, 0.025]), "right", "cube", CUBE_HALF)
+    assert not grasps(at([0.11, 0.5, 0.025], grip=open_), "right", "cube", CUBE_HALF)
+    assert not grasps(at([0.1, 0.52, 0.025]), "right", "cube", CUBE_HALF), "2 cm across"
+    assert not grasps(at([0.12, 0.5, 0.025]), "right", "cube", CUBE_HALF), "2 cm along"
+    assert not grasps(at([0.1, 0.5, 0.045]), "right", "cube", CUBE_HALF), "above the top"
+    # The cube turned 90 degrees about z: its x axis is world y.
+    turned = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    rotated = {"cube": (np.array([0.1, 0.5, 0.02]), turned)}
+    assert grasps(at([0.1, 0.51, 0.025], rotated), "right", "cube", CUBE_HALF)
+    # A peg (half length 6 cm) is grasped anywhere within 6 - 1.5 = 4.5 cm of its centre.
+    peg = {"peg": (np.array([0.1, 0.5, 0.01]), np.eye(3))}
+    assert grasps(at([0.14, 0.505, 0.012], peg), "right", "peg", PEG_HALF)
+    assert not grasps(at([0.15, 0.5, 0.012], peg), "right", "peg", PEG_HALF)
+    # aloha_milestone reports it per arm.
+    from habc_sim.core.operator import aloha_milestone
+
+    m = aloha_milestone("transfer_cube", at([0.11, 0.5, 0.025]))
+    assert m.arm_grasped == (False, True) and m.arm_done == (True, False) and m.level == 0
+
+
 def test_a_takeover_that_holds_to_the_end_takes_every_arm() -> None:
     # Measured bug (transfer-cube, 100 episodes): a last takeover of the picking arm alone held
     # to the end while the policy kept the receiving arm, so the expert's handover could never
@@ -326,7 +393,7 @@ def test_milestones_of_the_aloha_tasks() -> None:
     # Cube on the table at x = 0.1: the right arm picks, the left only waits.
     cube = {"cube": (np.array([0.1, 0.5, 0.02]), np.eye(3))}
     assert aloha_milestone("transfer_cube", _hold_scene(cube, open_, far)) == Milestone(
-        0, (True, False), 2
+        0, (True, False), 2, (False, False)
     )
     # Held by the right gripper 6 cm above rest (0.02 + 0.06 > 0.02 + 0.05): milestone 1.
     lifted = {"cube": (np.array([0.1, 0.5, 0.08]), np.eye(3))}
@@ -355,4 +422,4 @@ def test_milestones_of_the_aloha_tasks() -> None:
     }
     sites = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.1, 0.5, 0.07])}
     m = aloha_milestone("insertion", _hold_scene(objs, {"left": 1.0, "right": 0.3}, sites))
-    assert m == Milestone(0, (False, True))
+    assert m == Milestone(0, (False, True), 1, (False, False))

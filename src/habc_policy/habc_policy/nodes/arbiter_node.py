@@ -83,6 +83,7 @@ from habc_common import topics
 from habc_msgs.msg import ActionChunk, EpisodeEvent, ExecutedCommand
 from habc_msgs.srv import EndEpisode
 from habc_policy.core.authority import (
+    DEFAULT_HANDBACK_TICKS,
     ArbiterConfig,
     AuthorityArbiter,
     Controller,
@@ -98,6 +99,7 @@ from habc_policy.core.chunk_safety import (
     ChunkSafetyConfig,
 )
 from habc_policy.core.chunking import (
+    DEFAULT_OVERRUN_ROWS,
     DEFAULT_SEAM,
     SEAM_MODES,
     Chunk,
@@ -126,6 +128,7 @@ class ArbiterParams:
     arm_names: tuple[str, ...]
     arbiter: ArbiterConfig
     execute_rows: int
+    overrun_rows: int
     teleop_source: str
     teleop_topic: str
     estop_state_topic: str
@@ -174,7 +177,9 @@ class ArbiterParams:
         )
         arbiter = ArbiterConfig(
             arm_slices=tuple((bounds[i], bounds[i + 1]) for i in range(len(arm_names))),
-            handback_ticks=int(d(node, "handback_ticks", 25, "ticks of the hand-back ramp")),
+            handback_ticks=int(
+                d(node, "handback_ticks", DEFAULT_HANDBACK_TICKS, "ticks of the hand-back ramp")
+            ),
             joy_timeout_s=float(d(node, "joy_timeout_s", 0.1, "joystick silence → hold (s)")),
             teleop_timeout_s=float(d(node, "teleop_timeout_s", 0.1, "teleop age → hold (s)")),
             mapping=mapping,
@@ -190,6 +195,14 @@ class ArbiterParams:
             arm_names=arm_names,
             arbiter=arbiter,
             execute_rows=int(d(node, "execute_rows", 25, "rows of each chunk that may run")),
+            overrun_rows=int(
+                d(
+                    node,
+                    "overrun_rows",
+                    DEFAULT_OVERRUN_ROWS,
+                    "rows past execute_rows a chunk runs while the next is late",
+                )
+            ),
             teleop_source=d(node, "teleop_source", "topic", f"one of {TELEOP_SOURCES}"),
             teleop_topic=d(node, "teleop_topic", topics.TELEOP_COMMAND, "teleop JointState"),
             estop_state_topic=d(
@@ -277,11 +290,21 @@ class ArbiterNode(Node):
         self.params = p = ArbiterParams.declare(self)
         self._period = 1.0 / p.control_hz
         self._scheduler = ChunkScheduler(
-            p.arbiter.action_dim, p.execute_rows, seam=p.seam, ensemble_decay=p.ensemble_decay
+            p.arbiter.action_dim,
+            p.execute_rows,
+            seam=p.seam,
+            ensemble_decay=p.ensemble_decay,
+            overrun_rows=p.overrun_rows,
         )
         self._safety = None if p.chunk_safety is None else ChunkSafety(p.chunk_safety)
         self._pending: tuple[str, float] | None = None  # (episode id, start) until step 0
-        self._counts = {"clamped_ticks": 0, "refused_ticks": 0, "episodes": 0, "start_waits": 0}
+        self._counts = {
+            "clamped_ticks": 0,
+            "refused_ticks": 0,
+            "overrun_ticks": 0,  # rows past execute_rows run while the next chunk was late
+            "episodes": 0,
+            "start_waits": 0,
+        }
         self._arbiter = AuthorityArbiter(p.arbiter)
         self._chunk_learner_step: dict[tuple[str, int], int] = {}
         self._joy: JoyState | None = None
@@ -570,6 +593,7 @@ class ArbiterNode(Node):
         )
         clamped = clamped and ran_policy
         self._counts["clamped_ticks"] += int(clamped)
+        self._counts["overrun_ticks"] += int(ran_policy and row is not None and row.overrun)
         self._counts["refused_ticks"] += int(decision.hold_reason == HOLD_CHUNK_JUMP)
         msg = ExecutedCommand()
         sec = math.floor(now)  # the tick time the decision was made for

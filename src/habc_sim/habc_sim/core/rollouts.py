@@ -54,9 +54,20 @@ DEADMAN_BUTTON = 4
 TAKEOVER_BUTTONS = (6, 7)
 
 
-def arbiter_for(arm_slices: tuple[tuple[str, int, int], ...], handback_ticks: int) -> Any:
-    """The arbiter's state machine for ``arm_slices``, with the default joystick mapping."""
-    from habc_policy.core.authority import ArbiterConfig, AuthorityArbiter, JoyMapping
+def arbiter_for(
+    arm_slices: tuple[tuple[str, int, int], ...], handback_ticks: int | None = None
+) -> Any:
+    """The arbiter's state machine for ``arm_slices``, with the default joystick mapping
+    (``handback_ticks``: ``None`` for the arbiter's default)."""
+    from habc_policy.core.authority import (
+        DEFAULT_HANDBACK_TICKS,
+        ArbiterConfig,
+        AuthorityArbiter,
+        JoyMapping,
+    )
+
+    if handback_ticks is None:
+        handback_ticks = DEFAULT_HANDBACK_TICKS
 
     buttons = TAKEOVER_BUTTONS if len(arm_slices) == len(TAKEOVER_BUTTONS) else ()
     return AuthorityArbiter(
@@ -112,7 +123,7 @@ def run_rollout(
     source: str = "rollout",
     sample_seed: int | None = None,
     base_time_ns: int = BASE_TIME_NS,
-    handback_ticks: int = 25,
+    handback_ticks: int | None = None,
     safety: Any | None = None,
     seam: str = "rtc",
     chunk_safety: Any | None = None,
@@ -130,7 +141,8 @@ def run_rollout(
         bag_path: where to write the episode bag (``None``: no bag).
         sample_seed: base seed of the policy's sampling noise (deterministic rollouts).
         base_time_ns: stamp of step 0 in the bag (nanoseconds).
-        handback_ticks: the arbiter's hand-back ramp (``config/arbiter.yaml``).
+        handback_ticks: the arbiter's hand-back ramp (``None``: the arbiter's default,
+            ``config/arbiter.yaml``).
         safety: the driver's safety layer (``arx_x5_driver.core.safety.SafetyLayer``) to run
             every command through, as the driver node does; the bag then also holds the
             driver's applied command of each step (``None``: no safety layer, the benchmark's
