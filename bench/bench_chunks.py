@@ -10,7 +10,8 @@ mode and chunk-safety limits) on the same object poses (the driver's reset seeds
 mode, measured in this run:
 
 - holds per episode: steps of the episode on which the arbiter held an arm (any reason), and
-  the episodes whose step 0 was a hold;
+  the episodes whose step 0 was a hold; and overrun steps (a policy row past ``execute_rows``
+  ran because the next chunk was late: open-loop time instead of a hold);
 - seam vs inside: the joint-space jump ``‖a_t − a_{t−1}‖`` and jerk
   ``‖a_t − 3a_{t−1} + 3a_{t−2} − a_{t−3}‖`` (14 action dims, per tick) where the chunk changes
   between ``t−1`` and ``t`` (seam) and where the whole window lies in one chunk (inside), over
@@ -57,6 +58,7 @@ class Figures:
     success: int = 0
     steps: int = 0
     hold_steps: int = 0
+    overrun_steps: int = 0  # policy rows past execute_rows (the next chunk was late)
     episodes_starting_held: int = 0
     clamped: int = 0  # the arbiter's chunk-safety clamps (ExecutedCommand.clamped)
     refused: int = 0  # the arbiter's chunk-safety refusals (hold chunk_jump)
@@ -98,8 +100,12 @@ def read_ticks(bag: Path) -> tuple[list[Any], dict[int, Any]]:
     return commands, applied
 
 
+EXECUTE_ROWS = 25  # config/arbiter.yaml
+
+
 def add_episode(fig: Figures, bag: Path, success: bool) -> None:
     """Add one recorded episode's figures (its steps as the learner reads them)."""
+    from habc_common import bag_format as bf
     from habc_learner.core.bag_reader import BagSkipped, read_episode
 
     fig.episodes += 1
@@ -118,6 +124,8 @@ def add_episode(fig: Figures, bag: Path, success: bool) -> None:
             fig.hold_steps += 1
             fig.hold_reasons[m.hold_reason] = fig.hold_reasons.get(m.hold_reason, 0) + 1
         fig.clamped += int(m.clamped)
+        ran_policy = any(c in (bf.CONTROLLER_POLICY, bf.CONTROLLER_HANDBACK) for c in m.controller)
+        fig.overrun_steps += int(ran_policy and int(m.chunk_row) >= EXECUTE_ROWS)
         fig.refused += int(m.hold_reason == "chunk_jump")
         a = applied.get(int(m.step_index))
         fig.driver_clamped += int(a is not None and a.clamped)
@@ -161,7 +169,7 @@ def summary(mode: str, path: str, f: Figures) -> str:
     return (
         f"  {mode:8s} {path:10s} success {f.success}/{f.episodes} ({100 * f.success / n:.0f} %)"
         f"  holds/episode {f.hold_steps / n:.2f} (step 0 held in {f.episodes_starting_held};"
-        f" {reasons})\n"
+        f" {reasons}); overrun steps/episode {f.overrun_steps / n:.2f}\n"
         f"  {'':8s} {'':10s} jump seam/inside {np.mean(f.seam_jump or [np.nan]):.4f}/"
         f"{np.mean(f.inside_jump or [np.nan]):.4f} = {_ratio(f.seam_jump, f.inside_jump)}"
         f"  jerk seam/inside {np.mean(f.seam_jerk or [np.nan]):.4f}/"

@@ -217,12 +217,17 @@ class _Planner:
         raise NotImplementedError
 
     def _gripper_settled(self, s: SceneState, arm: str, steps: int, min_steps: int = 12) -> bool:
-        """The gripper stopped moving (closed on the object, or fully closed)."""
+        """The gripper stopped moving closed (on the object, or fully), or 50 steps passed.
+
+        A closing gripper can pause for a few steps near open (0.89 in a takeover's re-grasp
+        of a peg lying on the table): that pause is not "closed", or the arm lifts with the
+        fingers still open and misses (the episode then loops through re-grasps)."""
         hist = self._grip_hist.setdefault(arm, [])
         hist.append(s.grip[arm])
         del hist[:-4]
         moving = len(hist) < 4 or max(hist) - min(hist) > 0.01
-        return (not moving and steps >= min_steps) or steps > 50
+        closed = s.grip[arm] < GRIP_HOLDING
+        return (not moving and closed and steps >= min_steps) or steps > 50
 
     def targets(self, s: SceneState) -> dict[str, ArmTarget]:
         raise NotImplementedError
@@ -409,6 +414,9 @@ class _TransferPlanner(_Planner):
 PEG_HALF = np.array([0.06, 0.01, 0.01])
 SOCKET_HALF = np.array([0.06, 0.022, 0.022])
 SOCKET_MEET = np.array([-0.08, 0.5, 0.2])
+#: Share of the peg-to-socket tilt corrected per step (1: all of it, which with the arm's
+#: tracking lag made a peg held off centre yaw back and forth by +-0.2 rad until it slipped).
+TILT_GAIN = 0.25
 PEG_WAIT = np.array([0.12, 0.5, 0.2])
 PIN_END = 0.04  # pin half-length along the socket axis
 
@@ -529,14 +537,20 @@ class _InsertionPlanner(_Planner):
             fine = True
             if lateral > 0.02 or along > SOCKET_HALF[0] + PEG_HALF[0] + 0.06:
                 self._set("right", "carry")
-        site_goal = s.site_pos["right"] + (goal - peg)
         # Keep the peg parallel to the socket: rotate the gripper by the peg-to-socket tilt.
         peg_axis = peg_rot[:, 0] if np.dot(peg_rot[:, 0], axis) >= 0 else -peg_rot[:, 0]
         tilt = np.cross(peg_axis, axis)
         tilt_angle = float(np.arcsin(np.clip(np.linalg.norm(tilt), 0.0, 1.0)))
-        rot = s.site_rot["right"]
+        turn = np.eye(3)
         if tilt_angle > 1e-3:
-            rot = rotation_exp(_unit(tilt) * tilt_angle) @ rot
+            turn = rotation_exp(_unit(tilt) * tilt_angle * TILT_GAIN)
+        rot = turn @ s.site_rot["right"]
+        # The site goal that puts the peg at ``goal`` once the gripper has turned: the turn
+        # swings a peg held off its centre about the fingertips. (Without it, a peg grasped
+        # 2.5 cm off centre, as a takeover of a policy's grasp leaves it, swung across the
+        # socket axis at every correction, never got within the 6 mm the insertion needs,
+        # and slipped out of the gripper.)
+        site_goal = goal - turn @ (peg - s.site_pos["right"])
         out["right"] = ArmTarget(site_goal, rot, GRIP_CLOSED, fine=fine, integrate=False)
         return out
 
