@@ -63,3 +63,38 @@ def test_ik_reaches_a_reachable_pose() -> None:
     sol = ik.solve(np.zeros(6), pos, rot)
     assert sol.position_error < 2e-3 and sol.rotation_error < 2e-2
     assert np.all(sol.q >= ik.low) and np.all(sol.q <= ik.high)
+
+
+def test_a_gripper_closed_on_the_socket_holds_it_and_one_held_open_is_not_closed() -> None:
+    """Measured readings (insertion takeovers): closed on the socket 0.60-0.82, on the peg
+    0.14-0.37, open 0.95-0.98, fingers held open by the table 0.89. A socket held at 0.82 was
+    read as "not held" (threshold 0.8): the expert re-approached with the gripper open and
+    dropped it. A close phase that took 0.89 for "closed" lifted the fingers past the peg."""
+    import numpy as np
+
+    from habc_sim.core.expert import SOCKET_HALF, SceneState, _InsertionPlanner
+
+    def scene(grip_left: float, grip_right: float) -> SceneState:
+        return SceneState(
+            q={"left": np.zeros(6), "right": np.zeros(6)},
+            grip={"left": grip_left, "right": grip_right},
+            site_pos={"left": np.array([-0.08, 0.5, 0.21]), "right": np.array([0.1, 0.5, 0.01])},
+            site_rot={"left": np.eye(3), "right": np.eye(3)},
+            objects={
+                "socket": (np.array([-0.08, 0.5, 0.2]), np.eye(3)),
+                "peg": (np.array([0.1, 0.5, 0.01]), np.eye(3)),
+            },
+        )
+
+    planner = _InsertionPlanner({})
+    assert planner._held_by(scene(0.82, 0.3), "left", "socket", float(SOCKET_HALF[2]))
+    assert not planner._held_by(scene(0.96, 0.3), "left", "socket", float(SOCKET_HALF[2]))
+    # The close phase: 0.89 for 20 steps is fingers held open, not closed; 0.35 is closed once
+    # the gripper stopped (4 equal readings) and 12 steps passed; 51 steps end it anyway.
+    stuck = [planner._gripper_settled(scene(1.0, 0.89), "right", k) for k in range(1, 21)]
+    assert not any(stuck)
+    planner._grip_hist.clear()
+    closed = [planner._gripper_settled(scene(1.0, 0.35), "right", k) for k in range(1, 14)]
+    assert closed.index(True) + 1 == 12
+    planner._grip_hist.clear()
+    assert planner._gripper_settled(scene(1.0, 0.89), "right", 51)

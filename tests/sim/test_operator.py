@@ -423,3 +423,34 @@ def test_milestones_of_the_aloha_tasks() -> None:
     sites = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.1, 0.5, 0.07])}
     m = aloha_milestone("insertion", _hold_scene(objs, {"left": 1.0, "right": 0.3}, sites))
     assert m == Milestone(0, (False, True), 1, (False, False))
+
+
+@pytest.mark.sim
+def test_insertion_takeover_regrasps_a_peg_a_policy_left_on_the_table(
+    insertion_robot: SimAlohaBackend,
+) -> None:
+    """A measured takeover failure, replayed from the simulator state it started in
+    (``data/insertion_peg_left_on_table.npz``: insertion, bench_operator seed 7,000,000, the
+    SFT policy's step 206): the socket held up, the peg back on the table near the robot's
+    centre line. Before the fix, the expert's grasp at 5 mm pressed the right finger links onto
+    the table, friction held them open at 0.89, the close phase took that for "closed", and
+    the arm lifted without the peg, in a loop, until the episode timed out."""
+    from pathlib import Path
+
+    import mujoco
+
+    state = np.load(Path(__file__).parent / "data" / "insertion_peg_left_on_table.npz")
+    insertion_robot.reset(0)
+    physics = insertion_robot.physics
+    model, data = physics.model.ptr, physics.data.ptr
+    data.qpos[:], data.qvel[:], data.ctrl[:] = state["qpos"], state["qvel"], state["ctrl"]
+    mujoco.mj_forward(model, data)
+    obs = insertion_robot.observe()
+    operator = ScriptedOperator.for_backend("sim", "insertion")
+    operator.reset(obs, 0)
+    operator.take_over_now(obs)
+    while not insertion_robot.status().done:
+        _, _, action = operator.step(obs)
+        insertion_robot.command(action)
+        obs = insertion_robot.observe()
+    assert insertion_robot.status().success, operator.expert.phase

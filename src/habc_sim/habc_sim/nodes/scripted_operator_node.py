@@ -59,8 +59,18 @@ class ScriptedOperatorNode(Node):
             reaction_steps=int(d(self, "reaction_steps", 5, "steps from signal to takeover")),
             release=bool(d(self, "release", True, "hand back once back on track")),
             min_suffix_steps=int(d(self, "min_suffix_steps", 50, "keep control near the end")),
-            max_takeovers=int(d(self, "max_takeovers", 3, "takeovers per episode")),
+            max_takeovers=int(
+                d(self, "max_takeovers", OperatorConfig.max_takeovers, "takeovers per episode")
+            ),
             one_arm=bool(d(self, "one_arm", True, "take only the arm at fault")),
+            pick_handback=str(
+                d(
+                    self,
+                    "pick_handback",
+                    OperatorConfig.pick_handback,
+                    "a one-arm pick takeover hands back at the grasp | lift",
+                )
+            ),
             script=self._script(),
         )
         self._horizon = int(d(self, "episode_steps", 400, "the sim episode's step limit"))
