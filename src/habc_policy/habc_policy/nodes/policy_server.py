@@ -80,10 +80,13 @@ from habc_policy.core.checkpoint import (
     load_policy,
 )
 from habc_policy.core.chunking import RequestTimer
+from habc_policy.core.gc_pauses import GcPauses
 from habc_policy.core.serving_guard import resolve_under_roots, use_env_state
 from habc_policy.nodes import declare
 
 NODE_NAME = "policy_server"
+#: A heartbeat interval longer than this many periods is logged as a stall of this process.
+STALL_PERIODS = 5
 USE_ENV_STATE = ("auto", "true", "false")
 BACKENDS = ("sim", "arx")
 JOINT_HISTORY = 50  # joint states kept to pair with camera frames (1 s at 50 Hz)
@@ -359,6 +362,8 @@ class PolicyServer(Node):
         # The heartbeat: the arbiter holds within a few ticks once it stops (a dead server's
         # last chunk must not run out its rows). Its own thread: never behind inference.
         self._heartbeat_pub = self.create_publisher(Header, topics.POLICY_HEARTBEAT, 10)
+        self.stalls = 0  # heartbeat-thread stalls past STALL_PERIODS periods
+        self._gc = GcPauses().install()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
         self.get_logger().info(
@@ -370,7 +375,21 @@ class PolicyServer(Node):
 
     def _beat(self) -> None:
         period = 1.0 / self.params.heartbeat_hz
+        last = time.monotonic()
         while not self._stop.wait(period):
+            now = time.monotonic()
+            gap, last = now - last, now
+            if gap > STALL_PERIODS * period:
+                # This thread did not run for a while: the arbiter may have held the arm
+                # (policy_heartbeat_lost). Say how long, and how much of it was garbage
+                # collection (which holds the interpreter).
+                self.stalls += 1
+                gc_s = self._gc.pause_s_since(now - gap)
+                self.get_logger().warning(
+                    f"heartbeat thread stalled {gap * 1e3:.0f} ms (garbage collection "
+                    f"{gc_s * 1e3:.0f} ms of it); {self.stalls} stalls so far",
+                    throttle_duration_sec=1.0,
+                )
             msg = Header(frame_id=NODE_NAME)
             msg.stamp = self.get_clock().now().to_msg()
             try:
@@ -610,6 +629,7 @@ class PolicyServer(Node):
         self._stop.set()
         self._worker.join(timeout=5.0)
         self._heartbeat.join(timeout=5.0)
+        self._gc.uninstall()
 
 
 def main(args: list[str] | None = None) -> int:
