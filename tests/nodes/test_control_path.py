@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from habc_policy.core.chunking import ROW_TOLERANCE
+from habc_policy.core.chunking import DEFAULT_OVERRUN_ROWS, ROW_TOLERANCE
 from tests.nodes.conftest import NodeProcess, RosClient, make_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
 
 PERIOD = 0.02
 EXECUTE_ROWS = 25
+# Rows of a chunk that may ever run: execute_rows, and the overrun rows while the next is late.
+RUN_ROWS = EXECUTE_ROWS + DEFAULT_OVERRUN_ROWS
 HANDBACK = 20
 # The operator presses the deadman at its 250th observation ... Its joint-state queue is 100
 # deep, so a node starved at start-up works through up to 100 queued observations at once;
@@ -232,7 +234,7 @@ def test_episode_tags_follow_the_deadman(stack: Stack) -> None:
         if list(m.controller) == [1, 1]:
             policy += 1
             assert m.checkpoint_id == stack.manifest_a["checkpoint_id"]
-            assert m.learner_step == 100 and m.chunk_row < EXECUTE_ROWS
+            assert m.learner_step == 100 and m.chunk_row < RUN_ROWS
     # While the arbiter gave the operator the arms, the operator's commands drove them (holds
     # only where its joystick or command was late).
     held_ticks = len(during) - switch + k
@@ -262,9 +264,9 @@ def test_handback_ramp_bounds_every_step(stack: Stack) -> None:
     t0, t1 = stamp_s(window[0]), stamp_s(window[-1])
     rows = np.concatenate(
         [
-            np.asarray(m.actions).reshape(m.horizon, m.action_dim)[:EXECUTE_ROWS]
+            np.asarray(m.actions).reshape(m.horizon, m.action_dim)[:RUN_ROWS]
             for _, m in stack.chunks
-            if t0 - EXECUTE_ROWS * PERIOD < stamp_s(m) <= t1
+            if t0 - RUN_ROWS * PERIOD < stamp_s(m) <= t1
         ]
     )
     gap = np.max(np.abs(rows - h), axis=0)  # how far the policy is from the human's last action
@@ -431,8 +433,9 @@ def test_joystick_silent_during_takeover_holds(stack: Stack) -> None:
 
 
 def test_killed_policy_server_holds_within_one_tick(stack: Stack) -> None:
-    """Killed right after a fresh chunk (25 executable rows, 0.5 s, left in it), the arbiter
-    holds within one tick of the heartbeat window (``policy_heartbeat_ticks`` ticks, sim: 10):
+    """Killed right after a fresh chunk (25 executable rows and 10 overrun rows left in it),
+    the arbiter holds within one tick of the heartbeat window (``policy_heartbeat_ticks``
+    ticks, sim: 10):
     every tick stamped later than ``t_kill + (ticks + 1) · Δt`` holds, none runs another
     policy row, though the chunk still had rows to run."""
     c = stack.client
@@ -441,7 +444,7 @@ def test_killed_policy_server_holds_within_one_tick(stack: Stack) -> None:
     stack.procs["policy"].signal(signal.SIGKILL)
     t_kill = c.now_s()
     last_chunk = max((m for _, m in stack.chunks), key=stamp_s)
-    expiry = stamp_s(last_chunk) + (EXECUTE_ROWS + ROW_TOLERANCE) * PERIOD
+    expiry = stamp_s(last_chunk) + (RUN_ROWS + ROW_TOLERANCE) * PERIOD
     deadline = t_kill + (HEARTBEAT_TICKS + 1) * PERIOD
     assert deadline < expiry  # the old chunk still had rows to run
 
@@ -462,9 +465,9 @@ def test_killed_policy_server_holds_within_one_tick(stack: Stack) -> None:
         (round(stamp_s(m) - t_kill, 3), list(m.controller), m.hold_reason) for m in after[:5]
     ]
     assert after[0].hold_reason == "policy_heartbeat_lost"
-    # no policy row past execute_rows was ever run, before or after the kill
+    # no policy row past execute_rows + overrun_rows was ever run, before or after the kill
     ran = _policy_ticks([m for _, m in stack.commands])
-    assert ran and max(m.chunk_row for m in ran) < EXECUTE_ROWS
+    assert ran and max(m.chunk_row for m in ran) < RUN_ROWS
     # the driver holds the arm still
     applied = [m for _, m in stack.applied if stamp_s(m) > deadline + PERIOD]
     assert applied, (
