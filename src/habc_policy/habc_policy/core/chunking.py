@@ -19,9 +19,11 @@ time instead of a stop-and-go hold. A tick whose ``h`` lies past ``execute_rows 
 overrun_rows`` finds the chunk *stale*, and the arm holds until a newer chunk comes. Measured
 through the sim graph with a learner training beside it (50 episodes, ``rtc``): every
 ``policy_stale`` hold was a chunk 5-6 ticks late (11 hold ticks in two episodes), inside the
-10-row overrun. Pure and ROS-free: the arbiter node feeds it message contents and a clock; the
-in-process rollouts (``habc_sim.core.rollouts``) feed it the simulated clock, so both paths
-execute chunks the same way.
+10-row overrun; with it, the same benchmark held on no ``policy_stale`` tick.
+
+Pure and ROS-free: the arbiter node feeds it message contents and a clock; the in-process
+rollouts (``habc_sim.core.rollouts``) feed it the simulated clock, so both paths execute chunks
+the same way.
 
 **Seam modes** (how a new chunk takes over from the one running, :data:`SEAM_MODES`):
 
@@ -210,8 +212,8 @@ class ChunkScheduler:
 
     Args:
         action_dim: expected ``d``; chunks of another width are rejected.
-        execute_rows: rows of each chunk that may run (e.g. 25 of 50); past them the chunk is
-            stale.
+        execute_rows: rows of each chunk that run while the next one is on time (e.g. 25 of
+            50); past them and the overrun rows the chunk is stale.
         seam: one of :data:`SEAM_MODES` (see the module docstring).
         ensemble_decay: ``m`` of :func:`ensemble_weights` (``seam="ensemble"``; ACT: 0.01).
         overrun_rows: rows past ``execute_rows`` the running chunk may run while the next
