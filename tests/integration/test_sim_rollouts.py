@@ -11,6 +11,7 @@ import pytest
 from habc_learner.core.bag_reader import read_episode
 from habc_learner.core.episode import HUMAN, NONE, POLICY, Outcome
 from habc_learner.core.labeling import LabelingConfig, Source, label_episode
+from habc_policy.core.authority import DEFAULT_HANDBACK_TICKS
 from habc_sim.core.rollouts import run_rollout
 
 pytestmark = pytest.mark.sim
@@ -105,9 +106,10 @@ def test_takeover_to_the_end_leaves_no_suffix(robot, tmp_path: Path) -> None:
 
 
 def test_operator_corrects_one_arm_and_hands_back_through_the_ramp(robot, tmp_path: Path) -> None:
-    """A policy that holds still: the operator takes the picking (right) arm only, lifts the
-    cube, releases the deadman; the arbiter's state machine ramps that arm back over 25 ticks
-    (tagged HANDBACK) while the left arm stays the policy's, and the policy drives again."""
+    """A policy that holds still: the operator takes the picking (right) arm only, closes its
+    gripper on the cube, releases the deadman; the arbiter's state machine ramps that arm back
+    over its default 10 ticks (tagged HANDBACK) while the left arm stays the policy's, and the
+    policy drives again."""
     from habc_learner.core.episode import HANDBACK
     from habc_learner.core.labeling import segment_controllers
 
@@ -130,13 +132,14 @@ def test_operator_corrects_one_arm_and_hands_back_through_the_ramp(robot, tmp_pa
     took, ramp = segs[1], segs[2]
     assert took.start == r.takeover_step
     assert (ep.authority[took.start : took.stop] == [POLICY, HUMAN]).all()  # right arm only
-    assert ramp.length == 25
+    assert ramp.length == DEFAULT_HANDBACK_TICKS == 10
     assert (ep.authority[ramp.start : ramp.stop] == [POLICY, HANDBACK]).all()
     # The ramp blends the operator's last right-arm action into the policy's (held) one.
     right = slice(7, 14)
     start, goal = ep.actions[ramp.start - 1, right], ep.actions[ramp.stop, right]
-    for k in range(1, 26):
-        want = (1 - k / 25) * start + (k / 25) * goal
+    n = DEFAULT_HANDBACK_TICKS
+    for k in range(1, n + 1):
+        want = (1 - k / n) * start + (k / n) * goal
         np.testing.assert_allclose(ep.actions[ramp.start + k - 1, right], want, atol=1e-5)
     labels = label_episode(ep, LabelingConfig())
     assert not labels.is_labeled[ramp.start : ramp.stop].any()
