@@ -100,7 +100,12 @@ def read_ticks(bag: Path) -> tuple[list[Any], dict[int, Any]]:
     return commands, applied
 
 
-EXECUTE_ROWS = 25  # config/arbiter.yaml
+#: The arbiter's execute_rows (config/arbiter.yaml, which the graph here runs with).
+EXECUTE_ROWS = int(
+    yaml.safe_load((ROOT / "config" / "arbiter.yaml").read_text())["intervention_arbiter"][
+        "ros__parameters"
+    ]["execute_rows"]
+)
 
 
 def add_episode(fig: Figures, bag: Path, success: bool) -> None:
@@ -284,7 +289,7 @@ def run_graph(args: argparse.Namespace, mode: str, ckpt: Path, env: dict, t0: fl
     return fig
 
 
-def graph_schedule(fig: Figures, execute_rows: int = 25) -> tuple[int, int]:
+def graph_schedule(fig: Figures, execute_rows: int = EXECUTE_ROWS) -> tuple[int, int]:
     """``(latency_rows, lead_rows)`` of the graph's chunks: the median first row run of a new
     chunk (rows overdue on arrival) and the rows left in the running chunk when the next was
     requested (``E − rows per chunk + latency``)."""

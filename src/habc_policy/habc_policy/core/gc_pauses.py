@@ -47,8 +47,3 @@ class GcPauses:
     def pause_s_since(self, t: float) -> float:
         """Seconds of collection that ended after ``t`` (clipped to start no earlier)."""
         return sum(min(d, end - t) for end, d in list(self._pauses) if end > t)
-
-    @property
-    def longest_s(self) -> float:
-        """The longest recorded collection (seconds; 0 when none)."""
-        return max((d for _, d in list(self._pauses)), default=0.0)

@@ -418,8 +418,6 @@ class _TransferPlanner(_Planner):
 PEG_HALF = np.array([0.06, 0.01, 0.01])
 SOCKET_HALF = np.array([0.06, 0.022, 0.022])
 SOCKET_MEET = np.array([-0.08, 0.5, 0.2])
-#: How far (m) a grasp whose fingers cannot close rises before closing again.
-BLOCKED_RISE = 0.006
 #: Share of the peg-to-socket tilt corrected per step (1: all of it, which with the arm's
 #: tracking lag made a peg held off centre yaw back and forth by +-0.2 rad until it slipped).
 TILT_GAIN = 0.25
@@ -485,12 +483,6 @@ class _InsertionPlanner(_Planner):
         # close
         if self._gripper_settled(s, arm, steps):
             self._set(arm, "carry")
-        if steps >= 12 and s.grip[arm] >= GRIP_HOLDING:
-            # Still open after 12 steps: the fingertips are on the table (measured in a
-            # takeover's re-grasp of a peg the policy left near the robot's centre line,
-            # where the finger links touched the table and friction held them at 0.89).
-            # Rise a little and close from there.
-            grasp = grasp + np.array([0.0, 0.0, BLOCKED_RISE])
         return ArmTarget(grasp, grasp_rot, GRIP_CLOSED, fine=True)
 
     def targets(self, s: SceneState) -> dict[str, ArmTarget]:

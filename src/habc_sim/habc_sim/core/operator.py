@@ -48,10 +48,11 @@ milestone 1 while the other has: the insertion arm whose object is not held; tra
 picking arm before the lift) hands back once the operator has closed that arm's gripper around
 its object (``pick_handback="grasp"``, the default: the policy lifts it), or once the arm has
 done its part (``"lift"``). Measured on a transfer-cube SFT policy at 18 % (100 episodes,
-600 steps, 10-tick hand-back ramp): a hand-back at the 5 cm lift left the policy about 60
-steps (carry and handover) and a suffix of 50 or more steps in 10–31 % of takeover episodes;
-a hand-back at the grasp left it the lift too (58 %). A hand-back before the gripper closed
-left the policy a grasp it failed (12 %).
+600 steps, ``bench/bench_operator.py``): a hand-back at the 5 cm lift left the policy about
+60 steps (carry and handover) and a suffix of 50 or more steps in 10 % of takeover episodes
+(31 % with a 10-tick ramp); a hand-back at the grasp left it the lift too (64 %, with the
+10-tick ramp and 5 takeovers). A hand-back before the gripper closed left the policy a grasp
+it failed (12 %).
 - :class:`ScriptedOperator` composes the two with an expert that replans from the current scene
   at the moment of the takeover and then finishes the task. In-process it is a direct call::
 
