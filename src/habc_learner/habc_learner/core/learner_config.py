@@ -244,7 +244,7 @@ def yield_cpu(nice: int) -> int:
     that then starts the training work (:attr:`LearnerConfig.cpu_nice`)."""
     import os
 
-    return os.nice(nice) if nice else os.nice(0)
+    return os.nice(nice)
 
 
 # --------------------------------------------------------------------------------- parsing
