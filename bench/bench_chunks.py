@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class Figures:
     hold_reasons: dict[str, int] = field(default_factory=dict)
     seam_rows: list[int] = field(default_factory=list)  # first row run of each new chunk
     chunks: int = 0  # chunks that ran
+    learner_steps: int | None = None  # the learner's steps while the graph ran (None: none ran)
 
 
 def _say(t0: float, msg: str) -> None:
@@ -182,6 +184,7 @@ def summary(mode: str, path: str, f: Figures) -> str:
         f"  ({len(f.seam_jump)} seams)\n"
         f"  {'':8s} {'':10s} chunk-safety clamps {f.clamped}, refusals {f.refused}, driver "
         f"clamps {f.driver_clamped}, over {f.steps} steps"
+        + (f"; learner steps beside it {f.learner_steps}" if f.learner_steps is not None else "")
     )
 
 
@@ -340,18 +343,57 @@ def run_in_process(
     return fig
 
 
-def start_learner(args: argparse.Namespace, ckpt: Path, env: dict) -> subprocess.Popen | None:
-    """A learner training beside the graph: an SFT round on the demonstrations, one thread."""
+def learner_bags(args: argparse.Namespace, ckpt: Path) -> Path:
+    """The demonstrations the learner beside the graph trains on: ``--learner-bags``, else
+    ``<out>/bags/demos`` (recorded when the bench trains its own checkpoint), else the
+    ``bags/demos`` of the run a ``--checkpoint`` came from."""
+    if args.learner_bags is not None:
+        candidates = [args.learner_bags]
+    else:
+        candidates = [args.out / "bags" / "demos"]
+        candidates += [parent / "bags" / "demos" for parent in ckpt.resolve().parents]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    raise SystemExit(
+        f"bench_chunks: no demonstrations for the learner beside the graph (looked in "
+        f"{[str(c) for c in candidates[:3]]}...): pass --learner-bags DIR, or --no-learner"
+    )
+
+
+def learner_steps(log: Path) -> int:
+    """The learner's last reported step (its progress bar, ``N/total``), 0 before the first."""
+    text = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+    found = re.findall(r"(\d+)/\d+ \[", text)
+    return int(found[-1]) if found else 0
+
+
+def check_learner(learner: subprocess.Popen | None, log: Path) -> None:
+    """Fail the run when the learner that should load the machine is gone: figures measured
+    without it are not the ones this bench reports."""
+    if learner is None or learner.poll() is None:
+        return
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    raise RuntimeError(f"the learner beside the graph exited ({learner.returncode}):\n{tail}")
+
+
+def start_learner(
+    args: argparse.Namespace, ckpt: Path, env: dict, t0: float
+) -> subprocess.Popen | None:
+    """A learner training beside the graph: an SFT round on the demonstrations, one thread.
+    Returns once it has taken its first steps (or raises: it exited)."""
     if args.no_learner:
         return None
+    bags = learner_bags(args, ckpt)
     out = args.out / "learner_load"
-    log = (args.out / "learner_load.log").open("a")
+    log_path = args.out / "learner_load.log"
+    log = log_path.open("a")
     cmd = [
         sys.executable,
         "-m",
         "habc_learner.learn",
         "--bags",
-        str(args.out / "bags" / "demos"),
+        str(bags),
         "--out",
         str(out),
         "--method",
@@ -365,7 +407,16 @@ def start_learner(args: argparse.Namespace, ckpt: Path, env: dict) -> subprocess
         "--nice",
         str(args.learner_nice),
     ]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    learner = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180.0
+    while learner_steps(log_path) == 0:
+        check_learner(learner, log_path)
+        if time.monotonic() > deadline:
+            learner.kill()
+            raise RuntimeError(f"the learner took no step in 180 s; see {log_path}")
+        time.sleep(1.0)
+    _say(t0, f"learner training beside the graph on {bags} (nice {args.learner_nice})")
+    return learner
 
 
 def main() -> int:
@@ -382,6 +433,13 @@ def main() -> int:
         "--reuse-graph", action="store_true", help="read the graph's bags of an earlier run"
     )
     p.add_argument("--no-learner", action="store_true", help="no learner training beside it")
+    p.add_argument(
+        "--learner-bags",
+        type=Path,
+        default=None,
+        help="demonstrations the learner trains on (default: <out>/bags/demos, else the "
+        "checkpoint's run's bags/demos)",
+    )
     p.add_argument(
         "--learner-nice",
         type=int,
@@ -413,7 +471,8 @@ def main() -> int:
         if ckpt is None:
             return 1
     _say(t0, f"checkpoint {ckpt}; modes {modes}; {args.episodes} episodes each")
-    learner = start_learner(args, ckpt, env)
+    learner = start_learner(args, ckpt, env, t0)
+    load_log = args.out / "learner_load.log"
     results: dict[str, dict[str, Figures]] = {}
     try:
         for mode in modes:
@@ -422,7 +481,11 @@ def main() -> int:
                 for bag in sorted((args.out / f"graph_{mode}" / "bags" / "rollouts").iterdir()):
                     add_episode(graph, bag, _outcome(bag) == "success")
             else:
+                steps_before = learner_steps(load_log)
                 graph = run_graph(args, mode, ckpt, env, t0)
+                check_learner(learner, load_log)
+                if learner is not None:
+                    graph.learner_steps = learner_steps(load_log) - steps_before
             _say(t0, f"{mode}: graph done; in-process on the same poses")
             inproc = run_in_process(args, mode, ckpt)
             schedule = graph_schedule(graph)
