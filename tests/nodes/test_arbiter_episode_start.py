@@ -58,6 +58,7 @@ class Scene:
 
         self.c = c = RosClient("episode_start_test")
         self.commands = c.record(ExecutedCommand, "/habc/executed_command", 200)
+        self.refused = c.record(Header, "/habc/chunk_refused")
         self.pubs = {
             "measured": c.node.create_publisher(JointState, "/arx_x5_driver/measured_command", 10),
             "heartbeat": c.node.create_publisher(Header, "/habc/policy_heartbeat", 10),
@@ -134,7 +135,8 @@ class Scene:
         self.pubs["event"].publish(msg)
         return now
 
-    def chunk(self, rows: np.ndarray) -> None:
+    def chunk(self, rows: np.ndarray) -> Any:
+        """Publish a chunk stamped now; returns its stamp."""
         from habc_msgs.msg import ActionChunk
 
         self.chunk_seq += 1
@@ -143,6 +145,7 @@ class Scene:
         msg.horizon, msg.action_dim, msg.control_period = rows.shape[0], rows.shape[1], PERIOD
         msg.actions = rows.astype(np.float32).reshape(-1).tolist()
         self.pubs["chunk"].publish(msg)
+        return msg.header.stamp
 
     def of(self, episode_id: str) -> list[Any]:
         return sorted(
@@ -253,3 +256,23 @@ def test_held_over_takeover_let_go_starts_with_the_policy(scene: Scene) -> None:
         for m in cmds
     ), [(m.step_index, list(m.controller), m.hold_reason) for m in cmds]
     _nothing_of_the_previous_scene(cmds)
+
+
+def test_a_chunk_dropped_on_arrival_is_reported_to_the_server(scene: Scene) -> None:
+    """A chunk whose first row is past the jump limit (``arbiter_sim.yaml``: 1 rad) from the
+    last executed action is dropped, and its stamp goes out on ``/habc/chunk_refused`` (the
+    server then replans at once); chunks the arbiter takes are not reported."""
+    near = np.tile(SIM_HOME, (50, 1))
+    scene.rows = near  # re-sent every 10 ticks, from the arm's own position
+    scene.run(1.0)
+    assert not scene.refused, [(stamp_s(m), m.frame_id) for _, m in scene.refused]
+    scene.rows = None
+    last = np.asarray(scene.commands[-1][1].action, np.float32)
+    stamp = scene.chunk(np.tile(last + np.float32(1.5), (50, 1)))
+    scene.run_until(lambda: scene.refused, 30.0, "the dropped chunk reported")
+    (_, msg), *more = scene.refused
+    assert not more
+    assert (msg.stamp.sec, msg.stamp.nanosec) == (stamp.sec, stamp.nanosec)
+    assert msg.frame_id == "max_jump"
+    # The arm never went there.
+    assert all(np.max(np.abs(np.asarray(m.action) - last)) < 1.0 for _, m in scene.commands[-20:])

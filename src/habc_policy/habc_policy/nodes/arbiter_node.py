@@ -36,6 +36,9 @@ name                             type                            what
                                  DiagnosticArray``               per limit, episode-start waits
 ``/habc/episode_mark`` (pub)     ``habc_msgs/EpisodeEvent``      the operator's mark (END +
                                                                  outcome), for the record
+``/habc/chunk_refused`` (pub)    ``std_msgs/Header``             a chunk dropped on arrival
+                                                                 (its stamp; frame_id: why): the
+                                                                 server replans at once
 ``/habc/end_episode`` (client)   ``habc_msgs/EndEpisode``        called on a mark button
 ===============================  ==============================  ==================================
 
@@ -302,6 +305,7 @@ class ArbiterNode(Node):
             "clamped_ticks": 0,
             "refused_ticks": 0,
             "overrun_ticks": 0,  # rows past execute_rows run while the next chunk was late
+            "dropped_chunks": 0,  # chunks dropped on arrival (jump limit, no row left, ...)
             "episodes": 0,
             "start_waits": 0,
         }
@@ -348,6 +352,7 @@ class ArbiterNode(Node):
         )
         self._pub = self.create_publisher(ExecutedCommand, topics.EXECUTED_COMMAND, 10)
         self._mark_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_MARK, 10)
+        self._refused_pub = self.create_publisher(Header, topics.CHUNK_REFUSED, 10)
         self.create_subscription(ActionChunk, topics.ACTION_CHUNK, self._on_chunk, 10)
         self.create_subscription(Joy, topics.JOY, self._on_joy, 10)
         self.create_subscription(JointState, p.measured_topic, self._on_joints, 10)
@@ -398,11 +403,19 @@ class ArbiterNode(Node):
                 "the last executed action (chunk_safety.max_jump); the running chunk runs on",
                 throttle_duration_sec=1.0,
             )
+            self._refused(msg, "max_jump")
             return
         if why := self._scheduler.offer(chunk, now):
             self.get_logger().warning(f"dropped chunk: {why}", throttle_duration_sec=1.0)
+            self._refused(msg, why)
             return
         self._chunk_learner_step = {(chunk.checkpoint_id, chunk.seq): int(msg.learner_step)}
+
+    def _refused(self, msg: ActionChunk, why: str) -> None:
+        """Tell the server its chunk was dropped: it computes the next one at once, so the
+        running chunk's last rows (and its overrun rows) need not run out first."""
+        self._counts["dropped_chunks"] += 1
+        self._refused_pub.publish(Header(stamp=msg.header.stamp, frame_id=why[:64]))
 
     def _on_joy(self, msg: Joy) -> None:
         self._joy = JoyState(stamp_s=self._now_s(), buttons=tuple(int(b) for b in msg.buttons))

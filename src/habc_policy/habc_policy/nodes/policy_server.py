@@ -18,6 +18,9 @@ name                           type                                what
 ``/habc/episode_event`` (sub)  ``habc_msgs/EpisodeEvent``          the prompt of each started
                                                                    episode (as recorded) is
                                                                    the one served
+``/habc/chunk_refused`` (sub)  ``std_msgs/Header``                 a chunk the arbiter dropped on
+                                                                   arrival: the next one is
+                                                                   computed at once
 ``/habc/action_chunk`` (pub)   ``habc_msgs/ActionChunk``           stamped with the observation
                                                                    time, checkpoint id, learner
                                                                    step
@@ -29,14 +32,17 @@ name                           type                                what
 (pub)                                                              now, from its own thread
 =============================  ==================================  ============================
 
-Inference runs in a worker thread, never in a ROS callback; a hot-swap loads in its own
-callback group, so observations keep arriving while a checkpoint is verified. The worker
+Inference runs in a worker thread, never in a ROS callback, and that thread takes the
+observation streams (joints, env state, camera frames) itself before each decision: they are
+subscribed on a second node, ``policy_server_observations``, which no executor spins, so the
+executor does no work per observation and never holds the interpreter lock the heartbeat thread
+needs. A hot-swap loads in its own callback group while observations keep arriving. The worker
 starts the next chunk at the trigger row of :class:`~habc_policy.core.chunking.RequestTimer`
 (``execute_rows`` minus the p99 inference latency plus the p99 transport latency of the joint
-states, in rows, minus a margin that grows after a late chunk), from the newest observation,
-so the next chunk arrives before the current one's executable rows run out. An episode's
-start event restarts the schedule: the first chunk of an episode is computed at once from the
-first observation stamped after the start. It never computes from an observation older than
+states, in rows, minus a margin that grows after a late chunk), from the newest observation, so
+the next chunk arrives before the current one's executable rows run out. An episode's start
+event restarts the schedule: the first chunk of an episode is computed at once from the first
+observation stamped after the start. It never computes from an observation older than
 ``max_observation_age_s`` (a dead driver gives no chunks, and the arbiter then holds).
 
 Policies with cameras: the frames must be at most ``max_image_age_s`` old (a frozen or dead
@@ -56,7 +62,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -340,15 +348,28 @@ class PolicyServer(Node):
         self._episode_start: float | None = None  # set by a start event, taken by the worker
         self._stop = threading.Event()
         self._pub = self.create_publisher(ActionChunk, topics.ACTION_CHUNK, 10)
-        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, 10)
+        # The observation streams are taken by the inference thread itself, before each
+        # decision (_take_observations), not by the executor: their 50 Hz callbacks cost
+        # main()'s multi-threaded executor a quarter of a core of Python (py-spy, sim graph),
+        # and the interpreter lock it held meanwhile kept the heartbeat thread from running
+        # for up to 0.5 s on a loaded machine: the arbiter then held the arm
+        # (policy_heartbeat_lost). Their subscriptions live on a node no executor spins.
+        self._obs_node = rclpy.create_node(
+            f"{NODE_NAME}_observations", namespace=self.get_namespace(), context=self.context
+        )
+        self._polled: list[tuple[Any, Callable[[Any, dict | None], None]]] = []
+        self._poll(JointState, topics.JOINT_STATES, self._on_joints, JOINT_HISTORY)
         if p.backend == "sim":  # a real robot has no privileged state to read
-            self.create_subscription(Float32MultiArray, topics.ENV_STATE, self._on_env, 10)
+            self._poll(Float32MultiArray, topics.ENV_STATE, self._on_env, 1)
+        for cam in policy.config.camera_names:  # only the newest frame is ever used
+            self._poll(Image, topics.camera_topic(cam), partial(self._on_image, cam), 1)
         if p.follow_episode_prompt:
             self.create_subscription(EpisodeEvent, topics.EPISODE_EVENT, self._on_episode, 10)
-        for cam in policy.config.camera_names:
-            self.create_subscription(
-                Image, topics.camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5
-            )
+        # A chunk the arbiter dropped on arrival: the next is computed at once (rare: the
+        # executor serves it).
+        self._refused: list[float] = []
+        self.replans = 0  # chunks computed at once because the arbiter dropped the last one
+        self.create_subscription(Header, topics.CHUNK_REFUSED, self._on_refused, 10)
         # Loading + verifying a checkpoint may take seconds: its own callback group (and the
         # multi-threaded executor of main()) keeps the observations flowing meanwhile.
         self.create_service(
@@ -399,20 +420,42 @@ class PolicyServer(Node):
                     raise
                 return
 
-    # Inputs (executor thread) -------------------------------------------------------------
-    def _on_joints(self, msg: JointState) -> None:
+    # Inputs (the inference thread takes them) --------------------------------------------
+    def _poll(
+        self, msg_type: Any, topic: str, handler: Callable[[Any, dict | None], None], depth: int
+    ) -> None:
+        sub = self._obs_node.create_subscription(msg_type, topic, lambda _m: None, depth)
+        self._polled.append((sub, handler))
+
+    def _take_observations(self) -> None:
+        """Hand every observation message delivered so far, oldest first, to its handler,
+        with its message info (the receive time). The inference thread's only: one taker."""
+        for sub, handler in self._polled:
+            with sub.handle:
+                while (taken := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
+                    handler(*taken)
+
+    def _received_s(self, info: dict | None) -> float:
+        """When a message arrived: its receive time when the middleware gives one on the
+        node's clock (system time), else now."""
+        received = (info or {}).get("received_timestamp", 0)
+        if received > 0 and not self.get_clock().ros_time_is_active:
+            return received * 1e-9
+        return self._now_s()
+
+    def _on_joints(self, msg: JointState, info: dict | None = None) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        transport = self.get_clock().now().nanoseconds * 1e-9 - stamp
+        transport = self._received_s(info) - stamp
         with self._lock:
             self._timer.add_transport(transport)
             self._joints = (stamp, np.asarray(msg.position, dtype=np.float32))
             self._joint_history.append(self._joints)
 
-    def _on_env(self, msg: Float32MultiArray) -> None:
+    def _on_env(self, msg: Float32MultiArray, info: dict | None = None) -> None:
         with self._lock:
             self._env = np.asarray(msg.data, dtype=np.float32)
 
-    def _on_image(self, camera: str, msg: Image) -> None:
+    def _on_image(self, camera: str, msg: Image, info: dict | None = None) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self._images[camera] = (stamp, msg)
@@ -428,6 +471,10 @@ class PolicyServer(Node):
                 changed, self._prompt = msg.prompt != self._prompt, msg.prompt
             if changed:
                 self.get_logger().info(f"episode {msg.episode_id}: prompt {msg.prompt!r}")
+
+    def _on_refused(self, msg: Header) -> None:
+        with self._lock:
+            self._refused.append(msg.stamp.sec + msg.stamp.nanosec * 1e-9)
 
     @property
     def prompt(self) -> str:
@@ -487,18 +534,36 @@ class PolicyServer(Node):
 
     def _run(self) -> None:
         p = self.params
-        last_stamp: float | None = None
+        last_stamp: float | None = None  # observation stamp of the newest chunk published
+        # ... of the chunk the arbiter runs: the newest one it did not drop, and the one
+        # before (it runs on when the newest is dropped).
+        running: float | None = None
+        before: float | None = None
         min_stamp = -math.inf  # observations of the running episode only
         last_why = ""
         while not self._stop.is_set():
+            self._take_observations()
             now = self._now_s()
             with self._lock:
                 start, self._episode_start = self._episode_start, None
                 trigger = self._timer.trigger_row()
+                refused, self._refused = self._refused, []
             if start is not None:  # a new episode: its first chunk now, from after the start
-                last_stamp, min_stamp = None, start
-            if last_stamp is not None:
-                wait = last_stamp + trigger * p.control_period_s - now
+                last_stamp, running, before, min_stamp = None, None, None, start
+            if running is not None and any(abs(r - running) < 1e-6 for r in refused):
+                # The arbiter dropped it on arrival: the next chunk now, from a newer
+                # observation; the one before it is what runs meanwhile.
+                running, before = before, None
+                self.replans += 1
+                self.get_logger().info(
+                    f"the arbiter dropped the newest chunk: the next one now ({self.replans} "
+                    "so far)",
+                    throttle_duration_sec=2.0,
+                )
+                if running is None:
+                    running = -math.inf  # nothing to wait for
+            if running is not None:
+                wait = running + trigger * p.control_period_s - now
                 if wait > 0:
                     self._stop.wait(min(wait, 0.05))
                     continue
@@ -541,9 +606,9 @@ class PolicyServer(Node):
                 last_stamp = stamp
                 continue
             self._publish(policy, stamp, chunk)
-            if last_stamp is not None:
+            if running is not None and math.isfinite(running):
                 with self._lock:
-                    late = self._timer.late(self._now_s(), last_stamp)
+                    late = self._timer.late(self._now_s(), running)
                     margin = self._timer.margin
                 if late:
                     self.get_logger().warning(
@@ -551,7 +616,7 @@ class PolicyServer(Node):
                         f"now {margin} rows",
                         throttle_duration_sec=2.0,
                     )
-            last_stamp = stamp
+            last_stamp, before, running = stamp, running, stamp
 
     def _publish(self, policy: LoadedPolicy, stamp: float, chunk: np.ndarray) -> None:
         msg = ActionChunk()
@@ -630,6 +695,7 @@ class PolicyServer(Node):
         self._worker.join(timeout=5.0)
         self._heartbeat.join(timeout=5.0)
         self._gc.uninstall()
+        self._obs_node.destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
