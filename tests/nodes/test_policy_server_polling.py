@@ -30,7 +30,9 @@ def test_an_unspun_server_serves_from_the_observations_its_worker_takes(
 
     make_checkpoint(tmp_path / "ckpt", proprio_dim=14)
     context = Context()
-    rclpy.init(context=context)
+    # As a launch file starts it: renamed, and with a topic remapped (process-wide arguments).
+    remap = ["--ros-args", "-r", "__node:=renamed_server", "-r", "/joint_states:=/robot/joints"]
+    rclpy.init(args=remap, context=context)
     server = PolicyServer(
         context=context,
         parameter_overrides=[
@@ -45,8 +47,11 @@ def test_an_unspun_server_serves_from_the_observations_its_worker_takes(
     try:
         # No executor spins the server: nothing but its own threads run its code.
         spun = [s.topic_name for s in server.subscriptions]
-        assert topics.JOINT_STATES not in spun
-        joints = client.node.create_publisher(JointState, topics.JOINT_STATES, 10)
+        assert topics.JOINT_STATES not in spun and "/robot/joints" not in spun
+        # The remap reaches the observation node; the rename does not (no duplicate names).
+        assert server.get_name() == "renamed_server"
+        assert server._obs_node.get_name() == "renamed_server_observations"
+        joints = client.node.create_publisher(JointState, "/robot/joints", 10)
         chunks = client.record(ActionChunk, topics.ACTION_CHUNK)
         sent: list[float] = []
 

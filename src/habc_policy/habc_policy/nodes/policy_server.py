@@ -34,7 +34,7 @@ name                           type                                what
 
 Inference runs in a worker thread, never in a ROS callback, and that thread takes the
 observation streams (joints, env state, camera frames) itself before each decision: they are
-subscribed on a second node, ``policy_server_observations``, which no executor spins, so the
+subscribed on a second node, ``<name>_observations``, which no executor spins, so the
 executor does no work per observation and never holds the interpreter lock the heartbeat thread
 needs. A hot-swap loads in its own callback group while observations keep arriving. The worker
 starts the next chunk at the trigger row of :class:`~habc_policy.core.chunking.RequestTimer`
@@ -354,8 +354,17 @@ class PolicyServer(Node):
         # and the interpreter lock it held meanwhile kept the heartbeat thread from running
         # for up to 0.5 s on a loaded machine: the arbiter then held the arm
         # (policy_heartbeat_lost). Their subscriptions live on a node no executor spins.
+        # It keeps the process's topic remappings and namespace (global arguments) but not a
+        # node-name remap meant for the server (`__node:=`): its own name wins, so the graph
+        # never shows two nodes of one name. No parameter services, no rosout of its own.
+        obs_name = f"{self.get_name()}_observations"
         self._obs_node = rclpy.create_node(
-            f"{NODE_NAME}_observations", namespace=self.get_namespace(), context=self.context
+            obs_name,
+            namespace=self.get_namespace(),
+            context=self.context,
+            cli_args=["--ros-args", "-r", f"__node:={obs_name}"],
+            start_parameter_services=False,
+            enable_rosout=False,
         )
         self._polled: list[tuple[Any, Callable[[Any, dict | None], None]]] = []
         self._poll(JointState, topics.JOINT_STATES, self._on_joints, JOINT_HISTORY)
