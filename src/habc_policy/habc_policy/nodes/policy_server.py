@@ -380,7 +380,8 @@ class PolicyServer(Node):
         self.replans = 0  # chunks computed at once because the arbiter dropped the last one
         self.create_subscription(Header, topics.CHUNK_REFUSED, self._on_refused, 10)
         # Loading + verifying a checkpoint may take seconds: its own callback group (and the
-        # multi-threaded executor of main()) keeps the observations flowing meanwhile.
+        # multi-threaded executor of main()) keeps episode events and refusals served
+        # meanwhile; the observations never wait on the executor.
         self.create_service(
             AnnounceCheckpoint,
             topics.ANNOUNCE_CHECKPOINT,
