@@ -145,6 +145,43 @@ def test_operator_corrects_one_arm_and_hands_back_through_the_ramp(robot, tmp_pa
     assert not labels.is_labeled[ramp.start : ramp.stop].any()
 
 
+def test_a_new_chunk_is_not_blended_toward_the_old_plan_of_an_arm_the_operator_drives(
+    robot, monkeypatch
+) -> None:
+    """The held chunk's rows for an arm the operator drives never ran: every chunk offered
+    while the right arm is the operator's (or ramps back) is offered with the right arm's
+    dimensions as ``fresh_dims`` (the scheduler then keeps the new chunk's own rows there),
+    with every dimension while both arms ramp back, and with none while the policy drives both
+    arms."""
+    from habc_policy.core import chunking
+
+    offered: list[np.ndarray] = []
+    original = chunking.ChunkScheduler.offer
+
+    def spy(self, chunk, now_s=None, fresh_dims=None):
+        offered.append(np.zeros(14, bool) if fresh_dims is None else np.asarray(fresh_dims))
+        return original(self, chunk, now_s, fresh_dims)
+
+    monkeypatch.setattr(chunking.ChunkScheduler, "offer", spy)
+    obs = robot.reset(seed=5)
+    r = run_rollout(
+        robot,
+        seed=5,
+        policy=ConstantPolicy(obs.joint_positions),
+        operator=_operator(rate=1.0),
+        episode_id="fresh-5",
+        task=TASK,
+        prompt=robot.prompt,
+    )
+    assert r.takeovers >= 1 and r.handbacks >= 1
+    right_only = np.r_[np.zeros(7, bool), np.ones(7, bool)]
+    kinds = {tuple(f) for f in offered}
+    assert tuple(np.zeros(14, bool)) in kinds  # the policy drove both arms
+    assert tuple(right_only) in kinds  # the operator drove (or ramped back) the right arm
+    # (every dimension: both arms ramping back after a full takeover of both)
+    assert kinds <= {tuple(np.zeros(14, bool)), tuple(right_only), tuple(np.ones(14, bool))}
+
+
 def test_non_finite_policy_output_never_reaches_the_robot(robot) -> None:
     obs = robot.reset(seed=1)
     bad = np.array(obs.joint_positions, np.float32)

@@ -251,6 +251,38 @@ def test_rtc_seam_inpaints_the_new_chunk_from_the_rows_still_to_run() -> None:
     assert direct == pytest.approx(s.chunk.actions, abs=1e-6)
 
 
+def test_rtc_does_not_inpaint_the_dims_of_an_arm_the_operator_drives() -> None:
+    # As above, but dimension 1 belongs to an arm under the operator's control: chunk 0's
+    # plan for it never ran, so chunk 1 keeps its own rows there (W = 0 on that column).
+    s = ChunkScheduler(action_dim=2, execute_rows=4, seam="rtc")
+    assert s.offer(chunk(1.00, seq=0, horizon=6)) is None
+    taken = np.array([False, True])
+    assert s.offer(chunk(1.04, seq=1, horizon=6), now_s=1.08, fresh_dims=taken) is None
+    w = [1.0, 0.487551, 0.188770, 0.041324]
+    col0 = [w[j] * (j + 2) + (1 - w[j]) * j for j in range(4)] + [4.0, 5.0]
+    assert s.chunk.actions[:, 0] == pytest.approx(col0, abs=1e-5)
+    assert s.chunk.actions[:, 1].tolist() == [1.0] * 6  # chunk 1's own rows
+    # No dimension taken: the same as no mask at all.
+    s2 = ChunkScheduler(action_dim=2, execute_rows=4, seam="rtc")
+    s2.offer(chunk(1.00, seq=0, horizon=6))
+    s2.offer(chunk(1.04, seq=1, horizon=6), now_s=1.08, fresh_dims=np.zeros(2, dtype=bool))
+    assert s2.chunk.actions[:, 1] == pytest.approx([1 - x for x in w] + [1.0, 1.0], abs=1e-5)
+    with pytest.raises(ValueError, match="fresh_dims has 3 entries"):
+        s2.offer(chunk(1.06, seq=2, horizon=6), fresh_dims=np.ones(3, dtype=bool))
+
+
+def test_ensemble_takes_only_the_newest_chunk_on_the_dims_of_an_arm_the_operator_drives() -> None:
+    s = ChunkScheduler(
+        action_dim=2, execute_rows=5, seam="ensemble", ensemble_decay=math.log(2), overrun_rows=0
+    )
+    assert s.offer(chunk(1.00, seq=0, horizon=6)) is None
+    assert s.offer(chunk(1.04, seq=1, horizon=6), fresh_dims=np.array([False, True])) is None
+    # At 1.10: dimension 0 averages chunk 0's row 4 and chunk 1's row 2 (weights 1, 1/2);
+    # dimension 1 is chunk 1's value (1) from both, as chunk 0's plan there was overwritten.
+    row = s.select(1.10)
+    assert row.action == pytest.approx([(4 + 0.5 * 2) / 1.5, 1.0])
+
+
 def test_switch_seam_takes_the_new_chunk_as_it_is_and_bad_modes_are_refused() -> None:
     s = ChunkScheduler(action_dim=2, execute_rows=4)
     assert s.offer(chunk(1.00, seq=0, horizon=6)) is None

@@ -207,6 +207,17 @@ def _offset_rows(newer: Chunk, older: Chunk) -> int:
     return round((newer.stamp_s - older.stamp_s) / older.period_s)
 
 
+def _overwrite(older: Chunk, newer: Chunk, dims: np.ndarray) -> Chunk:
+    """``older`` with its rows on ``dims`` replaced by ``newer``'s for the ticks both cover."""
+    offset = _offset_rows(newer, older)
+    if offset < 0 or offset >= older.horizon or not math.isclose(older.period_s, newer.period_s):
+        return older
+    n = min(older.horizon - offset, newer.horizon)
+    actions = older.actions.copy()
+    actions[offset : offset + n, dims] = newer.actions[:n, dims]
+    return replace(older, actions=actions)
+
+
 class ChunkScheduler:
     """Holds the newest valid chunk and picks the row for each control tick.
 
@@ -250,9 +261,17 @@ class ChunkScheduler:
     def chunk(self) -> Chunk | None:
         return self._chunks[-1] if self._chunks else None
 
-    def offer(self, chunk: Chunk, now_s: float | None = None) -> str | None:
+    def offer(
+        self, chunk: Chunk, now_s: float | None = None, fresh_dims: np.ndarray | None = None
+    ) -> str | None:
         """Take ``chunk`` (received at ``now_s``) if it is newer than the held one. Returns why
-        not, or ``None``."""
+        not, or ``None``.
+
+        ``fresh_dims`` (bool ``[d]``): dimensions whose held rows the policy does not execute
+        (an arm under the operator's control, or ramping back from it). The held chunks' plan
+        for them is not what the arm does, so the new chunk is not inpainted (``rtc``) or
+        averaged (``ensemble``) toward it there: the new chunk's rows replace the held ones on
+        those dimensions, for every tick they share."""
         if chunk.action_dim != self.action_dim:
             return f"chunk {chunk.seq}: action_dim {chunk.action_dim} != {self.action_dim}"
         if chunk.horizon < self.execute_rows:
@@ -265,6 +284,12 @@ class ChunkScheduler:
         held = self.chunk
         if held is not None and (chunk.stamp_s, chunk.seq) <= (held.stamp_s, held.seq):
             return f"chunk {chunk.seq} is not newer than chunk {held.seq}"
+        fresh = None
+        if fresh_dims is not None:
+            fresh = np.asarray(fresh_dims, dtype=bool).reshape(-1)
+            if fresh.shape[0] != self.action_dim:
+                raise ValueError(f"fresh_dims has {fresh.shape[0]} entries, need {self.action_dim}")
+            fresh = fresh if fresh.any() else None
         if (
             self.seam == SEAM_RTC
             and held is not None
@@ -275,8 +300,14 @@ class ChunkScheduler:
             pending = held.actions[max(0, offset) :]
             if offset >= 0 and pending.shape[0] > 0:
                 delay = 0 if now_s is None else row_at(chunk.stamp_s, chunk.period_s, now_s)
+                if fresh is not None:
+                    n = min(pending.shape[0], chunk.horizon)
+                    pending = pending[:n].copy()
+                    pending[:, fresh] = chunk.actions[:n, fresh]
                 inpainted = rtc_inpaint(chunk.actions, pending, delay).astype(np.float32)
                 chunk = replace(chunk, actions=inpainted)
+        if fresh is not None and self.seam == SEAM_ENSEMBLE:
+            self._chunks = [_overwrite(older, chunk, fresh) for older in self._chunks]
         self._chunks.append(chunk)
         if self.seam != SEAM_ENSEMBLE:
             self._chunks = self._chunks[-1:]

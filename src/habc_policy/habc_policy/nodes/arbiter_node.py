@@ -405,7 +405,9 @@ class ArbiterNode(Node):
             )
             self._refused(msg, "max_jump")
             return
-        if why := self._scheduler.offer(chunk, now):
+        # An arm the operator drives (or that ramps back) keeps the new chunk's own rows: the
+        # held chunk's plan for it never ran, so it is no seam to inpaint or average toward.
+        if why := self._scheduler.offer(chunk, now, fresh_dims=~self._arbiter.policy_dims()):
             self.get_logger().warning(f"dropped chunk: {why}", throttle_duration_sec=1.0)
             self._refused(msg, why)
             return

@@ -239,7 +239,9 @@ def run_rollout(
                 if pending is not None and step >= pending[0]:
                     first = scheduler.first_row(pending[1], now_s)
                     if guard is None or guard.admits(first, arbiter.policy_dims()):
-                        scheduler.offer(pending[1], now_s)  # else dropped, as the arbiter does
+                        # (else dropped, as the arbiter does); an arm the operator drives
+                        # keeps the new chunk's rows (the held plan for it never ran)
+                        scheduler.offer(pending[1], now_s, fresh_dims=~arbiter.policy_dims())
                     pending = None
                 policy_row = scheduler.select(now_s)
                 if policy_row is not None and guard is not None:
