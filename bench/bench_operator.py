@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the operator's)",
     )
     p.add_argument("--max-takeovers", type=int, default=None, help="(default: the operator's)")
+    p.add_argument(
+        "--handback-stall-steps",
+        type=int,
+        default=None,
+        help="stall window right after a hand-back (default: the operator's)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -77,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(args.checkpoint)
     overrides = {
         k: v
-        for k, v in (("pick_handback", args.pick_handback), ("max_takeovers", args.max_takeovers))
+        for k, v in (
+            ("pick_handback", args.pick_handback),
+            ("max_takeovers", args.max_takeovers),
+            ("handback_stall_steps", args.handback_stall_steps),
+        )
         if v is not None
     }
     config = OperatorConfig(
@@ -111,19 +121,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if watched:
                     results.append(r)
-                    timelines.append((list(operator.takeover_steps), list(operator.release_steps)))
+                    timelines.append(
+                        (
+                            list(operator.takeover_steps),
+                            list(operator.release_steps),
+                            list(operator.takeover_reasons),
+                            list(operator.takeover_levels),
+                        )
+                    )
                 else:
                     baseline.append(r.success)
     wall = time.monotonic() - t0
 
     took = [r for r in results if r.takeovers > 0]
     if args.list:
-        for r, (ts, rs) in zip(results, timelines):
+        for r, (ts, rs, why, lv) in zip(results, timelines):
             if r.takeovers:
                 print(
                     f"{r.episode_id}: {'success' if r.success else 'failure'} at {r.steps}, "
-                    f"takeovers {ts}, hand-backs {rs}, suffix {r.suffix_steps}, "
-                    f"{r.operator_reason}"
+                    f"takeovers {ts} ({', '.join(why)}; levels {lv}), hand-backs {rs}, "
+                    f"suffix {r.suffix_steps}, {r.operator_reason}"
                 )
     declined = sum((r.operator_reason or "").startswith("unrecoverable") for r in results)
     n = len(took)
@@ -165,8 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     suffix_ok = sum(r.success for r in with_suffix)
     print(f"  suffix success (had a suffix):  {pct(suffix_ok, len(with_suffix))}")
     print(f"declined as unrecoverable:        {declined}")
-    reasons = Counter((r.operator_reason or "-").split(":")[0] for r in took)
-    print(f"first takeover reasons:           {dict(reasons)}")
+    first = Counter(why[0] for (_ts, _rs, why, _lv) in timelines if why)
+    again = Counter(w for (_ts, _rs, why, _lv) in timelines for w in why[1:])
+    print(f"first takeover reasons:           {dict(first)}")
+    print(f"re-takeover reasons:              {dict(again)}")
+    # The scene's milestone level as each takeover began (0: before the task's first
+    # milestone, e.g. the grasp-and-lift): a takeover past the last milestone runs to the end.
+    first_level = Counter(lv[0] for (_ts, _rs, _why, lv) in timelines if lv)
+    again_level = Counter(v for (_ts, _rs, _why, lv) in timelines for v in lv[1:])
+    print(f"first takeovers by level:         {dict(sorted(first_level.items()))}")
+    print(f"re-takeovers by level:            {dict(sorted(again_level.items()))}")
     return 0
 
 

@@ -284,22 +284,31 @@ def test_one_arm_takeover_hands_back_at_the_grasp() -> None:
     for ``arm_done``; and an arm that already held its object when the takeover began is
     corrected to the lift."""
 
-    def sig(done: tuple[bool, bool], grasped: tuple[bool, bool], stall: bool = False) -> Signals:
-        return Signals(stall, False, False, 0.0, milestone=Milestone(0, done, 1, grasped))
+    def sig(
+        done: tuple[bool, bool],
+        grasped: tuple[bool, bool],
+        stall: bool = False,
+        task_pick: str = "grasp",
+    ) -> Signals:
+        m = Milestone(0, done, 1, grasped, pick_handback=task_pick)
+        return Signals(stall, False, False, 0.0, milestone=m)
 
-    for pick, released_at in (("grasp", 4), ("lift", 6)):
+    # ("auto": the task's, Milestone.pick_handback: transfer-cube grasp, insertion lift)
+    cases = [("grasp", "lift", 4), ("lift", "grasp", 6), ("auto", "grasp", 4), ("auto", "lift", 6)]
+    for pick, task_pick, released_at in cases:
         model = TakeoverModel(
             _release_config(min_control_steps=0, release_confirm_steps=2, pick_handback=pick)
         )
         model.reset(seed=0, horizon=400)
-        assert model.update(sig((True, False), (False, False), stall=True)).takeover
+        assert model.update(sig((True, False), (False, False), True, task_pick)).takeover
         assert model.mask == (False, True)
         # Control steps 1-2 approach, 3-4 grasped on the table, 5- lifted (arm_done); the
         # condition must hold 2 steps: released at 4 (grasp) or 6 (lift).
-        trace = [sig((True, False), (False, False))] * 2
-        trace += [sig((True, False), (False, True))] * 2 + [sig((True, True), (False, True))] * 3
+        trace = [sig((True, False), (False, False), task_pick=task_pick)] * 2
+        trace += [sig((True, False), (False, True), task_pick=task_pick)] * 2
+        trace += [sig((True, True), (False, True), task_pick=task_pick)] * 3
         takeover = [model.update(s).takeover for s in trace]
-        assert takeover.index(False) + 1 == released_at, (pick, takeover)
+        assert takeover.index(False) + 1 == released_at, (pick, task_pick, takeover)
     # The right gripper already held the cube on the table when the operator took over (a
     # stalled lift): a grasp is no progress, the lift is.
     model = TakeoverModel(_release_config(min_control_steps=0, release_confirm_steps=2))
@@ -422,7 +431,7 @@ def test_milestones_of_the_aloha_tasks() -> None:
     }
     sites = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.1, 0.5, 0.07])}
     m = aloha_milestone("insertion", _hold_scene(objs, {"left": 1.0, "right": 0.3}, sites))
-    assert m == Milestone(0, (False, True), 1, (False, False))
+    assert m == Milestone(0, (False, True), 1, (False, False), pick_handback="lift")
 
 
 @pytest.mark.sim
@@ -454,3 +463,64 @@ def test_insertion_takeover_regrasps_a_peg_a_policy_left_on_the_table(
         insertion_robot.command(action)
         obs = insertion_robot.observe()
     assert insertion_robot.status().success, operator.expert.phase
+
+
+class _SceneScript(AlohaExpert):
+    """An expert whose "measured" scene is the next one of a script (the monitor's input)."""
+
+    def __init__(self, task: str, scenes: list[SceneState]) -> None:
+        super().__init__(task)
+        self.scenes = iter(scenes)
+
+    def scene(self, obs: object) -> SceneState:  # (the observation is not used)
+        return next(self.scenes)
+
+
+def _cube_at(z: float, grip: float = 0.3) -> SceneState:
+    site = {"left": np.array([-0.3, 0.5, 0.3]), "right": np.array([0.1, 0.5, z + 0.01])}
+    cube = {"cube": (np.array([0.1, 0.5, z]), np.eye(3))}
+    return _hold_scene(cube, {"left": 1.0, "right": grip}, site)
+
+
+def test_a_drop_is_an_object_lifted_after_the_hand_back_coming_down() -> None:
+    """The cube is lifted (6 cm), comes down: a drop. The operator re-grasps it on the table
+    and hands back: the cube still on the table is no drop (the latch is re-armed at the
+    hand-back); lifted again by the policy and down again: a drop."""
+    config = OperatorConfig(grace_steps=0, signals=("drop",))
+    table, up = 0.02, 0.08
+    zs = [table, up, table, table, table, up, table]
+    monitor = RolloutMonitor(config, _SceneScript("transfer_cube", [_cube_at(z) for z in zs]))
+    drops = [monitor.update(None).drop for _ in zs[:3]]
+    assert drops == [False, False, True]
+    monitor.restart_watch()  # the hand-back, the cube re-grasped on the table
+    drops = [monitor.update(None).drop for _ in zs[3:]]
+    assert drops == [False, False, False, True]
+    # Without the re-arm (the old latch) the hand-back's first tick read as a drop.
+    old = RolloutMonitor(config, _SceneScript("transfer_cube", [_cube_at(z) for z in zs]))
+    assert [old.update(None).drop for _ in zs[:4]] == [False, False, True, True]
+
+
+def test_no_collision_signal_where_the_task_brings_the_grippers_together() -> None:
+    """Insertion: palms 2 cm apart (closer than ``collision_distance``) fire the collision
+    signal while the peg is still far from the socket, not once its tip is at the socket mouth
+    (milestone 2, ``arms_meet``)."""
+    from habc_sim.core.operator import aloha_milestone
+
+    def scene(peg_x: float) -> SceneState:
+        objs = {
+            "peg": (np.array([peg_x, 0.5, 0.08]), np.eye(3)),
+            "socket": (np.array([-0.05, 0.5, 0.08]), np.eye(3)),
+        }
+        sites = {"left": np.array([-0.05, 0.5, 0.09]), "right": np.array([peg_x, 0.5, 0.09])}
+        return _hold_scene(objs, {"left": 0.6, "right": 0.3}, sites)
+
+    far, mouth = scene(0.25), scene(0.06)  # the socket axis is +x: its mouth at x = 0.05
+    assert aloha_milestone("insertion", far).level == 1
+    assert aloha_milestone("insertion", mouth) == Milestone(
+        2, (True, True), 1, (True, True), arms_meet=True, pick_handback="lift"
+    )
+    config = OperatorConfig(grace_steps=0, signals=("collision",))
+    monitor = RolloutMonitor(config, _SceneScript("insertion", [far, mouth]))
+    monitor._collision = lambda obs: True  # the palms' geometry: 2 cm apart, both times
+    assert monitor.update(None).collision
+    assert not monitor.update(None).collision

@@ -7,7 +7,8 @@ Three pieces, each usable alone:
   ``progress_eps`` for ``stall_steps`` steps), **drop** (an object that was lifted is back on the
   table or fell off it), **collision** (the two grippers' palm segments, extrapolated
   ``lookahead_s`` ahead with the measured joint velocities, come closer than
-  ``collision_distance``).
+  ``collision_distance``; not where the task brings the grippers together, ``Milestone.arms_meet``:
+  transfer-cube from the meeting point on, insertion once the peg tip is at the socket mouth).
 - :class:`TakeoverModel` is the decision logic, a pure state machine with no simulator in it,
   an HG-DAgger operator: it draws once per episode whether this "operator" will intervene
   (probability ``intervention_rate``, so about that fraction of the episodes heading for
@@ -46,13 +47,14 @@ when the operator took over (held for ``release_confirm_steps``); a takeover tha
 the last milestone runs to the end. A one-arm takeover (an arm that has not done its part of
 milestone 1 while the other has: the insertion arm whose object is not held; transfer-cube's
 picking arm before the lift) hands back once the operator has closed that arm's gripper around
-its object (``pick_handback="grasp"``, the default: the policy lifts it), or once the arm has
-done its part (``"lift"``). Measured on a transfer-cube SFT policy at 18 % (100 episodes,
-600 steps, ``bench/bench_operator.py``): a hand-back at the 5 cm lift left the policy about
-60 steps (carry and handover) and a suffix of 50 or more steps in 10 % of takeover episodes
-(31 % with a 10-tick ramp); a hand-back at the grasp left it the lift too (64 %, with the
-10-tick ramp and 5 takeovers). A hand-back before the gripper closed left the policy a grasp
-it failed (12 %).
+its object (``pick_handback="grasp"``, transfer-cube's: the policy lifts it), or once the arm
+has done its part (``"lift"``, insertion's: handed back at the grasp, with the other object
+already lifted, an insertion SFT policy sat still or dropped it). Measured on a transfer-cube
+SFT policy at 18 % (100 episodes, 600 steps, ``bench/bench_operator.py``): a hand-back at the 5
+cm lift left the policy about 60 steps (carry and handover) and a suffix of 50 or more steps in
+10 % of takeover episodes (31 % with a 10-tick ramp); a hand-back at the grasp left it the lift
+too (64 %, with the 10-tick ramp and 5 takeovers). A hand-back before the gripper closed left
+the policy a grasp it failed (12 %).
 - :class:`ScriptedOperator` composes the two with an expert that replans from the current scene
   at the moment of the takeover and then finishes the task. In-process it is a direct call::
 
@@ -89,7 +91,7 @@ from habc_sim.core.expert import (
 LOG = logging.getLogger(__name__)
 
 SIGNALS = ("stall", "drop", "collision")
-PICK_HANDBACKS = ("grasp", "lift")
+PICK_HANDBACKS = ("auto", "grasp", "lift")
 
 
 @dataclass(frozen=True)
@@ -116,18 +118,22 @@ class OperatorConfig:
         min_suffix_steps: keep control when fewer steps than this are left in the episode
             (a human does not hand back with a second to go).
         max_takeovers: takeovers per episode; the last one holds to the end, with every arm.
+        handback_stall_steps: the stall window right after a hand-back, until the policy first
+            makes progress (``None``: ``stall_steps``): the operator who just let go watches
+            for the next motion (the lift after a corrected grasp) and does not wait as long.
         one_arm: take over only the arm at fault when one arm has the problem.
         handback_level: least milestone at which a full takeover hands back (``None``: the
             task's, :func:`aloha_milestone`).
-        lift_clear: the clearance (m) of "lifted clear of the table" in the ALOHA milestones
-            (``None``: the task's, :data:`TRANSFER_CLEAR` / :data:`INSERTION_CLEAR`); a
-            smaller one hands a corrected grasp back earlier.
+        lift_clear: the clearance (m) of "lifted clear of the table" in the milestones
+            (``None``: the task's, :data:`TRANSFER_CLEAR` / :data:`INSERTION_CLEAR` /
+            :data:`METAWORLD_CLEAR`); a smaller one hands a corrected grasp back earlier.
         pick_handback: when a one-arm takeover of a picking arm hands back (:data:`PICK_HANDBACKS`):
             ``"grasp"``, once the operator has closed that arm's gripper around its object
             (:func:`grasps`; a human fixes the grasp and lets the policy lift); ``"lift"``, once
-            the arm holds it lifted ``lift_clear``. ``"grasp"`` applies only to an arm that did
-            not already hold its object when the takeover began (a stalled lift is corrected to
-            the lift).
+            the arm holds it lifted ``lift_clear``; ``"auto"``, the task's
+            (``Milestone.pick_handback``: transfer-cube at the grasp, insertion at the lift).
+            ``"grasp"`` applies only to an arm that did not already hold its object when the
+            takeover began (a stalled lift is corrected to the lift).
     """
 
     intervention_rate: float = 0.5
@@ -146,10 +152,11 @@ class OperatorConfig:
     min_control_steps: int = 15
     min_suffix_steps: int = 50
     max_takeovers: int = 5
+    handback_stall_steps: int | None = None
     one_arm: bool = True
     handback_level: int | None = None
     lift_clear: float | None = None
-    pick_handback: str = "grasp"
+    pick_handback: str = "auto"
     script: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -183,6 +190,11 @@ class OperatorConfig:
                 raise ValueError(
                     f"script entries are (step >= 0, steps >= 1 or -1), got {(start, steps)}"
                 )
+        if self.handback_stall_steps is not None and (
+            not isinstance(self.handback_stall_steps, int) or self.handback_stall_steps < 1
+        ):
+            got = self.handback_stall_steps
+            raise ValueError(f"handback_stall_steps must be an int >= 1 or None, got {got!r}")
         if not isinstance(self.max_takeovers, int) or self.max_takeovers < 1:
             raise ValueError(f"max_takeovers must be an int >= 1, got {self.max_takeovers!r}")
         if self.pick_handback not in PICK_HANDBACKS:
@@ -283,6 +295,8 @@ class Milestone(NamedTuple):
     arm_done: tuple[bool, ...]
     handback_level: int = 1
     arm_grasped: tuple[bool, ...] = ()
+    arms_meet: bool = False  # the task brings the grippers together here (no collision signal)
+    pick_handback: str = "grasp"  # the task's hand-back of a one-arm pick (``"auto"``)
 
 
 def aloha_milestone(task: str, s: SceneState, clear: float | None = None) -> Milestone:
@@ -319,6 +333,7 @@ def aloha_milestone(task: str, s: SceneState, clear: float | None = None) -> Mil
             (done["left"], done["right"]),
             handback_level=2,
             arm_grasped=(grasped["left"], grasped["right"]),
+            arms_meet=level >= 2,
         )
     lift = INSERTION_CLEAR if clear is None else clear
     peg_ok = _holds(s, "right", "peg", float(PEG_HALF[2]), lift)
@@ -332,16 +347,28 @@ def aloha_milestone(task: str, s: SceneState, clear: float | None = None) -> Mil
         if float(np.linalg.norm(peg - (socket + axis * 0.1))) < 0.03:
             level = 2
     grasped = (grasps(s, "left", "socket", SOCKET_HALF), grasps(s, "right", "peg", PEG_HALF))
-    return Milestone(level, (socket_ok, peg_ok), arm_grasped=grasped)
+    # A one-arm takeover hands back at the lift: handed back at the grasp (one object lifted,
+    # the other grasped on the table, a state no demonstration has) an SFT policy at 25 % sat
+    # still or dropped it (takeover success 24 % against 49 % at the lift, 100 episodes).
+    return Milestone(
+        level,
+        (socket_ok, peg_ok),
+        arm_grasped=grasped,
+        arms_meet=level >= 2,
+        pick_handback="lift",
+    )
 
 
-def metaworld_milestone(env_state: FloatArray, init_obj_z: float) -> Milestone:
+def metaworld_milestone(
+    env_state: FloatArray, init_obj_z: float, clear: float | None = None
+) -> Milestone:
     """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
     started (hand within 6 cm of the object position Meta-World reports, which sits off the
     grasp point: 4.6–4.9 cm on assembly-v3). Tasks whose object is never lifted (pushing,
     pressing) never reach it, so their takeovers run to the end (the report says so)."""
     hand, obj = env_state[0:3], env_state[4:7]
-    held = float(np.linalg.norm(hand - obj)) < 0.06 and float(obj[2]) > init_obj_z + METAWORLD_CLEAR
+    lift = METAWORLD_CLEAR if clear is None else clear
+    held = float(np.linalg.norm(hand - obj)) < 0.06 and float(obj[2]) > init_obj_z + lift
     return Milestone(1 if held else 0, (held,))
 
 
@@ -395,11 +422,19 @@ class RolloutMonitor:
         self._best_step = 0
         self._lifted: dict[str, bool] = {}
         self._init_obj_z: float | None = None
+        self._window = self.config.stall_steps
 
     def restart_watch(self) -> None:
         """Watch afresh after a hand-back: a stall is counted from now (the operator's own
-        progress does not count as the policy's)."""
+        progress does not count as the policy's), and a drop is an object lifted *after* the
+        hand-back coming down again. (An object the operator re-grasped on the table and
+        handed back was "lifted" before the takeover: with the old latch the drop signal fired
+        on the hand-back's first tick, and the operator took over again 6 ticks later, every
+        time: 94 of 156 re-takeovers on an insertion SFT policy, 100 episodes.)"""
         self._best, self._best_step = -np.inf, self._steps
+        self._lifted = {}  # an object held lifted now is marked lifted again on the next update
+        hb = self.config.handback_stall_steps
+        self._window = self.config.stall_steps if hb is None else hb
 
     def _objects(self, s: SceneState) -> dict[str, tuple[float, float]]:
         """Object -> (z, rest z)."""
@@ -439,9 +474,11 @@ class RolloutMonitor:
                     drop = True
                 if z < -0.05:  # fell off the table
                     drop = True
-            if "collision" in cfg.signals:
-                collision = self._collision(obs)
             milestone: Milestone | None = aloha_milestone(self.expert.task, s, cfg.lift_clear)
+            # Where the task brings the grippers together (the handover at the meeting point,
+            # the peg entering the socket) their closeness is the task, not a collision.
+            if "collision" in cfg.signals and not milestone.arms_meet:
+                collision = self._collision(obs)
         else:
             if obs.env_state is None:
                 raise ValueError("the monitor needs Observation.env_state")
@@ -449,10 +486,12 @@ class RolloutMonitor:
             progress = metaworld_progress(env)
             if self._init_obj_z is None:
                 self._init_obj_z = float(env[6])
-            milestone = metaworld_milestone(env, self._init_obj_z)
+            milestone = metaworld_milestone(env, self._init_obj_z, cfg.lift_clear)
         if progress > self._best + cfg.progress_eps:
+            if np.isfinite(self._best):  # progress, not the baseline taken after a hand-back
+                self._window = cfg.stall_steps
             self._best, self._best_step = progress, self._steps
-        stall = self._steps - self._best_step >= cfg.stall_steps
+        stall = self._steps - self._best_step >= self._window
         if self._steps <= cfg.grace_steps:
             stall = drop = collision = False
         recoverable, why = True, ""
@@ -509,7 +548,7 @@ class TakeoverModel:
         self.mask: tuple[bool, ...] = (True,) * self.n_arms
         self._control_steps = 0
         self._track_steps = 0
-        self._start_level = 0
+        self.start_level = 0  # the milestone level the current takeover began at
         self._start_grasped: tuple[bool, ...] = (False,) * self.n_arms
 
     def _arms_at_fault(self, signals: Signals) -> tuple[bool, ...]:
@@ -526,9 +565,10 @@ class TakeoverModel:
             return False
         if all(self.mask):
             least = m.handback_level if cfg.handback_level is None else cfg.handback_level
-            on_track = m.level > self._start_level and m.level >= least
+            on_track = m.level > self.start_level and m.level >= least
         else:
-            grasp = cfg.pick_handback == "grasp" and len(m.arm_grasped) == len(m.arm_done)
+            mode = m.pick_handback if cfg.pick_handback == "auto" else cfg.pick_handback
+            grasp = mode == "grasp" and len(m.arm_grasped) == len(m.arm_done)
             on_track = all(
                 done or (grasp and m.arm_grasped[i] and not self._start_grasped[i])
                 for i, (done, mine) in enumerate(zip(m.arm_done, self.mask))
@@ -594,7 +634,7 @@ class TakeoverModel:
         self._control_steps = 0
         self._track_steps = 0
         m = signals.milestone
-        self._start_level = 0 if m is None else m.level
+        self.start_level = 0 if m is None else m.level
         self._start_grasped = (
             m.arm_grasped if m is not None and m.arm_grasped else (False,) * self.n_arms
         )
@@ -643,6 +683,8 @@ class ScriptedOperator:
         self.model = TakeoverModel(self.config, len(arm_names))
         self.takeover_step: int | None = None
         self.takeover_steps: list[int] = []
+        self.takeover_reasons: list[str] = []  # the signal behind each takeover
+        self.takeover_levels: list[int] = []  # the scene's milestone level as each began
         self.release_steps: list[int] = []
         self._step = 0
         self._script_release: int | None = None
@@ -683,6 +725,8 @@ class ScriptedOperator:
         self.model.reset(seed, horizon)
         self.takeover_step = None
         self.takeover_steps = []
+        self.takeover_reasons = []
+        self.takeover_levels = []
         self.release_steps = []
         self._step = 0
         self._script_release: int | None = None
@@ -720,6 +764,8 @@ class ScriptedOperator:
         if self.takeover_step is None:
             self.takeover_step = step
         self.takeover_steps.append(step)
+        self.takeover_reasons.append(self.model.reason or "")
+        self.takeover_levels.append(self.model.start_level)
 
     def take_over_now(self, obs: Observation, reason: str = "forced", to_end: bool = True) -> None:
         """Take every arm immediately (demonstrations, tests); ``to_end``: keep them until the

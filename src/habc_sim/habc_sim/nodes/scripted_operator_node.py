@@ -68,9 +68,13 @@ class ScriptedOperatorNode(Node):
                     self,
                     "pick_handback",
                     OperatorConfig.pick_handback,
-                    "a one-arm pick takeover hands back at the grasp | lift",
+                    "a one-arm pick takeover hands back at the grasp | lift | auto (task's)",
                 )
             ),
+            handback_stall_steps=int(
+                d(self, "handback_stall_steps", 0, "stall window after a hand-back (0: stall)")
+            )
+            or None,
             script=self._script(),
         )
         self._horizon = int(d(self, "episode_steps", 400, "the sim episode's step limit"))
