@@ -301,3 +301,36 @@ def test_sft_success_criterion_rolls_the_saved_policy_out_on_its_own_poses(tmp_p
     others = {tune_seed(0, 0), demo_seed(0, 0), demo_seed(0, 1), eval_seed(0, 0)}
     assert sft_val_seed(0, 0) not in others
     assert not (Path(ckpt).parent / "validation").exists() and Path(ckpt).is_dir()
+
+
+def test_suffix_table_says_where_the_operator_misses_its_targets() -> None:
+    """The rollout table's warnings: fewer than 90 % of takeovers ending in success, or fewer
+    than 60 % of takeover episodes with a suffix of 50 or more steps, are named per producer."""
+    from habc_learner.protocol.report import render_suffix_table
+
+    def rec(prod: str, takeovers: int, ok: int, with50: int) -> dict:
+        rollouts = {
+            "producer": prod,
+            "takeovers": takeovers,
+            "takeover_successes": ok,
+            "episodes_with_suffix": with50,
+            "episodes_with_suffix_50": with50,
+            "suffix_windows": 10 * with50,
+            "handbacks": takeovers,
+            "one_arm_takeover_episodes": 0,
+        }
+        return {"rollouts": rollouts, "analysis": {}}
+
+    good, weak = rec("habc", 10, 9, 6), rec("sft", 10, 8, 5)
+    by_prod = {"habc": [good["rollouts"]], "sft": [weak["rollouts"]]}
+    text = "\n".join(render_suffix_table([good, weak], by_prod))
+    assert "| `habc` | 10 | 90 % | 60 % | 60 % | 60 | 10 | 0 | – |" in text
+    assert (
+        "not a competent operator here**: fewer than 90 % of its takeovers end in success "
+        "for `sft` (80 %)" in text
+    )
+    assert (
+        "suffix of 50 or more steps** (the operator's target is 60 % of takeover "
+        "episodes): `sft` (50 %)" in text
+    )
+    assert "`habc` (" not in text  # meets both targets: named nowhere

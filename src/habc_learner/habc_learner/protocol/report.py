@@ -357,6 +357,7 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     weak: list[str] = []
+    short: list[str] = []
     for prod, ros in sorted(by_prod.items()):
 
         def tot(key: str, ros=ros) -> int:
@@ -366,6 +367,8 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
         g = f"{_mean(g_suffix[prod]):.2f}" if g_suffix.get(prod) else "–"
         if n and tot("takeover_successes") < 0.9 * n:
             weak.append(f"`{prod}` ({pct(tot('takeover_successes'), n)})")
+        if n and tot("episodes_with_suffix_50") < 0.6 * n:
+            short.append(f"`{prod}` ({pct(tot('episodes_with_suffix_50'), n)})")
         lines.append(
             f"| `{prod}` | {n} | {pct(tot('takeover_successes'), n)} "
             f"| {pct(tot('episodes_with_suffix'), n)} | {pct(tot('episodes_with_suffix_50'), n)} "
@@ -379,6 +382,13 @@ def render_suffix_table(recs, by_prod: dict[str, list[dict]]) -> list[str]:
             f"takeovers end in success for {', '.join(weak)}. Its failed corrections are "
             "imitated like any other intervention under the paper's rule (the `+nofailcorr` "
             "variant leaves them out), so read the intervention-based methods with that in mind.",
+            "",
+        ]
+    if short:
+        lines += [
+            "**Few takeovers leave the policy a suffix of 50 or more steps** (the operator's "
+            f"target is 60 % of takeover episodes): {', '.join(short)}. HABC's post-takeover "
+            "credit rule has that little data here.",
             "",
         ]
     return lines
