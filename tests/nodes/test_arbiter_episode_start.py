@@ -268,11 +268,14 @@ def test_a_chunk_dropped_on_arrival_is_reported_to_the_server(scene: Scene) -> N
     assert not scene.refused, [(stamp_s(m), m.frame_id) for _, m in scene.refused]
     scene.rows = None
     last = np.asarray(scene.commands[-1][1].action, np.float32)
-    stamp = scene.chunk(np.tile(last + np.float32(1.5), (50, 1)))
+    far = last + np.float32(1.5)
+    far[12] += np.float32(0.3)  # right_wrist_rotate the farthest: 1.8 rad
+    stamp = scene.chunk(np.tile(far, (50, 1)))
     scene.run_until(lambda: scene.refused, 30.0, "the dropped chunk reported")
     (_, msg), *more = scene.refused
     assert not more
     assert (msg.stamp.sec, msg.stamp.nanosec) == (stamp.sec, stamp.nanosec)
-    assert msg.frame_id == "max_jump"
+    # why, with the farthest dimension (relative to its limit) and its distance
+    assert msg.frame_id == "max_jump: right_wrist_rotate by 1.80", msg.frame_id
     # The arm never went there.
     assert all(np.max(np.abs(np.asarray(m.action) - last)) < 1.0 for _, m in scene.commands[-20:])

@@ -49,6 +49,7 @@ def test_rows_are_bounded_by_hand() -> None:
     # 0.57 rad away in dim 0 (> 0.5): no continuation of the motion, refused.
     jump = g.check(np.array([0.6, 0.15]))
     assert jump.action is None and jump.limits == (LIMIT_JUMP,) and not jump.clamped
+    assert g.last_refusal == (0, pytest.approx(0.57))  # which dimension, and how far
     assert g.counts == {
         LIMIT_JUMP: 1,
         LIMIT_VELOCITY: 1,
@@ -121,6 +122,7 @@ def test_a_new_chunk_too_far_from_the_arm_is_not_admitted() -> None:
     assert g.admits(s.first_row(chunk, 1.06))
     # At 1.10 its row 4 (0.68) would: too far from 0.0, the chunk is not admitted.
     assert not g.admits(s.first_row(chunk, 1.10))
+    assert g.last_refusal == (0, pytest.approx(0.68))
     # Only the policy's dimensions count.
     assert g.admits(s.first_row(chunk, 1.10), np.array([False, True]))
     assert g.counts["chunks"] == 4 and g.counts["dropped_chunks"] == 1

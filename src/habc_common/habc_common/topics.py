@@ -19,7 +19,8 @@ EXECUTED_COMMAND = "/habc/executed_command"
 ACTION_CHUNK = "/habc/action_chunk"
 #: std_msgs/Header: the policy server's heartbeat (the arbiter holds when it stops).
 POLICY_HEARTBEAT = "/habc/policy_heartbeat"
-#: std_msgs/Header: a chunk the arbiter dropped on arrival (stamp: the chunk's, frame_id: why);
+#: std_msgs/Header: a chunk the arbiter dropped on arrival (stamp: the chunk's, frame_id: why,
+#: e.g. ``max_jump: right_wrist_rotate by 1.80``);
 #: the policy server computes the next one at once instead of at its trigger row.
 CHUNK_REFUSED = "/habc/chunk_refused"
 #: sensor_msgs/JointState: a teleop device's joint targets (the operator's commands).

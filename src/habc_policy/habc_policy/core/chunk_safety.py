@@ -99,6 +99,9 @@ class ChunkSafety:
         self._acc_step = np.asarray(c.max_acceleration) * c.period_s**2
         self._last: np.ndarray | None = None
         self._prev: np.ndarray | None = None
+        #: The last refusal (jump limit): ``(dimension, |r − a_{t−1}|)`` of the farthest
+        #: dimension, for the log and the refusal report.
+        self.last_refusal: tuple[int, float] | None = None
         self.counts = {
             LIMIT_JUMP: 0,
             LIMIT_VELOCITY: 0,
@@ -132,8 +135,13 @@ class ChunkSafety:
             return True
         if np.any(np.abs(r - self._last)[on] > self._jump[on]):
             self.counts["dropped_chunks"] += 1
+            self._note_refusal(np.where(on, np.abs(r - self._last), 0.0))
             return False
         return True
+
+    def _note_refusal(self, distance: np.ndarray) -> None:
+        dim = int(np.argmax(distance / self._jump))
+        self.last_refusal = (dim, float(distance[dim]))
 
     def check(self, row: np.ndarray, mask: np.ndarray | None = None) -> SafeRow:
         """Bound ``row`` against the last executed action (unchanged when none is known), in
@@ -153,6 +161,7 @@ class ChunkSafety:
         step = r - last
         if np.any(np.abs(step) > jump):
             self.counts[LIMIT_JUMP] += 1
+            self._note_refusal(np.where(on, np.abs(step), 0.0))
             return SafeRow(None, (LIMIT_JUMP,))
         limits: list[str] = []
         clamped = np.clip(step, -vel, vel)

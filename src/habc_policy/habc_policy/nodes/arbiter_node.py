@@ -398,12 +398,14 @@ class ArbiterNode(Node):
         now = self._now_s()
         first = self._scheduler.first_row(chunk, now)
         if self._safety is not None and not self._safety.admits(first, self._arbiter.policy_dims()):
+            where = self._refusal_detail()
             self.get_logger().warning(
                 f"dropped chunk {chunk.seq}: its first row to run is past the jump limit from "
-                "the last executed action (chunk_safety.max_jump); the running chunk runs on",
+                f"the last executed action (chunk_safety.max_jump; {where}); the running chunk "
+                "runs on",
                 throttle_duration_sec=1.0,
             )
-            self._refused(msg, "max_jump")
+            self._refused(msg, f"max_jump: {where}")
             return
         # An arm the operator drives (or that ramps back) keeps the new chunk's own rows: the
         # held chunk's plan for it never ran, so it is no seam to inpaint or average toward.
@@ -412,6 +414,15 @@ class ArbiterNode(Node):
             self._refused(msg, why)
             return
         self._chunk_learner_step = {(chunk.checkpoint_id, chunk.seq): int(msg.learner_step)}
+
+    def _refusal_detail(self) -> str:
+        """``"<action name> by <distance>"`` of the chunk-safety step's last refusal."""
+        if self._safety is None or self._safety.last_refusal is None:
+            return "no detail"
+        dim, distance = self._safety.last_refusal
+        names = self.params.action_names
+        name = names[dim] if dim < len(names) else f"dim {dim}"
+        return f"{name} by {distance:.2f}"
 
     def _refused(self, msg: ActionChunk, why: str) -> None:
         """Tell the server its chunk was dropped: it computes the next one at once, so the
@@ -641,8 +652,8 @@ class ArbiterNode(Node):
             # The chunk is dropped: it never ran, so the next one is not inpainted from it.
             self._scheduler.clear()
             self.get_logger().warning(
-                f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit; holding "
-                "until the next chunk",
+                f"chunk {row.seq} row {row.row} refused: {res.limits[0]} limit "
+                f"({self._refusal_detail()}); holding until the next chunk",
                 throttle_duration_sec=1.0,
             )
             return None, HOLD_CHUNK_JUMP, False
