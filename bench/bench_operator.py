@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-takeovers", type=int, default=None, help="(default: the operator's)")
     p.add_argument(
+        "--min-suffix-steps",
+        type=int,
+        default=None,
+        help="hand back only with at least this many steps left (default: the operator's)",
+    )
+    p.add_argument(
         "--handback-stall-steps",
         type=int,
         default=None,
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             ("pick_handback", args.pick_handback),
             ("max_takeovers", args.max_takeovers),
             ("handback_stall_steps", args.handback_stall_steps),
+            ("min_suffix_steps", args.min_suffix_steps),
         )
         if v is not None
     }

@@ -58,7 +58,14 @@ class ScriptedOperatorNode(Node):
             grace_steps=int(d(self, "grace_steps", 20, "no signal in the first steps")),
             reaction_steps=int(d(self, "reaction_steps", 5, "steps from signal to takeover")),
             release=bool(d(self, "release", True, "hand back once back on track")),
-            min_suffix_steps=int(d(self, "min_suffix_steps", 50, "keep control near the end")),
+            min_suffix_steps=int(
+                d(
+                    self,
+                    "min_suffix_steps",
+                    OperatorConfig.min_suffix_steps,
+                    "keep control near the end",
+                )
+            ),
             max_takeovers=int(
                 d(self, "max_takeovers", OperatorConfig.max_takeovers, "takeovers per episode")
             ),
