@@ -50,6 +50,22 @@ class ConstantPolicy:
         return self.chunk
 
 
+def _still_policy_with_operator(robot, episode_id: str, bag_path: Path | None = None):
+    """Seed 5 with a policy that holds the reset pose and the operator watching (rate 1): it
+    takes the picking (right) arm, corrects the grasp and hands it back."""
+    obs = robot.reset(seed=5)
+    return run_rollout(
+        robot,
+        seed=5,
+        policy=ConstantPolicy(obs.joint_positions),
+        operator=_operator(rate=1.0),
+        episode_id=episode_id,
+        task=TASK,
+        prompt=robot.prompt,
+        bag_path=bag_path,
+    )
+
+
 def test_demonstration_bag_reads_back_as_a_human_success(robot, tmp_path: Path) -> None:
     r = run_rollout(
         robot,
@@ -113,17 +129,7 @@ def test_operator_corrects_one_arm_and_hands_back_through_the_ramp(robot, tmp_pa
     from habc_learner.core.episode import HANDBACK
     from habc_learner.core.labeling import segment_controllers
 
-    obs = robot.reset(seed=5)
-    r = run_rollout(
-        robot,
-        seed=5,
-        policy=ConstantPolicy(obs.joint_positions),
-        operator=_operator(rate=1.0),
-        episode_id="hb-5",
-        task=TASK,
-        prompt=robot.prompt,
-        bag_path=tmp_path / "hb-5",
-    )
+    r = _still_policy_with_operator(robot, "hb-5", bag_path=tmp_path / "hb-5")
     assert r.takeovers >= 1 and r.handbacks >= 1
     ep = read_episode(tmp_path / "hb-5")
     segs = segment_controllers(ep.authority)
@@ -163,16 +169,7 @@ def test_a_new_chunk_is_not_blended_toward_the_old_plan_of_an_arm_the_operator_d
         return original(self, chunk, now_s, fresh_dims)
 
     monkeypatch.setattr(chunking.ChunkScheduler, "offer", spy)
-    obs = robot.reset(seed=5)
-    r = run_rollout(
-        robot,
-        seed=5,
-        policy=ConstantPolicy(obs.joint_positions),
-        operator=_operator(rate=1.0),
-        episode_id="fresh-5",
-        task=TASK,
-        prompt=robot.prompt,
-    )
+    r = _still_policy_with_operator(robot, "fresh-5")
     assert r.takeovers >= 1 and r.handbacks >= 1
     right_only = np.r_[np.zeros(7, bool), np.ones(7, bool)]
     kinds = {tuple(f) for f in offered}

@@ -524,3 +524,44 @@ def test_no_collision_signal_where_the_task_brings_the_grippers_together() -> No
     monitor._collision = lambda obs: True  # the palms' geometry: 2 cm apart, both times
     assert monitor.update(None).collision
     assert not monitor.update(None).collision
+
+
+def test_the_stall_window_after_a_hand_back_lasts_until_the_policy_makes_progress() -> None:
+    """``handback_stall_steps`` 3 with ``stall_steps`` 6: right after a hand-back a still scene
+    is a stall after 3 steps; once the policy made progress (the cube rises 3 cm: the progress
+    potential grows by 0.4 > ``progress_eps``), it is 6 again. Without the option, 6 throughout."""
+    still = [_cube_at(0.02)] * 5 + [_cube_at(0.05)] + [_cube_at(0.05)] * 7
+
+    def stalls(handback_stall_steps: int | None) -> list[bool]:
+        config = OperatorConfig(
+            grace_steps=0,
+            signals=("stall",),
+            stall_steps=6,
+            handback_stall_steps=handback_stall_steps,
+        )
+        monitor = RolloutMonitor(config, _SceneScript("transfer_cube", still))
+        monitor.restart_watch()  # the hand-back
+        return [monitor.update(None).stall for _ in still]
+
+    # Step 1 sets the baseline; no progress after it: a stall from step 4 (3 steps later).
+    assert stalls(3)[:5] == [False, False, False, True, True]
+    # Progress at step 6 restores the 6-step window: the next stall 6 steps later (step 12).
+    assert stalls(3)[5:] == [False] * 6 + [True, True]
+    # Without it, the 6-step window throughout: the progress at step 6 comes first.
+    assert stalls(None) == [False] * 11 + [True, True]
+    with pytest.raises(ValueError, match="handback_stall_steps"):
+        OperatorConfig(handback_stall_steps=0)
+
+
+def test_metaworld_milestone_takes_the_lift_clearance() -> None:
+    """Hand within 6 cm of the object, the object 1.5 cm above where it started: not lifted
+    clear at the default 2 cm (``METAWORLD_CLEAR``), lifted at ``lift_clear`` 1 cm."""
+    from habc_sim.core.operator import metaworld_milestone
+
+    env = np.zeros(39)
+    env[0:3] = [0.0, 0.6, 0.10]  # hand
+    env[4:7] = [0.0, 0.6, 0.065]  # object, started at z = 0.05
+    assert metaworld_milestone(env, 0.05).level == 0
+    assert metaworld_milestone(env, 0.05, 0.01) == Milestone(1, (True,))
+    env[0:3] = [0.0, 0.5, 0.10]  # hand 10 cm away: not held, whatever the height
+    assert metaworld_milestone(env, 0.05, 0.01).level == 0

@@ -650,6 +650,7 @@ class TakeoverModel:
         self.takeovers = self.config.max_takeovers if to_end else self.takeovers + 1
         self.mask = (True,) * self.n_arms
         self._control_steps = 0
+        self.start_level = 0  # (no signals here: not the level a previous takeover began at)
 
     def release_now(self) -> None:
         """Release the deadman (a scripted hand-back); the operator watches again."""
