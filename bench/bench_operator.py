@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"task {args.task}, checkpoint {policy.checkpoint_id} (step {policy.learner_step})")
     print(
         f"operator: intervention rate {args.intervention_rate}, hand-back {args.release}, "
-        f"one-arm {args.one_arm}, pick hand-back at the {config.pick_handback}, "
+        f"one-arm {args.one_arm}, pick hand-back: {config.pick_handback}, "
         f"at most {config.max_takeovers} takeovers, ramp {ramp} ticks; "
         f"{len(results)} episodes in {wall:.0f} s "
         f"({wall / max(len(results), 1):.2f} s per episode)"
