@@ -16,7 +16,9 @@ mode, measured in this run:
   ``‖a_t − 3a_{t−1} + 3a_{t−2} − a_{t−3}‖`` (14 action dims, per tick) where the chunk changes
   between ``t−1`` and ``t`` (seam) and where the whole window lies in one chunk (inside), over
   policy ticks of the graph's episodes, and their ratio (1 = seams as smooth as the inside);
-- clamps: the arbiter's chunk-safety clamps and refusals, and the driver's own clamps;
+- clamps: the arbiter's chunk-safety clamps, the ticks held for a refusal (``chunk_jump``:
+  the running plan ran out after the newest chunk was dropped by the jump limit, which is no
+  scheduling hold), and the driver's own clamps;
 - success through the graph and in-process on the same poses, side by side.
 
 Needs the built workspace; a checkpoint (``--checkpoint``) or it records demonstrations and
@@ -182,8 +184,8 @@ def summary(mode: str, path: str, f: Figures) -> str:
         f"  jerk seam/inside {np.mean(f.seam_jerk or [np.nan]):.4f}/"
         f"{np.mean(f.inside_jerk or [np.nan]):.4f} = {_ratio(f.seam_jerk, f.inside_jerk)}"
         f"  ({len(f.seam_jump)} seams)\n"
-        f"  {'':8s} {'':10s} chunk-safety clamps {f.clamped}, refusals {f.refused}, driver "
-        f"clamps {f.driver_clamped}, over {f.steps} steps"
+        f"  {'':8s} {'':10s} chunk-safety clamps {f.clamped}, held for refusals {f.refused}, "
+        f"driver clamps {f.driver_clamped}, over {f.steps} steps"
         + (f"; learner steps beside it {f.learner_steps}" if f.learner_steps is not None else "")
     )
 

@@ -233,7 +233,11 @@ def test_chunk_safety_clamps_reach_the_bag_as_nobodys_steps(robot, tmp_path: Pat
 
 def test_a_refused_chunk_is_dropped_and_the_next_one_requested(robot, tmp_path: Path) -> None:
     """A policy 1.5 rad off in one joint (past the 1 rad jump limit): every chunk is dropped
-    on arrival, the arm holds at the reset pose, and the next tick asks for a new chunk."""
+    on arrival, the arm holds at the reset pose, and the next tick asks for a new chunk. Every
+    hold is the refusal's (``chunk_jump``), not a late policy's (``policy_stale``)."""
+    from rosbags.rosbag2 import Reader
+
+    from habc_common import bag_format as bf
     from habc_policy.core.chunk_safety import ChunkSafetyConfig
 
     robot.reset(seed=5)
@@ -250,9 +254,18 @@ def test_a_refused_chunk_is_dropped_and_the_next_one_requested(robot, tmp_path: 
         task=TASK,
         prompt=robot.prompt,
         chunk_safety=limits,
+        bag_path=tmp_path / "refused",
     )
     assert r.hold_steps == r.steps and policy.calls == r.steps
     np.testing.assert_allclose(robot.hold_position()[0], home[0], atol=0.02)
+    store = bf.typestore()
+    with Reader(tmp_path / "refused") as reader:
+        conns = [c for c in reader.connections if c.topic == bf.TOPIC_EXECUTED_COMMAND]
+        reasons = {
+            store.deserialize_cdr(raw, c.msgtype).hold_reason
+            for c, _t, raw in reader.messages(conns)
+        }
+    assert reasons <= {"chunk_jump", bf.HOLD_EPISODE_OVER} and "chunk_jump" in reasons, reasons
 
 
 def test_in_process_rollout_on_the_graphs_chunk_schedule(robot, tmp_path: Path) -> None:

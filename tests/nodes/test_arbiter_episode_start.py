@@ -279,3 +279,8 @@ def test_a_chunk_dropped_on_arrival_is_reported_to_the_server(scene: Scene) -> N
     assert msg.frame_id == "max_jump: right_wrist_rotate by 1.80", msg.frame_id
     # The arm never went there.
     assert all(np.max(np.abs(np.asarray(m.action) - last)) < 1.0 for _, m in scene.commands[-20:])
+    # Once the taken chunk's 50 rows have run out, the arm holds for the refusal
+    # (``chunk_jump``), not for a late policy (``policy_stale``).
+    scene.run(1.5)
+    tail = [m.hold_reason for _, m in scene.commands[-10:]]
+    assert tail == ["chunk_jump"] * 10, tail

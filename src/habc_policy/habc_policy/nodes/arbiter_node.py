@@ -311,6 +311,7 @@ class ArbiterNode(Node):
         }
         self._arbiter = AuthorityArbiter(p.arbiter)
         self._chunk_learner_step: dict[tuple[str, int], int] = {}
+        self._newest_refused = False  # the newest chunk was dropped by the jump limit
         self._joy: JoyState | None = None
         self._axes: tuple[float, ...] = ()
         self._teleop: TeleopCommand | None = None
@@ -406,7 +407,9 @@ class ArbiterNode(Node):
                 throttle_duration_sec=1.0,
             )
             self._refused(msg, f"max_jump: {where}")
+            self._newest_refused = True
             return
+        self._newest_refused = False  # (a chunk dropped below is late, not refused)
         # An arm the operator drives (or that ramps back) keeps the new chunk's own rows: the
         # held chunk's plan for it never ran, so it is no seam to inpaint or average toward.
         if why := self._scheduler.offer(chunk, now, fresh_dims=~self._arbiter.policy_dims()):
@@ -530,6 +533,7 @@ class ArbiterNode(Node):
             self._last_action, self._teleop, self._teleop_after = None, None, self._pending[1]
             self._arbiter.reset(hold_position=None)
             self._scheduler.begin_episode(self._pending[1])
+            self._newest_refused = False
             if self._safety is not None:
                 self._safety.reset(None)
             if self._jog is not None:
@@ -644,8 +648,14 @@ class ArbiterNode(Node):
             self._mark(decision.mark, msg.header.stamp)
 
     def _safe(self, row: ScheduledRow | None) -> tuple[ScheduledRow | None, str, bool]:
-        """The chunk-level safety step on the scheduled row: ``(row, refused, clamped)``."""
-        if row is None or self._safety is None:
+        """The chunk-level safety step on the scheduled row: ``(row, refused, clamped)``.
+
+        A plan that ran out after the newest chunk was dropped on arrival (its first row past
+        the jump limit) holds for that refusal (``chunk_jump``), not for a late policy
+        (``policy_stale``): the refused chunk would have covered the tick."""
+        if row is None:
+            return None, HOLD_CHUNK_JUMP if self._newest_refused else "", False
+        if self._safety is None:
             return row, "", False
         res = self._safety.check(row.action, self._arbiter.policy_dims())
         if res.action is None:

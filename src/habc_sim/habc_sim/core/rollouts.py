@@ -202,6 +202,7 @@ def run_rollout(
         writer.write_event(base_time_ns, bf.EVENT_START, reason=f"{source}, seed {seed}")
     joint_names = list(spec.joint_names)
     pending: tuple[int, Chunk] | None = None  # (available at step, chunk)
+    newest_refused = False  # the newest chunk was dropped by the jump limit
     chunk_seq = -1
     clamped_steps = hold_steps = 0
     takeover_step: int | None = None
@@ -238,12 +239,17 @@ def run_rollout(
                     pending = (step + delay, made)
                 if pending is not None and step >= pending[0]:
                     first = scheduler.first_row(pending[1], now_s)
-                    if guard is None or guard.admits(first, arbiter.policy_dims()):
+                    newest_refused = guard is not None and not guard.admits(
+                        first, arbiter.policy_dims()
+                    )
+                    if not newest_refused:
                         # (else dropped, as the arbiter does); an arm the operator drives
                         # keeps the new chunk's rows (the held plan for it never ran)
                         scheduler.offer(pending[1], now_s, fresh_dims=~arbiter.policy_dims())
                     pending = None
                 policy_row = scheduler.select(now_s)
+                if policy_row is None and newest_refused:
+                    refused = HOLD_CHUNK_JUMP  # the refused chunk would have run (as the node)
                 if policy_row is not None and guard is not None:
                     checked = guard.check(policy_row.action, arbiter.policy_dims())
                     if checked.action is None:  # dropped, as the arbiter node does
@@ -254,7 +260,7 @@ def run_rollout(
                         clamped = checked.clamped
             else:  # a fresh chunk, from its row 0, when the policy gets an arm back
                 scheduler.begin_episode(now_s - period)
-                pending = None
+                pending, newest_refused = None, False
             decision = arbiter.step(
                 now_s,
                 joy=JoyState(now_s, joystick_buttons(takeover, mask)),
