@@ -51,6 +51,7 @@ class Scene:
     """The arbiter process and the test's publishers, republished each spin step."""
 
     def __init__(self, env: dict[str, str], root: Path) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import JointState, Joy
         from std_msgs.msg import Header
 
@@ -59,6 +60,7 @@ class Scene:
         self.c = c = RosClient("episode_start_test")
         self.commands = c.record(ExecutedCommand, "/habc/executed_command", 200)
         self.refused = c.record(Header, "/habc/chunk_refused")
+        self.diags = c.record(DiagnosticArray, "/diagnostics")
         self.pubs = {
             "measured": c.node.create_publisher(JointState, "/arx_x5_driver/measured_command", 10),
             "heartbeat": c.node.create_publisher(Header, "/habc/policy_heartbeat", 10),
@@ -284,3 +286,18 @@ def test_a_chunk_dropped_on_arrival_is_reported_to_the_server(scene: Scene) -> N
     scene.run(1.5)
     tail = [m.hold_reason for _, m in scene.commands[-10:]]
     assert tail == ["chunk_jump"] * 10, tail
+
+    # Held for a second or more: the dashboard says the policy is stuck and names the joint.
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    def stuck() -> list[Any]:
+        return [
+            st
+            for _, arr in scene.diags
+            for st in arr.status
+            if st.name.endswith("chunks") and st.level == DiagnosticStatus.WARN
+        ]
+
+    scene.run_until(lambda: stuck(), 10.0, "a policy-stuck warning on /diagnostics")
+    assert stuck()[-1].message.startswith("policy stuck: held "), stuck()[-1].message
+    assert "right_wrist_rotate by 1.80" in stuck()[-1].message, stuck()[-1].message

@@ -312,6 +312,9 @@ class ArbiterNode(Node):
         self._arbiter = AuthorityArbiter(p.arbiter)
         self._chunk_learner_step: dict[tuple[str, int], int] = {}
         self._newest_refused = False  # the newest chunk was dropped by the jump limit
+        self._refused_run = 0  # consecutive ticks held for refused chunks (``chunk_jump``)
+        #: A hold this long for refused chunks is the policy stuck, not a seam: warn (1 s).
+        self._stuck_ticks = max(1, round(p.control_hz))
         self._joy: JoyState | None = None
         self._axes: tuple[float, ...] = ()
         self._teleop: TeleopCommand | None = None
@@ -624,7 +627,15 @@ class ArbiterNode(Node):
         clamped = clamped and ran_policy
         self._counts["clamped_ticks"] += int(clamped)
         self._counts["overrun_ticks"] += int(ran_policy and row is not None and row.overrun)
-        self._counts["refused_ticks"] += int(decision.hold_reason == HOLD_CHUNK_JUMP)
+        refused_tick = decision.hold_reason == HOLD_CHUNK_JUMP
+        self._counts["refused_ticks"] += int(refused_tick)
+        self._refused_run = self._refused_run + 1 if refused_tick else 0
+        if self._refused_run == self._stuck_ticks:
+            self.get_logger().warning(
+                f"the arm has held {self._stuck_ticks} ticks: every new chunk is past the jump "
+                f"limit ({self._refusal_detail()}), the policy asks for a pose far from the "
+                "arm. Take over, or end the episode"
+            )
         msg = ExecutedCommand()
         sec = math.floor(now)  # the tick time the decision was made for
         msg.header.stamp.sec = int(sec)
@@ -678,6 +689,14 @@ class ArbiterNode(Node):
             f"seam {self.params.seam}; chunk safety clamped {self._counts['clamped_ticks']} "
             f"and refused {self._counts['refused_ticks']} ticks"
         )
+        if self._refused_run >= self._stuck_ticks:
+            # The operator's dashboard shows it: the arm stands still because the policy keeps
+            # asking for a pose the jump limit refuses, and only a takeover moves it on.
+            st.level = DiagnosticStatus.WARN
+            st.message = (
+                f"policy stuck: held {self._refused_run} ticks, every new chunk past the jump "
+                f"limit ({self._refusal_detail()}); take over or end the episode. " + st.message
+            )
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
