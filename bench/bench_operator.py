@@ -6,7 +6,10 @@ failing episode is a candidate: ``--intervention-rate 1``) and prints, measured 
 - the policy's autonomous success over the same poses without an operator (``--baseline``);
 - takeover episodes, how many of them end in success (target: >= 90 %), how many keep a
   post-takeover policy suffix of >= 50 steps (target: >= 60 %), hand-backs, one-arm
-  takeovers, re-takeovers, and the scenes it declined as unrecoverable.
+  takeovers, re-takeovers, and the scenes it declined as unrecoverable;
+- per takeover, the corrections that reached their goal (handed back on track, or held to the
+  end of a successful episode): the operator's own competence, apart from the policy's
+  failures after a hand-back.
 
 Example (a transfer-cube SFT checkpoint in the 15-50 % band)::
 
@@ -183,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.median([r.suffix_steps for r in took]) if took else 0:.0f}"
     )
     print(f"  hand-backs:                     {sum(r.handbacks for r in took)}")
+    # Per takeover: a correction reaches its goal when the operator hands back on track, or,
+    # for one held to the end, when the episode succeeds. (A policy failing after a hand-back
+    # fails the episode, not the correction.)
+    corrections = sum(len(ts) for ts, *_ in timelines)
+    handed = sum(len(rs) for _ts, rs, *_ in timelines)
+    held = [(r, ts, rs) for r, (ts, rs, *_) in zip(results, timelines) if len(rs) < len(ts)]
+    held_ok = sum(r.success for r, _ts, _rs in held)
+    print(f"  corrections reaching their goal: {pct(handed + held_ok, corrections)}")
+    print(f"  held to the end, then success:  {pct(held_ok, len(held))}")
     per_episode = dict(sorted(Counter(r.takeovers for r in took).items()))
     print(f"  takeovers per episode:          {per_episode}")
     with_suffix = [r for r in took if r.suffix_steps > 0]
