@@ -98,3 +98,44 @@ def test_a_gripper_closed_on_the_socket_holds_it_and_one_held_open_is_not_closed
     assert closed.index(True) + 1 == 12
     planner._grip_hist.clear()
     assert planner._gripper_settled(scene(1.0, 0.89), "right", 51)
+
+
+def test_a_tilted_peg_straightens_before_the_socket_mouth() -> None:
+    """Insertion's insert phase, the socket held at its meeting point (axis +x). The goal of the
+    peg's centre along the axis: the insertion depth, 4 + 6 − 1.5 = 8.5 cm, or, to straighten,
+    1.5 cm before the mouth: 6 + 6 + 1.5 = 13.5 cm.
+
+    - Tip 5 mm before the mouth (centre at 12.5 cm): tilted 3° it goes in; tilted 13° (as a
+      takeover of a policy's grasp leaves it; pushed in, the tip caught the mouth and the peg
+      pivoted out of the fingers) it waits before the mouth (entry limit 8°).
+    - Tip 1 cm in (centre at 11 cm): tilted 13° it goes on (the socket, pushed by the peg, tilts
+      a few degrees); tilted 20° it backs out (limit 15°)."""
+    import numpy as np
+
+    from arx_x5_driver.core.ik import rotation_exp
+    from habc_sim.core.expert import SOCKET_MEET, SceneState, _InsertionPlanner
+
+    socket = SOCKET_MEET.copy()
+
+    def right_goal(along: float, tilt_deg: float) -> np.ndarray:
+        planner = _InsertionPlanner(
+            {k: np.zeros(3) for k in ("grasp_left", "grasp_right", "meet", "insert")}
+        )
+        planner.left_phase, planner.right_phase = "carry", "insert"
+        planner.left_steps = planner.right_steps = 0
+        peg = socket + np.array([along, 0.0, 0.0])
+        peg_rot = rotation_exp(np.array([0.0, 0.0, np.radians(tilt_deg)]))
+        s = SceneState(
+            q={"left": np.zeros(6), "right": np.zeros(6)},
+            grip={"left": 0.7, "right": 0.35},
+            site_pos={"left": socket.copy(), "right": peg.copy()},
+            site_rot={"left": np.eye(3), "right": np.eye(3)},
+            objects={"socket": (socket.copy(), np.eye(3)), "peg": (peg, peg_rot)},
+        )
+        return planner.targets(s)["right"].pos
+
+    depth, wait = socket + np.array([0.085, 0.0, 0.0]), socket + np.array([0.135, 0.0, 0.0])
+    np.testing.assert_allclose(right_goal(0.125, 3.0), depth, atol=1e-9)
+    np.testing.assert_allclose(right_goal(0.125, 13.0), wait, atol=1e-9)
+    np.testing.assert_allclose(right_goal(0.11, 13.0), depth, atol=1e-9)
+    np.testing.assert_allclose(right_goal(0.11, 20.0), wait, atol=1e-9)

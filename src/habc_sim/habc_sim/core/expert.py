@@ -423,6 +423,16 @@ SOCKET_MEET = np.array([-0.08, 0.5, 0.2])
 TILT_GAIN = 0.25
 PEG_WAIT = np.array([0.12, 0.5, 0.2])
 PIN_END = 0.04  # pin half-length along the socket axis
+#: The peg's tip enters the socket only when the peg is tilted less than this from the socket
+#: axis (rad, 8°): more tilted, it waits :data:`MOUTH_CLEAR` before the mouth while the tilt
+#: is corrected. (Pushed in at 13-16°, as a takeover of a policy's grasp leaves it, the tip
+#: caught the mouth and the push pivoted the peg in the fingers to 41° until it fell out.)
+INSERT_TILT_MAX = 0.14
+#: A peg already in backs out to :data:`MOUTH_CLEAR` only past this tilt (rad, 15°): the
+#: socket, pushed by the peg, tilts by a few degrees, and backing out at the entry limit then
+#: made the peg go in and out until the episode ended.
+INSERTED_TILT_MAX = 0.26
+MOUTH_CLEAR = 0.015  # the peg tip's distance before the socket mouth while it straightens (m)
 
 
 class _InsertionPlanner(_Planner):
@@ -526,6 +536,10 @@ class _InsertionPlanner(_Planner):
         rel = peg - socket
         along = float(np.dot(rel, axis))
         lateral = float(np.linalg.norm(rel - along * axis - line_off))
+        # Keep the peg parallel to the socket: rotate the gripper by the peg-to-socket tilt.
+        peg_axis = peg_rot[:, 0] if np.dot(peg_rot[:, 0], axis) >= 0 else -peg_rot[:, 0]
+        tilt = np.cross(peg_axis, axis)
+        tilt_angle = float(np.arcsin(np.clip(np.linalg.norm(tilt), 0.0, 1.0)))
         if not socket_ready:
             # Wait with the peg lifted on the right side until the socket is up.
             goal = PEG_WAIT + self.offsets["meet"]
@@ -538,13 +552,13 @@ class _InsertionPlanner(_Planner):
                 self._set("right", "insert")
         else:
             goal = insert if lateral < 0.006 else socket + axis * max(along, depth + 0.02)
+            tip_in = along < SOCKET_HALF[0] + PEG_HALF[0]
+            if tilt_angle > (INSERTED_TILT_MAX if tip_in else INSERT_TILT_MAX):
+                # Straighten before the mouth (backing out if the tip is in).
+                goal = socket + axis * (SOCKET_HALF[0] + PEG_HALF[0] + MOUTH_CLEAR) + line_off
             fine = True
             if lateral > 0.02 or along > SOCKET_HALF[0] + PEG_HALF[0] + 0.06:
                 self._set("right", "carry")
-        # Keep the peg parallel to the socket: rotate the gripper by the peg-to-socket tilt.
-        peg_axis = peg_rot[:, 0] if np.dot(peg_rot[:, 0], axis) >= 0 else -peg_rot[:, 0]
-        tilt = np.cross(peg_axis, axis)
-        tilt_angle = float(np.arcsin(np.clip(np.linalg.norm(tilt), 0.0, 1.0)))
         turn = np.eye(3)
         if tilt_angle > 1e-3:
             turn = rotation_exp(_unit(tilt) * tilt_angle * TILT_GAIN)
