@@ -166,3 +166,40 @@ def test_a_diverged_round_writes_no_checkpoint_and_the_next_resumes(
     _bags(bags / "round_02", ["two_takeovers"], 20)
     assert main(["--bags", str(bags), "--out", str(out), "--steps", "3", *ARGS]) == 0
     assert latest_checkpoint(ckpts).name == "step_000000006"  # resumed from step 3
+
+
+def test_a_bag_closed_after_the_live_window_is_read_once_it_closes(tmp_path: Path) -> None:
+    """A recorder stalled past the 30 s live window (a loaded machine: 38 s in one CI run):
+    the scan skips its bag as never closed, and reports it once. When the recorder then closes
+    it (metadata.yaml written), the next scan reads it. Before, it stayed skipped for good,
+    and the bringup job waited for a round that never came."""
+    from habc_learner.learn import LearnerJob, LearnerJobConfig
+
+    bags = tmp_path / "bags"
+    _bags(bags, ["autonomous_success"], 0)
+    (bag,) = bags.iterdir()
+    meta = bag / "metadata.yaml"
+    closed = meta.read_text()
+    meta.unlink()
+    quiet = time.time() - 60.0
+    for f in bag.iterdir():
+        os.utime(f, (quiet, quiet))
+    job = LearnerJob(
+        LearnerJobConfig(
+            bag_dirs=(bags,),
+            out_dir=tmp_path / "out",
+            method="habc",
+            steps_per_round=1,
+            min_new_episodes=1,
+            batch_size=16,
+        )
+    )
+    first = job.scan()
+    assert [(p.name, r.split(":")[0]) for p, r in first.skipped] == [(bag.name, "no metadata.yaml")]
+    again = job.scan()  # unchanged: still skipped, not reported again
+    assert not again.used and not again.skipped and not job.ready
+    meta.write_text(closed)  # the recorder closes the bag
+    later = job.scan()
+    assert len(later.used) == 1 and not later.skipped and job.ready
+    assert str(bag) not in job.skipped
+    job.close()

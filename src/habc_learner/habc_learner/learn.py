@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from habc_policy.core.configuration_flow import FlowPolicyConfig
 
 STATE_NAME = "learner_state.json"
+#: Skip reasons of a bag its recorder has not closed (yet): looked at again once it changes.
+UNCLOSED = ("incomplete", "no metadata.yaml")
 
 
 def LearnerJobConfig(
@@ -134,6 +136,13 @@ class LearnerJob:
         state = self._load_state()
         self.consumed: set[str] = set(state.get("consumed", []))
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
+        #: Bags skipped as never closed -> their newest file time then: looked at again once
+        #: they change (a recorder stalled past the live window closes its bag later).
+        self._unclosed: dict[str, float] = {
+            key: self._newest_mtime(Path(key))
+            for key, reason in self.skipped.items()
+            if reason.startswith(UNCLOSED)
+        }
         self.rounds_done: int = int(state.get("rounds", 0))
         #: fleet-wide episode id -> the bag it was read from (duplicates are refused).
         self.episode_bags: dict[str, str] = dict(state.get("episodes", {}))
@@ -242,6 +251,10 @@ class LearnerJob:
 
     def _scan_local(self) -> ScanResult:
         result = ScanResult()
+        for key, seen in list(self._unclosed.items()):
+            if self._newest_mtime(Path(key)) > seen:
+                del self._unclosed[key]
+                self.skipped.pop(key, None)  # written since: read it again below
         pending_paths = {p for p, _ in self.pending}
         for path, robot in self._bags():
             key = str(path)
@@ -251,8 +264,10 @@ class LearnerJob:
                 episode = self._read(path, robot)
             except BagSkipped as exc:
                 reason = str(exc)
-                if reason.startswith(("incomplete", "no metadata.yaml")) and self._maybe_live(path):
-                    continue  # a bag still being recorded: look again next scan
+                if reason.startswith(UNCLOSED):
+                    if self._maybe_live(path):
+                        continue  # a bag still being recorded: look again next scan
+                    self._unclosed[key] = self._newest_mtime(path)
                 self.skipped[key] = reason
                 result.skipped.append((path, reason))
                 continue
@@ -267,10 +282,17 @@ class LearnerJob:
         return result
 
     @staticmethod
-    def _maybe_live(path: Path, quiet_s: float = 30.0) -> bool:
+    def _newest_mtime(path: Path) -> float:
+        """The newest modification time of the bag's files (0 when it is gone)."""
+        try:
+            return max((p.stat().st_mtime for p in path.iterdir()), default=0.0)
+        except OSError:
+            return 0.0
+
+    @classmethod
+    def _maybe_live(cls, path: Path, quiet_s: float = 30.0) -> bool:
         """A bag written to in the last ``quiet_s`` seconds may still be recording."""
-        newest = max((p.stat().st_mtime for p in path.iterdir()), default=0.0)
-        return time.time() - newest < quiet_s
+        return time.time() - cls._newest_mtime(path) < quiet_s
 
     @property
     def new_count(self) -> int:
