@@ -58,8 +58,8 @@ if TYPE_CHECKING:
     from habc_policy.core.configuration_flow import FlowPolicyConfig
 
 STATE_NAME = "learner_state.json"
-#: Skip reasons of a bag its recorder has not closed (yet): looked at again once it changes.
-UNCLOSED = ("incomplete", "no metadata.yaml")
+#: Skip reason of a bag its recorder has not closed (yet): read again once it is closed.
+UNCLOSED = "no metadata.yaml"
 
 
 def LearnerJobConfig(
@@ -136,12 +136,10 @@ class LearnerJob:
         state = self._load_state()
         self.consumed: set[str] = set(state.get("consumed", []))
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
-        #: Bags skipped as never closed -> their newest file time then: looked at again once
-        #: they change (a recorder stalled past the live window closes its bag later).
-        self._unclosed: dict[str, float] = {
-            key: self._newest_mtime(Path(key))
-            for key, reason in self.skipped.items()
-            if reason.startswith(UNCLOSED)
+        #: Bags skipped as never closed: read again once their metadata.yaml appears (a
+        #: recorder stalled past the live window closes its bag later).
+        self._unclosed: set[str] = {
+            key for key, reason in self.skipped.items() if reason.startswith(UNCLOSED)
         }
         self.rounds_done: int = int(state.get("rounds", 0))
         #: fleet-wide episode id -> the bag it was read from (duplicates are refused).
@@ -251,10 +249,10 @@ class LearnerJob:
 
     def _scan_local(self) -> ScanResult:
         result = ScanResult()
-        for key, seen in list(self._unclosed.items()):
-            if self._newest_mtime(Path(key)) > seen:
-                del self._unclosed[key]
-                self.skipped.pop(key, None)  # written since: read it again below
+        for key in list(self._unclosed):
+            if (Path(key) / "metadata.yaml").is_file():
+                self._unclosed.discard(key)
+                self.skipped.pop(key, None)  # closed since: read it again below
         pending_paths = {p for p, _ in self.pending}
         for path, robot in self._bags():
             key = str(path)
@@ -264,10 +262,10 @@ class LearnerJob:
                 episode = self._read(path, robot)
             except BagSkipped as exc:
                 reason = str(exc)
+                if reason.startswith(("incomplete", "no metadata.yaml")) and self._maybe_live(path):
+                    continue  # a bag still being recorded: look again next scan
                 if reason.startswith(UNCLOSED):
-                    if self._maybe_live(path):
-                        continue  # a bag still being recorded: look again next scan
-                    self._unclosed[key] = self._newest_mtime(path)
+                    self._unclosed.add(key)
                 self.skipped[key] = reason
                 result.skipped.append((path, reason))
                 continue
@@ -282,17 +280,10 @@ class LearnerJob:
         return result
 
     @staticmethod
-    def _newest_mtime(path: Path) -> float:
-        """The newest modification time of the bag's files (0 when it is gone)."""
-        try:
-            return max((p.stat().st_mtime for p in path.iterdir()), default=0.0)
-        except OSError:
-            return 0.0
-
-    @classmethod
-    def _maybe_live(cls, path: Path, quiet_s: float = 30.0) -> bool:
+    def _maybe_live(path: Path, quiet_s: float = 30.0) -> bool:
         """A bag written to in the last ``quiet_s`` seconds may still be recording."""
-        return time.time() - cls._newest_mtime(path) < quiet_s
+        newest = max((p.stat().st_mtime for p in path.iterdir()), default=0.0)
+        return time.time() - newest < quiet_s
 
     @property
     def new_count(self) -> int:
