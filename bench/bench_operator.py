@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     # fails the episode, not the correction.)
     corrections = sum(len(ts) for ts, *_ in timelines)
     handed = sum(len(rs) for _ts, rs, *_ in timelines)
-    held = [(r, ts, rs) for r, (ts, rs, *_) in zip(results, timelines) if len(rs) < len(ts)]
-    held_ok = sum(r.success for r, _ts, _rs in held)
+    held = [r for r, (ts, rs, *_) in zip(results, timelines) if len(rs) < len(ts)]
+    held_ok = sum(r.success for r in held)
     print(f"  corrections reaching their goal: {pct(handed + held_ok, corrections)}")
     print(f"  held to the end, then success:  {pct(held_ok, len(held))}")
     per_episode = dict(sorted(Counter(r.takeovers for r in took).items()))

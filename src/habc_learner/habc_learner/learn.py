@@ -136,11 +136,6 @@ class LearnerJob:
         state = self._load_state()
         self.consumed: set[str] = set(state.get("consumed", []))
         self.skipped: dict[str, str] = dict(state.get("skipped", {}))
-        #: Bags skipped as never closed: read again once their metadata.yaml appears (a
-        #: recorder stalled past the live window closes its bag later).
-        self._unclosed: set[str] = {
-            key for key, reason in self.skipped.items() if reason.startswith(UNCLOSED)
-        }
         self.rounds_done: int = int(state.get("rounds", 0))
         #: fleet-wide episode id -> the bag it was read from (duplicates are refused).
         self.episode_bags: dict[str, str] = dict(state.get("episodes", {}))
@@ -249,10 +244,11 @@ class LearnerJob:
 
     def _scan_local(self) -> ScanResult:
         result = ScanResult()
-        for key in list(self._unclosed):
-            if (Path(key) / "metadata.yaml").is_file():
-                self._unclosed.discard(key)
-                self.skipped.pop(key, None)  # closed since: read it again below
+        # A bag skipped as never closed is read again once its metadata.yaml appears (a
+        # recorder stalled past the live window closes its bag later).
+        for key, reason in list(self.skipped.items()):
+            if reason.startswith(UNCLOSED) and (Path(key) / "metadata.yaml").is_file():
+                del self.skipped[key]
         pending_paths = {p for p, _ in self.pending}
         for path, robot in self._bags():
             key = str(path)
@@ -262,10 +258,8 @@ class LearnerJob:
                 episode = self._read(path, robot)
             except BagSkipped as exc:
                 reason = str(exc)
-                if reason.startswith(("incomplete", "no metadata.yaml")) and self._maybe_live(path):
+                if reason.startswith(("incomplete", UNCLOSED)) and self._maybe_live(path):
                     continue  # a bag still being recorded: look again next scan
-                if reason.startswith(UNCLOSED):
-                    self._unclosed.add(key)
                 self.skipped[key] = reason
                 result.skipped.append((path, reason))
                 continue
