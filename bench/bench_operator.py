@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stall window right after a hand-back (default: the operator's)",
     )
+    p.add_argument(
+        "--nut-recovery",
+        choices=("on", "off"),
+        default="on",
+        help="assembly-v3: the pose-aware nut controller for a nut moved out of its spawn "
+        "pose (off: the shipped policy after a retreat, the operator before)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         **overrides,
     )
     operator = ScriptedOperator.for_backend(backend, args.task, config)
+    if args.nut_recovery == "off" and hasattr(operator.expert, "nut_recovery"):
+        operator.expert.nut_recovery = False
     seeds = [SEED_BASE + i for i in range(args.episodes)]
     t0 = time.monotonic()
     results, baseline, timelines = [], [], []

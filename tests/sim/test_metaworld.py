@@ -87,7 +87,7 @@ def test_metaworld_recovery_retreats_before_the_shipped_policy() -> None:
     wins = {0: 0, 15: 0}
     with make_backend("metaworld", task="assembly-v3") as robot:
         for retreat in wins:
-            expert = MetaWorldExpert("assembly-v3", retreat_steps=retreat)
+            expert = MetaWorldExpert("assembly-v3", retreat_steps=retreat, nut_recovery=False)
             for seed in range(6):
                 obs = _astray(robot, expert, seed)
                 if robot.status().done:
@@ -107,3 +107,109 @@ def test_metaworld_config_names_the_task() -> None:
         MetaWorldConfig(task="asembly-v3")
     with pytest.raises(ValueError, match="no Meta-World expert"):
         MetaWorldExpert("reach-v2")
+
+
+def _axis_angle(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """Unit quaternion ``[w, x, y, z]`` of a rotation about ``axis``."""
+    half = np.radians(degrees) / 2.0
+    return np.concatenate([[np.cos(half)], np.sin(half) * np.asarray(axis, dtype=np.float64)])
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Quaternion product ``a * b`` (rotate by ``b``, then by ``a``)."""
+    w1, x1, y1, z1 = a
+    w2, x2, y2, z2 = b
+    return np.array(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ]
+    )
+
+
+def _place_nut(robot, xy: tuple[float, float], turn: np.ndarray):
+    """Put assembly-v3's nut at ``xy``, turned by ``turn`` from its spawn pose, as a policy
+    might have left it, and let it settle (the arm holds still)."""
+    env = robot._env  # the Meta-World environment: its nut has the free joint at qpos[9:16]
+    qpos, qvel = env.data.qpos.copy(), env.data.qvel.copy()
+    spawn = qpos[12:16].copy()
+    qpos[9:12] = [xy[0], xy[1], 0.03]
+    qpos[12:16] = _compose(turn, spawn)
+    qvel[9:15] = 0.0
+    env.set_state(qpos, qvel)
+    for _ in range(15):
+        robot.command(robot.hold_position())
+    return robot.observe()
+
+
+@pytest.mark.sim
+def test_the_nut_ring_centre_is_read_from_the_handle_in_any_pose() -> None:
+    """Meta-World observes the nut's handle end and orientation; the ring's centre, which
+    must go over the peg, follows from them in every pose (turned, flipped, on its edge)."""
+    from habc_sim.core.expert import nut_ring_centre
+
+    turns = [
+        _axis_angle((0, 0, 1), 40),
+        _axis_angle((1, 0, 0), 180),
+        _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 90)),
+    ]
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        for turn in turns:
+            robot.reset(7_000_001)
+            obs = _place_nut(robot, (0.0, 0.65), turn)
+            centre = robot._env.data.site("RoundNut").xpos
+            np.testing.assert_allclose(nut_ring_centre(obs.env_state), centre, atol=1e-9)
+            # (the handle end is 13 cm from the ring: not a position that happens to match)
+            assert np.linalg.norm(obs.env_state[4:7] - centre) > 0.12
+
+
+@pytest.mark.sim
+def test_a_turned_or_flipped_nut_is_assembled_by_the_pose_aware_controller() -> None:
+    """The shipped assembly policy grips at a fixed offset from the handle's end and closes on
+    nothing when a policy left the nut turned; it then presses down there to the end of the
+    episode. The operator's nut controller grips where the nut's pose puts the handle and
+    steers the ring's centre over the peg."""
+    scenes = [
+        _axis_angle((0, 0, 1), 40),
+        _axis_angle((0, 0, 1), -50),
+        _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 180)),  # upside down
+    ]
+    wins = {False: 0, True: 0}
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        for nut_recovery in wins:
+            for turn in scenes:
+                obs = robot.reset(7_000_001)
+                expert = MetaWorldExpert("assembly-v3", nut_recovery=nut_recovery)
+                expert.reset(obs, 0)
+                obs = _place_nut(robot, (0.0, 0.65), turn)
+                assert expert.scene_recoverable(obs.env_state) == (True, "")
+                expert.replan(obs)
+                assert expert.phase == ("nut:rise" if nut_recovery else "policy")
+                while not robot.status().done:
+                    robot.command(expert.act(obs))
+                    obs = robot.observe()
+                wins[nut_recovery] += bool(robot.status().success)
+    assert wins == {False: 0, True: 3}
+
+
+@pytest.mark.sim
+def test_the_operator_declines_a_nut_it_cannot_reach_or_one_on_its_edge() -> None:
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        expert = MetaWorldExpert("assembly-v3")
+        expert.reset(robot.reset(7_000_001), 0)
+        obs = _place_nut(robot, (0.0, 0.65), _axis_angle((0, 0, 1), 20))
+        assert expert.scene_recoverable(obs.env_state) == (True, "")
+        edge = _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 90))
+        obs = _place_nut(robot, (0.0, 0.65), edge)
+        assert expert.scene_recoverable(obs.env_state) == (False, "the nut stands on its edge")
+        # The ring at the table's far side, the handle pointing away from the robot.
+        obs = _place_nut(robot, (0.0, 0.90), _axis_angle((0, 0, 1), 90))
+        assert obs.env_state[5] > 0.95
+        why = "the nut lies beyond the arm's reach"
+        assert expert.scene_recoverable(obs.env_state) == (False, why)
+        # The shipped policy alone (the nut controller off) has no such judgement.
+        assert MetaWorldExpert("assembly-v3", nut_recovery=False).scene_recoverable(
+            obs.env_state
+        ) == (True, "")

@@ -560,8 +560,25 @@ def test_metaworld_milestone_takes_the_lift_clearance() -> None:
 
     env = np.zeros(39)
     env[0:3] = [0.0, 0.6, 0.10]  # hand
+    env[3] = 0.45  # the gripper closed on the object (assembly-v3's handle: 0.41-0.54)
     env[4:7] = [0.0, 0.6, 0.065]  # object, started at z = 0.05
     assert metaworld_milestone(env, 0.05).level == 0
     assert metaworld_milestone(env, 0.05, 0.01) == Milestone(1, (True,))
     env[0:3] = [0.0, 0.5, 0.10]  # hand 10 cm away: not held, whatever the height
     assert metaworld_milestone(env, 0.05, 0.01).level == 0
+
+
+def test_metaworld_milestone_needs_the_gripper_closed_on_the_object() -> None:
+    """An object tipping up beside the hand is not held: with the gripper open (1.0) or closed
+    on nothing (0.30) the operator must not hand back (a tipping nut did, before it had
+    gripped anything)."""
+    from habc_sim.core.operator import metaworld_milestone
+
+    env = np.zeros(39)
+    env[0:3] = [0.0, 0.6, 0.10]
+    env[4:7] = [0.0, 0.6, 0.08]  # 3 cm above where it started
+    levels = {}
+    for grip in (1.0, 0.95, 0.5, 0.34, 0.30):
+        env[3] = grip
+        levels[grip] = metaworld_milestone(env, 0.05).level
+    assert levels == {1.0: 0, 0.95: 0, 0.5: 1, 0.34: 1, 0.30: 0}

@@ -715,6 +715,134 @@ class AlohaExpert:
         return action
 
 
+#: assembly-v3's nut (Meta-World's ``RoundNut`` body), in the nut's own frame: the observed
+#: object position (``env_state[4:7]``) is the handle's end, site ``RoundNut-8``; the ring's
+#: centre, which must go over the peg, is 0.13 m from it along the nut's +y (Meta-World's model;
+#: ``tests/sim/test_metaworld.py`` checks it against the simulator in turned and flipped poses).
+NUT_RING = np.array([0.0, 0.13, 0.0])
+#: Where the shipped policy grips the handle: 2 cm in from its end, toward the ring.
+NUT_GRASP = 0.02
+#: The hand sits this far above the handle once its open fingers straddle it (the shipped
+#: policy closes at 0.044-0.050 above it).
+NUT_GRASP_HAND_Z = 0.05
+#: Meta-World's gripper reading (``env_state[3]``, finger distance / 0.1 m): 1 open; closed on
+#: the handle 0.41-0.54; closed on nothing 0.30-0.32.
+GRIP_EMPTY = 0.33
+NUT_CARRY_Z = 0.14  # hand height above the peg's target while carrying (the shipped policy's)
+#: The hand's reach away from the robot (Meta-World's y): it stops at 0.903-0.906 m near the
+#: table, where it also cannot get lower than 0.09 m.
+HAND_REACH_Y = 0.89
+#: Largest tilt (rad) of a nut lying on the table that the controller can place: beyond it the
+#: nut stands on its edge, and a ring gripped by the handle stays upright.
+NUT_TILT_MAX = np.radians(45.0)
+
+
+def nut_ring_centre(env_state: FloatArray) -> FloatArray:
+    """World position of the nut ring's centre from the observed handle end ``p`` and nut
+    orientation ``q`` (``env_state[4:7]``, ``[7:11]``): ``c = p + R(q) · NUT_RING``."""
+    return np.asarray(env_state[4:7], dtype=np.float64) + _quat_to_mat(env_state[7:11]) @ NUT_RING
+
+
+def nut_grasp_point(env_state: FloatArray, shift: float = 0.0) -> FloatArray:
+    """Where to grip the handle: :data:`NUT_GRASP` in from its end (plus ``shift``, toward the
+    ring), slid up to 4 cm further toward the ring while it lies beyond :data:`HAND_REACH_Y`."""
+    site, rot = np.asarray(env_state[4:7], dtype=np.float64), _quat_to_mat(env_state[7:11])
+    along = rot @ np.array([0.0, 1.0, 0.0])  # the handle, from its end toward the ring
+    point = site + (NUT_GRASP + shift) * along
+    if point[1] > HAND_REACH_Y and along[1] < -1e-3:
+        point = point + min(0.04, (point[1] - HAND_REACH_Y) / -along[1]) * along
+    return point
+
+
+class NutAssembly:
+    """A pose-aware controller for assembly-v3, for the scenes the shipped policy cannot
+    recover.
+
+    The shipped policy assumes the nut lies as spawned (handle along x, ring up): it grips at
+    a fixed x offset from the handle's end and places the hand at a fixed offset from the peg.
+    From a nut a policy turned or flipped over, it closes its fingers beside the handle and
+    presses down there to the end of the episode; with a nut a policy left hanging askew in
+    the fingers, it lowers the ring beside the peg and presses there. Measured on the operator
+    episodes of an SFT policy at 33 % (100 poses), 12 of its 70 takeovers failed, every one
+    of them that way.
+
+    This controller reads the nut's pose every step. It grips the handle where the pose puts
+    it (:func:`nut_grasp_point`), checks the grip (fingers closed on nothing: open, rise, and try
+    again a little further along the handle), lifts straight up, steers the *ring's* measured
+    centre (:func:`nut_ring_centre`) over the peg, and lowers it, steering on the way down; a
+    ring that stops above the peg is lifted and aligned again.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "rise"
+        self._count = 0
+        self._misses = 0
+        self._lowest = np.inf
+
+    def start(self, held: bool) -> None:
+        """Begin from the current scene; ``held``: the hand already holds the nut lifted."""
+        self._set("carry" if held else "rise")
+        self._misses = 0
+
+    def _set(self, phase: str) -> None:
+        self.phase, self._count = phase, 0
+
+    def _missed(self) -> None:
+        self._misses += 1
+        self._set("rise")
+
+    def act(self, env: FloatArray) -> FloatArray:
+        """The 4-dim action (hand displacement, gripper effort) for the 39-dim observation."""
+        hand, grip = np.asarray(env[0:3], dtype=np.float64), float(env[3])
+        peg = np.asarray(env[36:39], dtype=np.float64)
+        ring = nut_ring_centre(env)
+        grasp = nut_grasp_point(env, (0.0, 0.015, -0.01)[self._misses % 3])
+        self._count += 1
+        g = 0.6  # the shipped policy's grip effort
+        if self.phase == "close" and self._count > 10 and grip < GRIP_EMPTY:
+            self._missed()
+        if self.phase == "carry" and self._count > 5 and grip < GRIP_EMPTY:
+            self._missed()  # dropped
+        if self.phase == "rise":  # open, straight up clear of the nut
+            target, g = np.array([hand[0], hand[1], 0.15]), -1.0
+            if hand[2] > 0.13:
+                self._set("approach")
+        if self.phase == "approach":  # above the grip point, open
+            target, g = np.array([grasp[0], grasp[1], 0.15]), -1.0
+            if np.linalg.norm(hand[:2] - grasp[:2]) < 0.01:
+                self._set("descend")
+        if self.phase == "descend":  # the open fingers down around the handle
+            target, g = np.array([grasp[0], grasp[1], grasp[2] + 0.03]), -1.0
+            if np.linalg.norm(hand[:2] - grasp[:2]) > 0.02:
+                self._set("approach")
+            elif hand[2] < grasp[2] + NUT_GRASP_HAND_Z or self._count > 30:
+                self._set("close")
+        if self.phase == "close":  # keep pressing down while the fingers close (as shipped)
+            target = np.array([grasp[0], grasp[1], grasp[2] + 0.03])
+            if self._count > 10:
+                self._set("carry")
+        if self.phase == "carry":  # straight up, then the ring over the peg
+            z = peg[2] + NUT_CARRY_Z
+            err = peg[:2] - ring[:2]
+            target = np.array([hand[0] + err[0], hand[1] + err[1], z])
+            if hand[2] < z - 0.03:
+                target[:2] = hand[:2]
+            elif np.linalg.norm(err) < 0.008:
+                self._set("lower")
+                self._lowest = float(ring[2])
+        if self.phase == "lower":  # down around the peg, steering the ring
+            err = peg[:2] - ring[:2]
+            target = np.array([hand[0] + err[0], hand[1] + err[1], hand[2] - 0.03])
+            if np.linalg.norm(err) > 0.015:
+                target[2] = hand[2]  # align before going further down
+            if ring[2] < self._lowest - 0.002:
+                self._lowest, self._count = float(ring[2]), 0
+            elif self._count > 15 and ring[2] > peg[2]:  # stopped on the peg: up, align again
+                self._set("carry")
+        action = np.clip((target - hand) * 10.0, -1.0, 1.0)  # the shipped policies' gain
+        return np.array([action[0], action[1], action[2], g], dtype=np.float64)
+
+
 class MetaWorldExpert:
     """Meta-World's shipped expert policy for one MT1 task, same role as :class:`AlohaExpert`.
 
@@ -728,9 +856,20 @@ class MetaWorldExpert:
     takeover) therefore first retreats: ``retreat_steps`` steps straight up with the gripper
     open, unless the gripper already holds the object lifted; then the shipped policy runs
     (assembly-v3: 18 of 20; ``tests/sim/test_metaworld.py`` checks it on 6 scenes).
+
+    On assembly-v3, a takeover where the nut is no longer as spawned (turned or flipped more
+    than 10°, or held lifted) runs :class:`NutAssembly` instead (``nut_recovery``), and
+    :meth:`scene_recoverable` names the scenes neither can recover: a nut beyond the arm's
+    reach, or standing on its edge.
     """
 
-    def __init__(self, task: str, noise_std: float = 0.0, retreat_steps: int = 15) -> None:
+    def __init__(
+        self,
+        task: str,
+        noise_std: float = 0.0,
+        retreat_steps: int = 15,
+        nut_recovery: bool = True,
+    ) -> None:
         from metaworld.policies import ENV_POLICY_MAP
 
         from arx_x5_driver.core.config import did_you_mean
@@ -746,32 +885,69 @@ class MetaWorldExpert:
         self.task = task
         self.noise_std = noise_std
         self.retreat_steps = retreat_steps
+        self.nut_recovery = nut_recovery and task == "assembly-v3"
         self._policy: Any = ENV_POLICY_MAP[task]()
         self._rng = np.random.default_rng()
         self._retreat_left = 0
         self._start_obj_z: float | None = None
+        self._start_rot: FloatArray | None = None
+        self._nut: NutAssembly | None = None
 
     @property
     def phase(self) -> str:
-        return "policy"
+        return "policy" if self._nut is None else f"nut:{self._nut.phase}"
 
     def reset(self, obs: Observation, seed: int | None = None) -> None:
         self._rng = np.random.default_rng(seed)
         self._retreat_left = 0
-        self._start_obj_z = None if obs.env_state is None else float(obs.env_state[6])
+        self._nut = None
+        env = obs.env_state
+        self._start_obj_z = None if env is None else float(env[6])
+        self._start_rot = None if env is None else _quat_to_mat(env[7:11])
+
+    def _held(self, env: FloatArray) -> bool:
+        if self._start_obj_z is None:
+            return False
+        hand, obj = np.asarray(env[0:3]), np.asarray(env[4:7])
+        return float(np.linalg.norm(hand - obj)) < 0.06 and obj[2] > self._start_obj_z + 0.02
+
+    def turned(self, env: FloatArray) -> float:
+        """The object's rotation (rad) since the episode's start."""
+        if self._start_rot is None:
+            return 0.0
+        rel = self._start_rot.T @ _quat_to_mat(env[7:11])
+        return float(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0)))
+
+    def scene_recoverable(self, env: FloatArray) -> tuple[bool, str]:
+        """Whether this expert can finish the task from ``env`` (a takeover is declined
+        otherwise; only assembly-v3's nut controller has scenes it cannot recover)."""
+        if not self.nut_recovery or self._held(env):
+            return True, ""
+        if nut_grasp_point(env)[1] > HAND_REACH_Y + 0.01:
+            return False, "the nut lies beyond the arm's reach"
+        tilt = float(np.arccos(np.clip(_quat_to_mat(env[7:11])[2, 2], -1.0, 1.0)))
+        if NUT_TILT_MAX < tilt < np.pi - NUT_TILT_MAX:
+            return False, "the nut stands on its edge"
+        return True, ""
 
     def replan(self, obs: Observation) -> None:
-        """A takeover mid-episode: retreat first unless the object is held (class docstring)."""
+        """A takeover mid-episode: the nut controller on assembly-v3 when the nut was moved
+        out of its spawn pose, else the shipped policy after a retreat, unless the object is
+        held (class docstring)."""
         env = obs.env_state
-        held = False
-        if env is not None and self._start_obj_z is not None:
-            hand, obj = np.asarray(env[0:3]), np.asarray(env[4:7])
-            held = float(np.linalg.norm(hand - obj)) < 0.06 and obj[2] > self._start_obj_z + 0.02
+        held = env is not None and self._held(np.asarray(env))
         self._retreat_left = 0 if held else self.retreat_steps
+        self._nut = None
+        moved = env is not None and (held or self.turned(np.asarray(env)) > np.radians(10.0))
+        if self.nut_recovery and moved:
+            self._nut = NutAssembly()
+            self._nut.start(held)
 
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:
             raise ValueError("the Meta-World expert needs Observation.env_state (39-dim obs)")
+        if self._nut is not None:
+            return self._nut.act(np.asarray(obs.env_state, dtype=np.float64))
         if self._retreat_left > 0:
             self._retreat_left -= 1
             return np.array([0.0, 0.0, 1.0, -1.0])  # straight up, gripper open

@@ -76,6 +76,7 @@ import numpy.typing as npt
 from arx_x5_driver.core.robot import FloatArray, Observation
 from habc_sim.core.expert import (
     CUBE_HALF,
+    GRIP_EMPTY,
     GRIP_HOLDING,
     LEFT_PICK_X,
     MEET,
@@ -286,6 +287,8 @@ def grasps(s: SceneState, arm: str, obj: str, half: FloatArray | float) -> bool:
 TRANSFER_CLEAR = 0.05
 INSERTION_CLEAR = 0.03
 METAWORLD_CLEAR = 0.02
+#: Meta-World's gripper reading (``env_state[3]``) above which the gripper is not closed.
+METAWORLD_GRIP_CLOSED = 0.9
 
 
 class Milestone(NamedTuple):
@@ -367,12 +370,18 @@ def metaworld_milestone(
     env_state: FloatArray, init_obj_z: float, clear: float | None = None
 ) -> Milestone:
     """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
-    started (hand within 6 cm of the object position Meta-World reports, which sits off the
-    grasp point: 4.6–4.9 cm on assembly-v3). Tasks whose object is never lifted (pushing,
-    pressing) never reach it, so their takeovers run to the end (the report says so)."""
+    started: the hand within 6 cm of the object position Meta-World reports (which sits off
+    the grasp point: 4.6–4.9 cm on assembly-v3), and the gripper closed on something (its
+    reading between :data:`~habc_sim.core.expert.GRIP_EMPTY` and
+    :data:`METAWORLD_GRIP_CLOSED`: an object that was merely tipping up next to an open or
+    empty hand handed a takeover back before the operator had gripped anything). Tasks whose
+    object is never lifted (pushing, pressing) never reach it, so their takeovers run to the
+    end (the report says so)."""
     hand, obj = env_state[0:3], env_state[4:7]
     lift = METAWORLD_CLEAR if clear is None else clear
-    held = float(np.linalg.norm(hand - obj)) < 0.06 and float(obj[2]) > init_obj_z + lift
+    closed = GRIP_EMPTY < float(env_state[3]) < METAWORLD_GRIP_CLOSED
+    near = float(np.linalg.norm(hand - obj)) < 0.06
+    held = near and closed and float(obj[2]) > init_obj_z + lift
     return Milestone(1 if held else 0, (held,))
 
 
@@ -501,6 +510,8 @@ class RolloutMonitor:
         recoverable, why = True, ""
         if cfg.decline_unrecoverable and isinstance(self.expert, AlohaExpert):
             recoverable, why = scene_recoverable(s)
+        elif cfg.decline_unrecoverable:
+            recoverable, why = self.expert.scene_recoverable(np.asarray(obs.env_state))
         return Signals(
             stall=stall and "stall" in cfg.signals,
             drop=drop and "drop" in cfg.signals,
