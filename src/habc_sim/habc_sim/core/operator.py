@@ -39,7 +39,8 @@ cube          of the table                                            holds it a
                                                                       gripper has closed on it
 insertion     both grippers hold their object lifted 3 cm clear       the peg tip is within
                                                                       3 cm of the socket mouth
-Meta-World    the gripper holds the object lifted 2 cm clear          —
+Meta-World    the gripper, closed on the object, holds it lifted      —
+              2 cm clear
 ============  ======================================================  ========================
 
 A full takeover hands back once the scene reached a milestone higher than the one it was at
