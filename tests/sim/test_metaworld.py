@@ -129,9 +129,13 @@ def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
-def _place_nut(robot, xy: tuple[float, float], turn: np.ndarray):
-    """Put assembly-v3's nut at ``xy``, turned by ``turn`` from its spawn pose, as a policy
-    might have left it, and let it settle (the arm holds still)."""
+def _place_nut(robot, xy: tuple[float, float], turn: np.ndarray, expert=None):
+    """A fresh episode (pose 7,000,001; ``expert`` reset on it) with assembly-v3's nut put at
+    ``xy``, turned by ``turn`` from its spawn pose, as a policy might have left it, and
+    settled (the arm holds still)."""
+    obs = robot.reset(7_000_001)
+    if expert is not None:
+        expert.reset(obs, 0)
     env = robot._env  # the Meta-World environment: its nut has the free joint at qpos[9:16]
     qpos, qvel = env.data.qpos.copy(), env.data.qvel.copy()
     spawn = qpos[12:16].copy()
@@ -157,7 +161,6 @@ def test_the_nut_ring_centre_is_read_from_the_handle_in_any_pose() -> None:
     ]
     with make_backend("metaworld", task="assembly-v3") as robot:
         for turn in turns:
-            robot.reset(7_000_001)
             obs = _place_nut(robot, (0.0, 0.65), turn)
             centre = robot._env.data.site("RoundNut").xpos
             np.testing.assert_allclose(nut_ring_centre(obs.env_state), centre, atol=1e-9)
@@ -169,43 +172,46 @@ def test_the_nut_ring_centre_is_read_from_the_handle_in_any_pose() -> None:
 def test_a_turned_or_flipped_nut_is_assembled_by_the_pose_aware_controller() -> None:
     """The shipped assembly policy grips at a fixed offset from the handle's end and closes on
     nothing when a policy left the nut turned; it then presses down there to the end of the
-    episode. The operator's nut controller grips where the nut's pose puts the handle and
-    steers the ring's centre over the peg."""
+    episode. The operator's nut controller grips where the nut's pose puts the handle (first
+    sweeping a handle that lies along the fingers' closing axis sideways) and steers the
+    ring's centre over the peg."""
     scenes = [
         _axis_angle((0, 0, 1), 40),
         _axis_angle((0, 0, 1), -50),
         _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 180)),  # upside down
+        _axis_angle((0, 0, 1), 90),  # the handle along y: the fingers cannot pinch it
     ]
     wins = {False: 0, True: 0}
     with make_backend("metaworld", task="assembly-v3") as robot:
         for nut_recovery in wins:
             for turn in scenes:
-                obs = robot.reset(7_000_001)
                 expert = MetaWorldExpert("assembly-v3", nut_recovery=nut_recovery)
-                expert.reset(obs, 0)
-                obs = _place_nut(robot, (0.0, 0.65), turn)
+                obs = _place_nut(robot, (0.0, 0.65), turn, expert)
                 assert expert.scene_recoverable(obs.env_state) == (True, "")
                 expert.replan(obs)
                 assert expert.phase == ("nut:rise" if nut_recovery else "policy")
+                phases = set()
                 while not robot.status().done:
                     robot.command(expert.act(obs))
+                    phases.add(expert.phase)
                     obs = robot.observe()
                 wins[nut_recovery] += bool(robot.status().success)
-    assert wins == {False: 0, True: 3}
+                if nut_recovery:  # only the handle along y is swept
+                    assert ("nut:push" in phases) == (turn is scenes[-1]), phases
+    assert wins == {False: 0, True: 4}
 
 
 @pytest.mark.sim
 def test_the_operator_declines_a_nut_it_cannot_reach_or_one_on_its_edge() -> None:
     with make_backend("metaworld", task="assembly-v3") as robot:
         expert = MetaWorldExpert("assembly-v3")
-        expert.reset(robot.reset(7_000_001), 0)
-        obs = _place_nut(robot, (0.0, 0.65), _axis_angle((0, 0, 1), 20))
+        obs = _place_nut(robot, (0.0, 0.65), _axis_angle((0, 0, 1), 20), expert)
         assert expert.scene_recoverable(obs.env_state) == (True, "")
         edge = _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 90))
-        obs = _place_nut(robot, (0.0, 0.65), edge)
+        obs = _place_nut(robot, (0.0, 0.65), edge, expert)
         assert expert.scene_recoverable(obs.env_state) == (False, "the nut stands on its edge")
         # The ring at the table's far side, the handle pointing away from the robot.
-        obs = _place_nut(robot, (0.0, 0.90), _axis_angle((0, 0, 1), 90))
+        obs = _place_nut(robot, (0.0, 0.90), _axis_angle((0, 0, 1), 90), expert)
         assert obs.env_state[5] > 0.95
         why = "the nut lies beyond the arm's reach"
         assert expert.scene_recoverable(obs.env_state) == (False, why)
@@ -213,3 +219,40 @@ def test_the_operator_declines_a_nut_it_cannot_reach_or_one_on_its_edge() -> Non
         assert MetaWorldExpert("assembly-v3", nut_recovery=False).scene_recoverable(
             obs.env_state
         ) == (True, "")
+        # The handle along y at the far side: the sweep that would turn it cannot get down
+        # to the table there.
+        obs = _place_nut(robot, (-0.15, 0.74), _axis_angle((0, 0, 1), 90), expert)
+        why = "the nut's handle lies along the fingers, beyond the reach of a push"
+        assert expert.scene_recoverable(obs.env_state) == (False, why)
+
+
+def test_the_nut_counts_as_held_anywhere_along_its_handle() -> None:
+    """A policy may hold the handle far from where the shipped policy grips it: the nut is
+    held when the closed gripper is within 6 cm of the handle, anywhere along its 9 cm, and
+    the ring is off the table."""
+    from habc_sim.core.expert import nut_held, nut_ring_centre
+
+    env = np.zeros(39)
+    env[7:11] = [np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5)]  # as spawned: the ring 13 cm along -x
+    env[4:7] = [0.13, 0.6, 0.10]  # the handle's end, lifted
+    np.testing.assert_allclose(nut_ring_centre(env), [0.0, 0.6, 0.10], atol=1e-12)
+    held = {}
+    for name, hand, grip in (
+        ("at the shipped grip", [0.11, 0.6, 0.145], 0.45),
+        ("8 cm in from the end", [0.05, 0.6, 0.145], 0.45),
+        ("beyond the handle, over the ring", [-0.02, 0.6, 0.145], 0.45),
+        ("gripper open", [0.11, 0.6, 0.145], 1.0),
+        ("closed on nothing", [0.11, 0.6, 0.145], 0.30),
+    ):
+        env[0:3], env[3] = hand, grip
+        held[name] = nut_held(env)
+    assert held == {
+        "at the shipped grip": True,
+        "8 cm in from the end": True,
+        "beyond the handle, over the ring": False,
+        "gripper open": False,
+        "closed on nothing": False,
+    }
+    env[0:3], env[3] = [0.11, 0.6, 0.065], 0.45
+    env[6] = 0.02  # the nut on the table: gripped, not held lifted
+    assert not nut_held(env)

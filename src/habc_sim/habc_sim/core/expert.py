@@ -728,10 +728,22 @@ NUT_GRASP_HAND_Z = 0.05
 #: Meta-World's gripper reading (``env_state[3]``, finger distance / 0.1 m): 1 open; closed on
 #: the handle 0.41-0.54; closed on nothing 0.30-0.32.
 GRIP_EMPTY = 0.33
-NUT_CARRY_Z = 0.14  # hand height above the peg's target while carrying (the shipped policy's)
-#: The hand's reach away from the robot (Meta-World's y): it stops at 0.903-0.906 m near the
-#: table, where it also cannot get lower than 0.09 m.
-HAND_REACH_Y = 0.89
+#: The ring's centre above the peg's top while it is carried over (the ring's wall is 1.9 cm
+#: thick: 3 cm of clearance).
+NUT_CARRY_CLEAR = 0.05
+NUT_REST_Z = 0.02  # the ring's centre when the nut lies flat on the table
+#: A handle lying within 37° of the y axis lies along the fingers' closing axis (they cannot
+#: pinch it): the controller first turns the nut, sweeping the handle's end sideways.
+NUT_PUSH_Y = 0.8
+NUT_PUSH_Z = 0.058  # hand height of that sweep (closed fingertips just above the table)
+NUT_PUSH_REACH = 0.82  # the sweep's hand height is reachable this far from the robot's base
+#: Largest offset (m) of the ring's centre from the peg's axis at which the ring goes down: the
+#: peg's radius is 2 cm, the ring's hole 2.9 cm, and a ring hanging askew has less room.
+NUT_ALIGN = 0.004
+#: How far from the robot's base (the world's z axis) the hand can still get down to a handle
+#: on the table (hand at 0.064 m; measured: at 0.85 m it gets to 0.061-0.063, at 0.89 m only to
+#: 0.085-0.092).
+HAND_REACH = 0.85
 #: Largest tilt (rad) of a nut lying on the table that the controller can place: beyond it the
 #: nut stands on its edge, and a ring gripped by the handle stays upright.
 NUT_TILT_MAX = np.radians(45.0)
@@ -743,14 +755,46 @@ def nut_ring_centre(env_state: FloatArray) -> FloatArray:
     return np.asarray(env_state[4:7], dtype=np.float64) + _quat_to_mat(env_state[7:11]) @ NUT_RING
 
 
+def nut_tilt(env_state: FloatArray) -> float:
+    """Angle (rad) between the nut's axis and the vertical (0 flat, pi upside down)."""
+    return float(np.arccos(np.clip(_quat_to_mat(env_state[7:11])[2, 2], -1.0, 1.0)))
+
+
+def nut_on_edge(env_state: FloatArray) -> bool:
+    """The ring stands more than :data:`NUT_TILT_MAX` from level (either side up)."""
+    return NUT_TILT_MAX < nut_tilt(env_state) < np.pi - NUT_TILT_MAX
+
+
+def nut_needs_turning(env_state: FloatArray) -> bool:
+    """The nut lies flat with its handle within 37° of the y axis, the fingers' closing axis
+    (:data:`NUT_PUSH_Y`): the fingers cannot pinch it."""
+    along = _quat_to_mat(env_state[7:11]) @ np.array([0.0, 1.0, 0.0])
+    flat = float(nut_ring_centre(env_state)[2]) < NUT_REST_Z + 0.01
+    return flat and abs(float(along[1])) > NUT_PUSH_Y
+
+
+def nut_held(env_state: FloatArray) -> bool:
+    """The gripper is closed on the nut's handle (its reading between :data:`GRIP_EMPTY`
+    and 0.9, the hand within 6 cm of the handle, anywhere along it) and the nut is off the
+    table."""
+    hand, site = np.asarray(env_state[0:3]), np.asarray(env_state[4:7])
+    along = _quat_to_mat(env_state[7:11]) @ np.array([0.0, 1.0, 0.0])
+    t = float(np.clip((hand - site) @ along, 0.0, 0.09))  # the handle: 9 cm from its end
+    near = float(np.linalg.norm(hand - (site + t * along))) < 0.06
+    closed = GRIP_EMPTY < float(env_state[3]) < 0.9
+    return near and closed and float(nut_ring_centre(env_state)[2]) > NUT_REST_Z + 0.015
+
+
 def nut_grasp_point(env_state: FloatArray, shift: float = 0.0) -> FloatArray:
     """Where to grip the handle: :data:`NUT_GRASP` in from its end (plus ``shift``, toward the
-    ring), slid up to 4 cm further toward the ring while it lies beyond :data:`HAND_REACH_Y`."""
+    ring), slid up to 4 cm further toward the ring while it lies beyond :data:`HAND_REACH`."""
     site, rot = np.asarray(env_state[4:7], dtype=np.float64), _quat_to_mat(env_state[7:11])
     along = rot @ np.array([0.0, 1.0, 0.0])  # the handle, from its end toward the ring
     point = site + (NUT_GRASP + shift) * along
-    if point[1] > HAND_REACH_Y and along[1] < -1e-3:
-        point = point + min(0.04, (point[1] - HAND_REACH_Y) / -along[1]) * along
+    for _ in range(8):  # (the ring side is nearer the robot: sliding toward it brings it in)
+        if float(np.linalg.norm(point[:2])) <= HAND_REACH or point[:2] @ along[:2] >= 0:
+            break
+        point = point + 0.005 * along
     return point
 
 
@@ -778,6 +822,9 @@ class NutAssembly:
         self._count = 0
         self._misses = 0
         self._lowest = np.inf
+        self._push = 1.0
+        self._push_from = 0.0
+        self._pushes = 0
 
     def start(self, held: bool) -> None:
         """Begin from the current scene; ``held``: the hand already holds the nut lifted."""
@@ -801,12 +848,43 @@ class NutAssembly:
         g = 0.6  # the shipped policy's grip effort
         if self.phase == "close" and self._count > 10 and grip < GRIP_EMPTY:
             self._missed()
-        if self.phase == "carry" and self._count > 5 and grip < GRIP_EMPTY:
+        if self.phase in ("carry", "lower") and self._count > 5 and grip < GRIP_EMPTY:
             self._missed()  # dropped
+        if self.phase in ("carry", "lower") and self._count > 10 and nut_on_edge(env):
+            self._set("set_down")  # held on its edge: the ring cannot go over the peg
+        if self.phase == "set_down":  # down to the table where it is, then let go
+            target = np.array([hand[0], hand[1], hand[2] - 0.05])
+            if ring[2] < NUT_REST_Z + 0.02 or self._count > 40:
+                self._set("rise")
         if self.phase == "rise":  # open, straight up clear of the nut
             target, g = np.array([hand[0], hand[1], 0.15]), -1.0
             if hand[2] > 0.13:
                 self._set("approach")
+        along = _quat_to_mat(env[7:11]) @ np.array([0.0, 1.0, 0.0])
+        if self.phase == "approach" and self._pushes < 4 and nut_needs_turning(env):
+            self._set("push_above")  # the handle lies along the fingers: turn it first
+            self._pushes += 1
+            # Sweep the end away from the ring's side, which turns the handle toward x; a
+            # handle straight along y is swept toward the middle of the table.
+            side = -along[0] if abs(along[0]) > 0.05 else -float(env[4])
+            self._push = 1.0 if side > 0.0 else -1.0
+        if self.phase == "push_above":  # closed fingers beside the handle's end, high
+            side = np.asarray(env[4:7]) + np.array([-self._push * 0.045, 0.0, 0.0])
+            target, g = np.array([side[0], side[1], 0.15]), 1.0
+            if np.linalg.norm(hand[:2] - side[:2]) < 0.01:
+                self._set("push_down")
+        if self.phase == "push_down":
+            side = np.asarray(env[4:7]) + np.array([-self._push * 0.045, 0.0, 0.0])
+            target, g = np.array([side[0], side[1], NUT_PUSH_Z]), 1.0
+            if hand[2] < NUT_PUSH_Z + 0.01 or self._count > 25:
+                self._set("push")
+                self._push_from = float(hand[0])
+        if self.phase == "push":  # sweep the handle's end sideways: the nut turns on the table
+            target = np.array([self._push_from + self._push * 0.08, hand[1], NUT_PUSH_Z])
+            g = 1.0
+            turned = abs(along[1]) < NUT_PUSH_Y - 0.1
+            if turned or abs(hand[0] - target[0]) < 0.01 or self._count > 25:
+                self._set("rise")
         if self.phase == "approach":  # above the grip point, open
             target, g = np.array([grasp[0], grasp[1], 0.15]), -1.0
             if np.linalg.norm(hand[:2] - grasp[:2]) < 0.01:
@@ -821,20 +899,20 @@ class NutAssembly:
             target = np.array([grasp[0], grasp[1], grasp[2] + 0.03])
             if self._count > 10:
                 self._set("carry")
-        if self.phase == "carry":  # straight up, then the ring over the peg
-            z = peg[2] + NUT_CARRY_Z
+        if self.phase == "carry":  # straight up, then the ring over the peg, clear of its top
             err = peg[:2] - ring[:2]
-            target = np.array([hand[0] + err[0], hand[1] + err[1], z])
-            if hand[2] < z - 0.03:
+            lift = peg[2] + NUT_CARRY_CLEAR - ring[2]
+            target = hand + np.array([err[0], err[1], lift])
+            if lift > 0.03:
                 target[:2] = hand[:2]
-            elif np.linalg.norm(err) < 0.008:
+            elif np.linalg.norm(err) < NUT_ALIGN:
                 self._set("lower")
                 self._lowest = float(ring[2])
         if self.phase == "lower":  # down around the peg, steering the ring
             err = peg[:2] - ring[:2]
-            target = np.array([hand[0] + err[0], hand[1] + err[1], hand[2] - 0.03])
-            if np.linalg.norm(err) > 0.015:
-                target[2] = hand[2]  # align before going further down
+            target = hand + np.array([err[0], err[1], max(-0.1, peg[2] - 0.03 - ring[2])])
+            if np.linalg.norm(err) > NUT_ALIGN and ring[2] > peg[2] + 0.01:
+                target[2] = hand[2]  # align before the ring reaches the peg's top
             if ring[2] < self._lowest - 0.002:
                 self._lowest, self._count = float(ring[2]), 0
             elif self._count > 15 and ring[2] > peg[2]:  # stopped on the peg: up, align again
@@ -921,12 +999,13 @@ class MetaWorldExpert:
     def scene_recoverable(self, env: FloatArray) -> tuple[bool, str]:
         """Whether this expert can finish the task from ``env`` (a takeover is declined
         otherwise; only assembly-v3's nut controller has scenes it cannot recover)."""
-        if not self.nut_recovery or self._held(env):
+        if not self.nut_recovery or nut_held(env):
             return True, ""
-        if nut_grasp_point(env)[1] > HAND_REACH_Y + 0.01:
+        if float(np.linalg.norm(nut_grasp_point(env)[:2])) > HAND_REACH + 0.005:
             return False, "the nut lies beyond the arm's reach"
-        tilt = float(np.arccos(np.clip(_quat_to_mat(env[7:11])[2, 2], -1.0, 1.0)))
-        if NUT_TILT_MAX < tilt < np.pi - NUT_TILT_MAX:
+        if nut_needs_turning(env) and float(np.linalg.norm(env[4:6])) > NUT_PUSH_REACH:
+            return False, "the nut's handle lies along the fingers, beyond the reach of a push"
+        if nut_on_edge(env):
             return False, "the nut stands on its edge"
         return True, ""
 
@@ -938,10 +1017,12 @@ class MetaWorldExpert:
         held = env is not None and self._held(np.asarray(env))
         self._retreat_left = 0 if held else self.retreat_steps
         self._nut = None
-        moved = env is not None and (held or self.turned(np.asarray(env)) > np.radians(10.0))
-        if self.nut_recovery and moved:
-            self._nut = NutAssembly()
-            self._nut.start(held)
+        if self.nut_recovery and env is not None:
+            e = np.asarray(env, dtype=np.float64)
+            off_table = float(nut_ring_centre(e)[2]) > NUT_REST_Z + 0.015
+            if nut_held(e) or off_table or self.turned(e) > np.radians(10.0):
+                self._nut = NutAssembly()
+                self._nut.start(nut_held(e))
 
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:
