@@ -256,3 +256,33 @@ def test_the_nut_counts_as_held_anywhere_along_its_handle() -> None:
     env[0:3], env[3] = [0.11, 0.6, 0.065], 0.45
     env[6] = 0.02  # the nut on the table: gripped, not held lifted
     assert not nut_held(env)
+
+
+@pytest.mark.sim
+def test_a_shipped_grip_that_closed_on_nothing_hands_over_to_the_nut_controller() -> None:
+    """From the spawn pose a takeover runs the shipped policy (after its retreat). When its
+    fingers close on nothing it presses down there for the rest of the episode; after 15
+    steps reading "closed on nothing" the nut controller takes over. A demonstration (a
+    takeover at step 0) keeps the shipped policy whatever happens."""
+    from dataclasses import replace
+
+    from habc_sim.core.expert import NUT_EMPTY_STEPS
+
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        start = robot.reset(7_000_001)
+    phases = {}
+    for step in (0, 120):
+        expert = MetaWorldExpert("assembly-v3")
+        expert.reset(start, 0)
+        obs = replace(start, step=step)
+        expert.replan(obs)
+        env = np.asarray(obs.env_state).copy()
+        env[3] = 0.30  # the fingers closed on nothing
+        seen = []
+        for k in range(NUT_EMPTY_STEPS + 1):
+            expert.act(replace(obs, env_state=env, step=step + k))
+            seen.append(expert.phase)
+        phases[step] = seen
+    assert set(phases[0]) == {"policy"}
+    assert phases[120][: NUT_EMPTY_STEPS - 1] == ["policy"] * (NUT_EMPTY_STEPS - 1)
+    assert phases[120][-1].startswith("nut:")

@@ -582,3 +582,34 @@ def test_metaworld_milestone_needs_the_gripper_closed_on_the_object() -> None:
         env[3] = grip
         levels[grip] = metaworld_milestone(env, 0.05).level
     assert levels == {1.0: 0, 0.95: 0, 0.5: 1, 0.34: 1, 0.30: 0}
+
+
+def test_assembly_milestone_holds_the_nut_anywhere_along_its_handle() -> None:
+    """assembly-v3 reports the nut's handle end, not where a policy holds it: held 8 cm in
+    from the end with the ring lifted on the peg's top and the handle's end down by the
+    table, the nut is held lifted (level 1), though the generic rule says 0."""
+    from habc_sim.core.operator import metaworld_milestone
+
+    env = np.zeros(39)
+    tilt = np.radians(25.0)  # the ring up, the handle's end down: a turn about the world y axis
+    yaw90 = np.array([np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5)])  # the nut as spawned
+    about_y = np.array([np.cos(tilt / 2), 0.0, np.sin(tilt / 2), 0.0])
+    w1, x1, y1, z1 = about_y
+    w2, x2, y2, z2 = yaw90
+    env[7:11] = [
+        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+        w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+        w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+    ]
+    env[4:7] = [0.13, 0.6, 0.03]  # the handle's end, 1 cm above where it started
+    from habc_sim.core.expert import nut_ring_centre
+
+    ring = nut_ring_centre(env)
+    assert ring[2] > 0.08  # the ring 13 cm away along the tilted handle, up
+    env[0:3] = env[4:7] + (ring - env[4:7]) * (0.08 / 0.13) + [0.0, 0.0, 0.045]  # 8 cm in
+    env[3] = 0.5
+    assert metaworld_milestone(env, 0.02).level == 0  # the generic rule: the end is low
+    assert metaworld_milestone(env, 0.02, task="assembly-v3").level == 1
+    env[3] = 1.0  # gripper open: not held
+    assert metaworld_milestone(env, 0.02, task="assembly-v3").level == 0

@@ -732,6 +732,9 @@ GRIP_EMPTY = 0.33
 #: thick: 3 cm of clearance).
 NUT_CARRY_CLEAR = 0.05
 NUT_REST_Z = 0.02  # the ring's centre when the nut lies flat on the table
+#: Steps the shipped policy's gripper may read closed on nothing before the nut controller
+#: takes over (the fingers close in about 10).
+NUT_EMPTY_STEPS = 15
 #: A handle lying within 37° of the y axis lies along the fingers' closing axis (they cannot
 #: pinch it): the controller first turns the nut, sweeping the handle's end sideways.
 NUT_PUSH_Y = 0.8
@@ -970,6 +973,8 @@ class MetaWorldExpert:
         self._start_obj_z: float | None = None
         self._start_rot: FloatArray | None = None
         self._nut: NutAssembly | None = None
+        self._watch_grip = False
+        self._empty_steps = 0
 
     @property
     def phase(self) -> str:
@@ -979,6 +984,7 @@ class MetaWorldExpert:
         self._rng = np.random.default_rng(seed)
         self._retreat_left = 0
         self._nut = None
+        self._watch_grip = False
         env = obs.env_state
         self._start_obj_z = None if env is None else float(env[6])
         self._start_rot = None if env is None else _quat_to_mat(env[7:11])
@@ -1017,6 +1023,9 @@ class MetaWorldExpert:
         held = env is not None and self._held(np.asarray(env))
         self._retreat_left = 0 if held else self.retreat_steps
         self._nut = None
+        # (A demonstration starts at step 0: the shipped policy alone, as recorded.)
+        self._watch_grip = self.nut_recovery and obs.step > 0
+        self._empty_steps = 0
         if self.nut_recovery and env is not None:
             e = np.asarray(env, dtype=np.float64)
             off_table = float(nut_ring_centre(e)[2]) > NUT_REST_Z + 0.015
@@ -1027,6 +1036,14 @@ class MetaWorldExpert:
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:
             raise ValueError("the Meta-World expert needs Observation.env_state (39-dim obs)")
+        if self._nut is None and self._watch_grip:
+            # The shipped policy closes as it comes down; closed on nothing, it presses down
+            # where it is to the end of the episode. Hand over to the nut controller.
+            empty = float(obs.env_state[3]) < GRIP_EMPTY
+            self._empty_steps = self._empty_steps + 1 if empty else 0
+            if self._empty_steps >= NUT_EMPTY_STEPS:
+                self._nut = NutAssembly()
+                self._nut.start(False)
         if self._nut is not None:
             return self._nut.act(np.asarray(obs.env_state, dtype=np.float64))
         if self._retreat_left > 0:

@@ -87,6 +87,8 @@ from habc_sim.core.expert import (
     ExpertConfig,
     MetaWorldExpert,
     SceneState,
+    nut_held,
+    nut_ring_centre,
     scene_recoverable,
 )
 
@@ -368,7 +370,7 @@ def aloha_milestone(task: str, s: SceneState, clear: float | None = None) -> Mil
 
 
 def metaworld_milestone(
-    env_state: FloatArray, init_obj_z: float, clear: float | None = None
+    env_state: FloatArray, init_obj_z: float, clear: float | None = None, task: str = ""
 ) -> Milestone:
     """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
     started: the hand within 6 cm of the object position Meta-World reports (which sits off
@@ -377,9 +379,19 @@ def metaworld_milestone(
     :data:`METAWORLD_GRIP_CLOSED`: an object that was merely tipping up next to an open or
     empty hand handed a takeover back before the operator had gripped anything). Tasks whose
     object is never lifted (pushing, pressing) never reach it, so their takeovers run to the
-    end (the report says so)."""
+    end (the report says so).
+
+    assembly-v3: the nut is held anywhere along its handle (:func:`nut_held`), and its ring
+    is lifted. (Its reported position is the handle's end: a policy holding the nut 8 cm in
+    from it, the ring on the peg's top and the handle's end down by the table, read as level
+    0; the operator lifted it, "reached" level 1 at once, and handed back, three times in an
+    episode.)"""
     hand, obj = env_state[0:3], env_state[4:7]
     lift = METAWORLD_CLEAR if clear is None else clear
+    if task == "assembly-v3":
+        ring_z = float(nut_ring_centre(env_state)[2])
+        held = nut_held(env_state) and ring_z > init_obj_z + lift
+        return Milestone(1 if held else 0, (held,))
     closed = GRIP_EMPTY < float(env_state[3]) < METAWORLD_GRIP_CLOSED
     near = float(np.linalg.norm(hand - obj)) < 0.06
     held = near and closed and float(obj[2]) > init_obj_z + lift
@@ -500,7 +512,7 @@ class RolloutMonitor:
             progress = metaworld_progress(env)
             if self._init_obj_z is None:
                 self._init_obj_z = float(env[6])
-            milestone = metaworld_milestone(env, self._init_obj_z, cfg.lift_clear)
+            milestone = metaworld_milestone(env, self._init_obj_z, cfg.lift_clear, self.expert.task)
         if progress > self._best + cfg.progress_eps:
             if np.isfinite(self._best):  # progress, not the baseline taken after a hand-back
                 self._window = cfg.stall_steps
