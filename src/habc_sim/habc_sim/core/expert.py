@@ -726,8 +726,10 @@ NUT_GRASP = 0.02
 #: policy closes at 0.044-0.050 above it).
 NUT_GRASP_HAND_Z = 0.05
 #: Meta-World's gripper reading (``env_state[3]``, finger distance / 0.1 m): 1 open; closed on
-#: the handle 0.41-0.54; closed on nothing 0.30-0.32.
-GRIP_EMPTY = 0.33
+#: assembly-v3's handle 0.41-0.54; closed on nothing 0.30-0.32. Closed on something: between
+#: the two bounds.
+METAWORLD_GRIP_EMPTY = 0.33
+METAWORLD_GRIP_CLOSED = 0.9
 #: The ring's centre above the peg's top while it is carried over (the ring's wall is 1.9 cm
 #: thick: 3 cm of clearance).
 NUT_CARRY_CLEAR = 0.05
@@ -777,14 +779,14 @@ def nut_needs_turning(env_state: FloatArray) -> bool:
 
 
 def nut_held(env_state: FloatArray) -> bool:
-    """The gripper is closed on the nut's handle (its reading between :data:`GRIP_EMPTY`
-    and 0.9, the hand within 6 cm of the handle, anywhere along it) and the nut is off the
-    table."""
+    """The gripper is closed on the nut's handle (its reading between
+    :data:`METAWORLD_GRIP_EMPTY` and :data:`METAWORLD_GRIP_CLOSED`, the hand within 6 cm of the
+    handle, anywhere along it) and the nut is off the table."""
     hand, site = np.asarray(env_state[0:3]), np.asarray(env_state[4:7])
     along = _quat_to_mat(env_state[7:11]) @ np.array([0.0, 1.0, 0.0])
     t = float(np.clip((hand - site) @ along, 0.0, 0.09))  # the handle: 9 cm from its end
     near = float(np.linalg.norm(hand - (site + t * along))) < 0.06
-    closed = GRIP_EMPTY < float(env_state[3]) < 0.9
+    closed = METAWORLD_GRIP_EMPTY < float(env_state[3]) < METAWORLD_GRIP_CLOSED
     return near and closed and float(nut_ring_centre(env_state)[2]) > NUT_REST_Z + 0.015
 
 
@@ -816,8 +818,13 @@ class NutAssembly:
     This controller reads the nut's pose every step. It grips the handle where the pose puts
     it (:func:`nut_grasp_point`), checks the grip (fingers closed on nothing: open, rise, and try
     again a little further along the handle), lifts straight up, steers the *ring's* measured
-    centre (:func:`nut_ring_centre`) over the peg, and lowers it, steering on the way down; a
-    ring that stops above the peg is lifted and aligned again.
+    centre (:func:`nut_ring_centre`) over the peg within :data:`NUT_ALIGN`, and lowers it,
+    steering on the way down; a ring that stops above the peg is lifted and aligned again.
+    Before gripping, a handle lying along the fingers' closing axis is swept sideways
+    (:func:`nut_needs_turning`); a nut held on its edge is set down and gripped again.
+
+    Phases: ``rise`` → ``approach`` (→ ``push_above`` → ``push_down`` → ``push`` → ``rise``)
+    → ``descend`` → ``close`` → ``carry`` → ``lower``; ``set_down`` → ``rise``.
     """
 
     def __init__(self) -> None:
@@ -849,9 +856,9 @@ class NutAssembly:
         grasp = nut_grasp_point(env, (0.0, 0.015, -0.01)[self._misses % 3])
         self._count += 1
         g = 0.6  # the shipped policy's grip effort
-        if self.phase == "close" and self._count > 10 and grip < GRIP_EMPTY:
+        if self.phase == "close" and self._count > 10 and grip < METAWORLD_GRIP_EMPTY:
             self._missed()
-        if self.phase in ("carry", "lower") and self._count > 5 and grip < GRIP_EMPTY:
+        if self.phase in ("carry", "lower") and self._count > 5 and grip < METAWORLD_GRIP_EMPTY:
             self._missed()  # dropped
         if self.phase in ("carry", "lower") and self._count > 10 and nut_on_edge(env):
             self._set("set_down")  # held on its edge: the ring cannot go over the peg
@@ -1039,7 +1046,7 @@ class MetaWorldExpert:
         if self._nut is None and self._watch_grip:
             # The shipped policy closes as it comes down; closed on nothing, it presses down
             # where it is to the end of the episode. Hand over to the nut controller.
-            empty = float(obs.env_state[3]) < GRIP_EMPTY
+            empty = float(obs.env_state[3]) < METAWORLD_GRIP_EMPTY
             self._empty_steps = self._empty_steps + 1 if empty else 0
             if self._empty_steps >= NUT_EMPTY_STEPS:
                 self._nut = NutAssembly()

@@ -77,10 +77,11 @@ import numpy.typing as npt
 from arx_x5_driver.core.robot import FloatArray, Observation
 from habc_sim.core.expert import (
     CUBE_HALF,
-    GRIP_EMPTY,
     GRIP_HOLDING,
     LEFT_PICK_X,
     MEET,
+    METAWORLD_GRIP_CLOSED,
+    METAWORLD_GRIP_EMPTY,
     PEG_HALF,
     SOCKET_HALF,
     AlohaExpert,
@@ -290,8 +291,6 @@ def grasps(s: SceneState, arm: str, obj: str, half: FloatArray | float) -> bool:
 TRANSFER_CLEAR = 0.05
 INSERTION_CLEAR = 0.03
 METAWORLD_CLEAR = 0.02
-#: Meta-World's gripper reading (``env_state[3]``) above which the gripper is not closed.
-METAWORLD_GRIP_CLOSED = 0.9
 
 
 class Milestone(NamedTuple):
@@ -375,9 +374,10 @@ def metaworld_milestone(
     """Meta-World (one arm): 1 = the gripper holds the object lifted 2 cm above where it
     started: the hand within 6 cm of the object position Meta-World reports (which sits off
     the grasp point: 4.6–4.9 cm on assembly-v3), and the gripper closed on something (its
-    reading between :data:`~habc_sim.core.expert.GRIP_EMPTY` and
-    :data:`METAWORLD_GRIP_CLOSED`: an object that was merely tipping up next to an open or
-    empty hand handed a takeover back before the operator had gripped anything). Tasks whose
+    reading between :data:`~habc_sim.core.expert.METAWORLD_GRIP_EMPTY` and
+    :data:`~habc_sim.core.expert.METAWORLD_GRIP_CLOSED`: an object that was merely tipping up
+    next to an open or empty hand handed a takeover back before the operator had gripped
+    anything). Tasks whose
     object is never lifted (pushing, pressing) never reach it, so their takeovers run to the
     end (the report says so).
 
@@ -392,7 +392,7 @@ def metaworld_milestone(
         ring_z = float(nut_ring_centre(env_state)[2])
         held = nut_held(env_state) and ring_z > init_obj_z + lift
         return Milestone(1 if held else 0, (held,))
-    closed = GRIP_EMPTY < float(env_state[3]) < METAWORLD_GRIP_CLOSED
+    closed = METAWORLD_GRIP_EMPTY < float(env_state[3]) < METAWORLD_GRIP_CLOSED
     near = float(np.linalg.norm(hand - obj)) < 0.06
     held = near and closed and float(obj[2]) > init_obj_z + lift
     return Milestone(1 if held else 0, (held,))
