@@ -181,6 +181,11 @@ def test_a_turned_or_flipped_nut_is_assembled_by_the_pose_aware_controller() -> 
         _compose(_axis_angle((0, 0, 1), 30), _axis_angle((1, 0, 0), 180)),  # upside down
         _axis_angle((0, 0, 1), 90),  # the handle along y: the fingers cannot pinch it
     ]
+    # More handles near the fingers' closing axis (55-90° from x), upside down or not: the
+    # nut controller alone (the shipped policy fails the first four already).
+    along_y = [_axis_angle((0, 0, 1), a) for a in (55, 65, 75, -60, -70)] + [
+        _compose(_axis_angle((0, 0, 1), a), _axis_angle((1, 0, 0), 180)) for a in (60, 75, 90)
+    ]
     wins = {False: 0, True: 0}
     with make_backend("metaworld", task="assembly-v3") as robot:
         for nut_recovery in wins:
@@ -199,6 +204,17 @@ def test_a_turned_or_flipped_nut_is_assembled_by_the_pose_aware_controller() -> 
                 if nut_recovery:  # only the handle along y is swept
                     assert ("nut:push" in phases) == (turn is scenes[-1]), phases
     assert wins == {False: 0, True: 4}
+    solved = []
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        for turn in along_y:
+            expert = MetaWorldExpert("assembly-v3")
+            obs = _place_nut(robot, (0.0, 0.65), turn, expert)
+            expert.replan(obs)
+            while not robot.status().done:
+                robot.command(expert.act(obs))
+                obs = robot.observe()
+            solved.append(bool(robot.status().success))
+    assert solved == [True] * len(along_y), solved
 
 
 @pytest.mark.sim
@@ -286,3 +302,30 @@ def test_a_shipped_grip_that_closed_on_nothing_hands_over_to_the_nut_controller(
     assert set(phases[0]) == {"policy"}
     assert phases[120][: NUT_EMPTY_STEPS - 1] == ["policy"] * (NUT_EMPTY_STEPS - 1)
     assert phases[120][-1].startswith("nut:")
+
+
+@pytest.mark.sim
+def test_the_hand_gets_down_to_the_table_only_within_its_reach() -> None:
+    """``HAND_REACH``: the nut controller grips a handle on the table with the hand at about
+    0.064 m. Within 0.85 m of the robot's base the hand gets down there; at 0.89 m it stops
+    more than 1.5 cm higher, so a nut that far away is declined."""
+    from habc_sim.core.expert import HAND_REACH
+
+    lowest = {}
+    with make_backend("metaworld", task="assembly-v3") as robot:
+        for r in (HAND_REACH, 0.89):
+            robot.reset(7_000_001)
+            env = robot._env  # the nut out of the way, at the table's side
+            qpos, qvel = env.data.qpos.copy(), env.data.qvel.copy()
+            qpos[9:12] = [0.3, 0.5, 0.03]
+            env.set_state(qpos, qvel)
+            x = 0.2
+            goal = np.array([x, np.sqrt(r * r - x * x), 0.15])
+            for k in range(150):
+                hand = robot.observe().env_state[0:3]
+                if k == 60:
+                    goal[2] = 0.0  # then straight down, as far as the arm goes
+                robot.command(np.r_[np.clip((goal - hand) * 10, -1, 1), -1.0])
+            lowest[r] = float(robot.observe().env_state[2])
+    assert lowest[HAND_REACH] < 0.066, lowest
+    assert lowest[0.89] > 0.08, lowest

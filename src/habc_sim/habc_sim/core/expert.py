@@ -827,19 +827,15 @@ class NutAssembly:
     → ``descend`` → ``close`` → ``carry`` → ``lower``; ``set_down`` → ``rise``.
     """
 
-    def __init__(self) -> None:
-        self.phase = "rise"
+    def __init__(self, held: bool = False) -> None:
+        """Begin from the current scene; ``held``: the hand already holds the nut lifted."""
+        self.phase = "carry" if held else "rise"
         self._count = 0
         self._misses = 0
         self._lowest = np.inf
         self._push = 1.0
         self._push_from = 0.0
         self._pushes = 0
-
-    def start(self, held: bool) -> None:
-        """Begin from the current scene; ``held``: the hand already holds the nut lifted."""
-        self._set("carry" if held else "rise")
-        self._misses = 0
 
     def _set(self, phase: str) -> None:
         self.phase, self._count = phase, 0
@@ -1037,8 +1033,7 @@ class MetaWorldExpert:
             e = np.asarray(env, dtype=np.float64)
             off_table = float(nut_ring_centre(e)[2]) > NUT_REST_Z + 0.015
             if nut_held(e) or off_table or self.turned(e) > np.radians(10.0):
-                self._nut = NutAssembly()
-                self._nut.start(nut_held(e))
+                self._nut = NutAssembly(held=nut_held(e))
 
     def act(self, obs: Observation) -> FloatArray:
         if obs.env_state is None:
@@ -1050,7 +1045,6 @@ class MetaWorldExpert:
             self._empty_steps = self._empty_steps + 1 if empty else 0
             if self._empty_steps >= NUT_EMPTY_STEPS:
                 self._nut = NutAssembly()
-                self._nut.start(False)
         if self._nut is not None:
             return self._nut.act(np.asarray(obs.env_state, dtype=np.float64))
         if self._retreat_left > 0:

@@ -377,9 +377,8 @@ def metaworld_milestone(
     reading between :data:`~habc_sim.core.expert.METAWORLD_GRIP_EMPTY` and
     :data:`~habc_sim.core.expert.METAWORLD_GRIP_CLOSED`: an object that was merely tipping up
     next to an open or empty hand handed a takeover back before the operator had gripped
-    anything). Tasks whose
-    object is never lifted (pushing, pressing) never reach it, so their takeovers run to the
-    end (the report says so).
+    anything). Tasks whose object is never lifted (pushing, pressing) never reach it, so their
+    takeovers run to the end (the report says so).
 
     assembly-v3: the nut is held anywhere along its handle (:func:`nut_held`), and its ring
     is lifted. (Its reported position is the handle's end: a policy holding the nut 8 cm in
