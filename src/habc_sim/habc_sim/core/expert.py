@@ -941,10 +941,12 @@ class MetaWorldExpert:
     open, unless the gripper already holds the object lifted; then the shipped policy runs
     (assembly-v3: 18 of 20; ``tests/sim/test_metaworld.py`` checks it on 6 scenes).
 
-    On assembly-v3, a takeover where the nut is no longer as spawned (turned or flipped more
-    than 10°, or held lifted) runs :class:`NutAssembly` instead (``nut_recovery``), and
-    :meth:`scene_recoverable` names the scenes neither can recover: a nut beyond the arm's
-    reach, or standing on its edge.
+    On assembly-v3 (``nut_recovery``), a takeover where the nut is no longer as spawned
+    (turned or flipped more than 10°, held anywhere along its handle, or off the table) runs
+    :class:`NutAssembly` instead, and so does a takeover whose shipped grip reads "closed on
+    nothing" for :data:`NUT_EMPTY_STEPS` (a demonstration, a takeover at step 0, keeps the
+    shipped policy). :meth:`scene_recoverable` names the scenes neither can recover: a nut
+    beyond the arm's reach, or standing on its edge.
     """
 
     def __init__(
